@@ -1,0 +1,178 @@
+"""Every setting of Relance, declared once.
+
+Each setting has a type, a default, an environment variable (``RELANCE_<NAME>``) and a
+one-line docstring. Values come, in rising priority, from the defaults, a TOML config
+file (``RELANCE_CONFIG`` or ``--config``), the environment, and CLI flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+__all__ = ["Settings", "SettingError", "parse_duration", "parse_quiet_hours"]
+
+ENV_PREFIX = "RELANCE_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+class SettingError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def parse_duration(value: Any) -> int:
+    """``30s``, ``15m``, ``12h``, ``14d`` or a number of seconds, as milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return int(value * 1000)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (write 30s, 15m, 12h, 14d or seconds)")
+    number, unit = match.groups()
+    return int(float(number) * _UNIT_MS[unit or "s"])
+
+
+def parse_quiet_hours(value: Any) -> tuple[int, int] | None:
+    """``HH:MM-HH:MM`` as (start, end) minutes after midnight, or None for ``off``."""
+    text = str(value).strip().lower()
+    if text in ("off", "none", ""):
+        return None
+    match = re.match(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$", text)
+    if not match:
+        raise ValueError(f"not quiet hours: {value!r} (write 22:00-08:00 or off)")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"not a time of day in {value!r}")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(f"quiet hours {value!r} start and end at the same time")
+    return start, end
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return text
+    return parse
+
+
+def _share(value: Any) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{value!r} is not between 0 and 1")
+    return share
+
+
+def _non_negative_int(value: Any) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value!r} is negative")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} must be at least 1")
+    return number
+
+
+def _optional_str(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def setting(default: Any, doc: str, parse: Callable[[Any], Any] = str) -> Any:
+    return field(default=default, metadata={"doc": doc, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # -- the rule (spec section 2) -------------------------------------------------
+    min_inbound: int = setting(5, "Inbound messages needed inside the window (N).", _positive_int)
+    window: int = setting(14 * 86_400_000, "Rolling window N is counted in, in ms (W).", parse_duration)
+    idle_delay: int = setting(12 * 3_600_000, "Quiet time before a follow-up is due, in ms (D).", parse_duration)
+    messaging_window: int = setting(24 * 3_600_000, "A follow-up must go out within this of the last inbound, in ms (M).", parse_duration)
+    quiet_hours: tuple[int, int] | None = setting((22 * 60, 8 * 60), "Local hours with no follow-ups, HH:MM-HH:MM or off.", parse_quiet_hours)
+    user_cap_day: int = setting(1, "Follow-ups per user per rolling 24 hours, all bots and apps; 0 means no cap.", _non_negative_int)
+    user_cap_week: int = setting(3, "Follow-ups per user per rolling 7 days, all bots and apps; 0 means no cap.", _non_negative_int)
+    unknown_age: str = setting("allow", "allow or deny follow-ups to users whose age is unknown.", _choice("allow", "deny"))
+    distress_cooloff: int = setting(14 * 86_400_000, "How long a pair gets no follow-up after signs of distress, in ms.", parse_duration)
+    registry: str = setting("deploy/bots.toml", "Path of the bot registry (TOML).")
+    holdout: float = setting(0.0, "Share of pairs (0 to 1), chosen by a stable hash, that never get follow-ups.", _share)
+    # -- running ---------------------------------------------------------------------
+    clock: str = setting("wall", "wall (current UTC time) or event (largest ts seen, and ticks).", _choice("wall", "event"))
+    broker: str = setting("127.0.0.1:19092", "Kafka bootstrap servers, host:port[,host:port].")
+    redis_url: str = setting("redis://127.0.0.1:16379/0", "Redis URL for the emission ledger and conversation context.")
+    topic_prefix: str = setting("", "Prefix of every topic name, to run several pipelines on one broker.")
+    partitions: int = setting(4, "Partitions of the keyed topics when Relance creates them.", _positive_int)
+    app_id: str = setting("relance", "Kafka consumer group and Faust application id.")
+    data_dir: str = setting(".relance/data", "Where a worker keeps its local table stores.")
+    store: str = setting("memory://", "Faust table store: memory:// or rocksdb:// (rocksdict).")
+    web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
+    timer_interval: int = setting(200, "How often a wall-mode worker looks for due pairs, in ms.", parse_duration)
+    # -- generation and delivery -------------------------------------------------------
+    context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
+    llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)
+    llm_model: str = setting("gpt-4o-mini", "Model name sent to the Chat Completions API.")
+    llm_api_key: str | None = setting(None, "Bearer key for the LLM API, if it needs one.", _optional_str)
+    llm_timeout: int = setting(20_000, "Timeout of one LLM call, in ms.", parse_duration)
+    llm_concurrency: int = setting(8, "LLM calls in flight at once per worker.", _positive_int)
+    llm_attempts: int = setting(3, "LLM calls per try before the request goes to the retry topic.", _positive_int)
+    generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, env var, default, doc) for every setting, for --help and the README."""
+        return [
+            (f.name, ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"])
+            for f in dataclasses.fields(cls)
+        ]
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_file: str | None = None,
+    ) -> "Settings":
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            with open(config_file, "rb") as handle:
+                raw.update(tomllib.load(handle))
+        for name in cls.names():
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is not None:
+                raw[name] = value
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "Settings":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise SettingError(f"unknown setting(s): {', '.join(unknown)}")
+        values = {}
+        for name, value in raw.items():
+            try:
+                values[name] = fields[name].metadata["parse"](value)
+            except (TypeError, ValueError) as exc:
+                raise SettingError(f"setting {name} ({ENV_PREFIX}{name.upper()}): {exc}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)

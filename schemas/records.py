@@ -1,0 +1,393 @@
+"""Typed records of every topic, parsed and written with orjson.
+
+The JSON Schema documents beside this module describe the same records for other
+programs; ``tests/test_schemas.py`` keeps the two in agreement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+APPS = ("facebook", "instagram", "whatsapp")
+DIRECTIONS = ("inbound", "outbound")
+KILL_SCOPES = ("bot", "app", "all")
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 8192
+_MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_MESSAGE_FIELDS = ("event_id", "app", "user_id", "bot_id", "direction", "ts", "text")
+
+
+class InvalidRecord(ValueError):
+    """A record that breaks its contract; the message is a reason a person can read."""
+
+
+# -- time ------------------------------------------------------------------------------
+
+def parse_ts(value: Any, name: str = "ts") -> int:
+    """RFC 3339 with a zone, or integer epoch milliseconds, as epoch milliseconds."""
+    if isinstance(value, bool):
+        raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, str):
+        ms = _parse_rfc3339(value, name)
+    else:
+        raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+    if not 0 <= ms <= _MAX_TS_MS:
+        raise InvalidRecord(f"{name} {value!r} is out of range")
+    return ms
+
+
+def _parse_rfc3339(text: str, name: str) -> int:
+    if len(text) > 40 or "T" not in text.upper():
+        raise InvalidRecord(f"{name} {text[:40]!r} is not an RFC 3339 date-time")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRecord(f"{name} {text[:40]!r} is not an RFC 3339 date-time") from None
+    if moment.tzinfo is None:
+        raise InvalidRecord(f"{name} {text!r} has no time zone")
+    return _to_ms(moment)
+
+
+def _to_ms(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+def format_ts(ms: int) -> str:
+    """Epoch milliseconds as ``2026-11-28T09:30:00.000Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _object(obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"a record must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _identifier(obj: dict, name: str, *, nullable: bool = False) -> str | None:
+    if name not in obj:
+        if nullable:
+            return None
+        raise InvalidRecord(f"missing field {name}")
+    value = obj[name]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRecord(f"{name} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRecord(f"{name} is {len(value)} characters long, more than {MAX_ID_LENGTH}")
+    return value
+
+
+def _one_of(obj: dict, name: str, allowed: tuple[str, ...]) -> str:
+    value = obj.get(name)
+    if value not in allowed:
+        shown = "missing" if name not in obj else repr(value)[:40]
+        raise InvalidRecord(f"{name} is {shown}, expected one of {', '.join(allowed)}")
+    return value
+
+
+def loads(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"not JSON: {exc}") from None
+
+
+# -- canonical message event -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """One message between a user and a bot, in the canonical form of topic ``messages``."""
+
+    event_id: str
+    app: str
+    user_id: str
+    bot_id: str
+    direction: str
+    ts: int
+    text: str
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction == "inbound"
+
+    def to_dict(self) -> dict:
+        body = dict(self.extra)
+        body.update(
+            event_id=self.event_id, app=self.app, user_id=self.user_id, bot_id=self.bot_id,
+            direction=self.direction, ts=format_ts(self.ts), text=self.text,
+        )
+        return body
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def parse_message(obj: Any) -> MessageEvent:
+    """Validate a decoded canonical message event; raises InvalidRecord with the reason."""
+    obj = _object(obj)
+    text = obj.get("text", None)
+    if "text" not in obj:
+        raise InvalidRecord("missing field text")
+    if not isinstance(text, str):
+        raise InvalidRecord("text must be a string")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InvalidRecord(f"text is {len(text)} characters long, more than {MAX_TEXT_LENGTH}")
+    if "ts" not in obj:
+        raise InvalidRecord("missing field ts")
+    extra = {k: v for k, v in obj.items() if k not in _MESSAGE_FIELDS} if len(obj) > 7 else {}
+    return MessageEvent(
+        event_id=_identifier(obj, "event_id"),
+        app=_one_of(obj, "app", APPS),
+        user_id=_identifier(obj, "user_id"),
+        bot_id=_identifier(obj, "bot_id"),
+        direction=_one_of(obj, "direction", DIRECTIONS),
+        ts=parse_ts(obj["ts"]),
+        text=text,
+        extra=extra,
+    )
+
+
+# -- control events --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    user_id: str
+    tz: str | None
+    minor: bool | None
+    type: Literal["profile"] = "profile"
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    user_id: str
+    bot_id: str | None
+    type: Literal["opt_out"] = "opt_out"
+
+
+@dataclass(frozen=True, slots=True)
+class OptIn:
+    user_id: str
+    bot_id: str | None
+    type: Literal["opt_in"] = "opt_in"
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    scope: str
+    id: str | None
+    on: bool
+    type: Literal["kill"] = "kill"
+
+
+@dataclass(frozen=True, slots=True)
+class Erase:
+    user_id: str
+    type: Literal["erase"] = "erase"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    ts: int
+    type: Literal["tick"] = "tick"
+
+
+ControlEvent = Union[Profile, OptOut, OptIn, Kill, Erase, Tick]
+CONTROL_TYPES = ("profile", "opt_out", "opt_in", "kill", "erase", "tick")
+
+
+def _time_zone(obj: dict) -> str | None:
+    tz = obj.get("tz")
+    if tz is None:
+        return None
+    if not isinstance(tz, str) or not tz or len(tz) > 64:
+        raise InvalidRecord("tz must be an IANA time zone name such as Europe/Paris")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRecord(f"tz {tz!r} is not a known IANA time zone") from None
+    return tz
+
+
+def parse_control(obj: Any) -> ControlEvent:
+    """Validate a decoded control event or tick; raises InvalidRecord with the reason."""
+    obj = _object(obj)
+    kind = _one_of(obj, "type", CONTROL_TYPES)
+    if kind == "tick":
+        if "ts" not in obj:
+            raise InvalidRecord("missing field ts")
+        return Tick(ts=parse_ts(obj["ts"]))
+    if kind == "kill":
+        scope = _one_of(obj, "scope", KILL_SCOPES)
+        on = obj.get("on", True)
+        if not isinstance(on, bool):
+            raise InvalidRecord("on must be true or false")
+        if scope == "all":
+            return Kill(scope=scope, id=None, on=on)
+        target = _identifier(obj, "id")
+        if scope == "app" and target not in APPS:
+            raise InvalidRecord(f"kill of app {target!r}: expected one of {', '.join(APPS)}")
+        return Kill(scope=scope, id=target, on=on)
+    user_id = _identifier(obj, "user_id")
+    if kind == "profile":
+        minor = obj.get("minor")
+        if minor is not None and not isinstance(minor, bool):
+            raise InvalidRecord("minor must be true, false or left out")
+        return Profile(user_id=user_id, tz=_time_zone(obj), minor=minor)
+    if kind == "erase":
+        return Erase(user_id=user_id)
+    bot_id = _identifier(obj, "bot_id", nullable=True)
+    return OptOut(user_id, bot_id) if kind == "opt_out" else OptIn(user_id, bot_id)
+
+
+def control_to_dict(event: ControlEvent) -> dict:
+    if isinstance(event, Tick):
+        return {"type": "tick", "ts": format_ts(event.ts)}
+    if isinstance(event, Kill):
+        return {"type": "kill", "scope": event.scope, "id": event.id, "on": event.on}
+    if isinstance(event, Profile):
+        body = {"type": "profile", "user_id": event.user_id, "tz": event.tz}
+        if event.minor is not None:
+            body["minor"] = event.minor
+        return body
+    if isinstance(event, Erase):
+        return {"type": "erase", "user_id": event.user_id}
+    return {"type": event.type, "user_id": event.user_id, "bot_id": event.bot_id}
+
+
+def parse_record(obj: Any) -> MessageEvent | ControlEvent:
+    """A replay line: a record with ``type`` is a control event or tick, else a message."""
+    obj = _object(obj)
+    return parse_control(obj) if "type" in obj else parse_message(obj)
+
+
+# -- outputs of the engine -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FollowupRequest:
+    """A follow-up the rules allow, on topic ``followups.requested``, key ``user_id``."""
+
+    followup_id: str
+    user_id: str
+    bot_id: str
+    app: str
+    due_ts: int
+    last_inbound_ts: int
+    inbound_in_window: int
+
+    def to_dict(self) -> dict:
+        return {
+            "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
+            "app": self.app, "due_ts": format_ts(self.due_ts),
+            "last_inbound_ts": format_ts(self.last_inbound_ts),
+            "inbound_in_window": self.inbound_in_window,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def parse_followup(obj: Any) -> FollowupRequest:
+    obj = _object(obj)
+    count = obj.get("inbound_in_window")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidRecord("inbound_in_window must be a non-negative integer")
+    for name in ("due_ts", "last_inbound_ts"):
+        if name not in obj:
+            raise InvalidRecord(f"missing field {name}")
+    return FollowupRequest(
+        followup_id=_identifier(obj, "followup_id"),
+        user_id=_identifier(obj, "user_id"),
+        bot_id=_identifier(obj, "bot_id"),
+        app=_one_of(obj, "app", APPS),
+        due_ts=parse_ts(obj["due_ts"], "due_ts"),
+        last_inbound_ts=parse_ts(obj["last_inbound_ts"], "last_inbound_ts"),
+        inbound_in_window=count,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One rule checked by a decision, and what it found."""
+
+    rule: str
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """Every decision, sent or not, on topic ``decisions``, key ``user_id``.
+
+    ``outcome`` is ``emitted``, ``suppressed`` or ``deferred`` (held back by quiet hours
+    to ``send_ts``); ``stopped_by`` names the first rule that failed.
+    """
+
+    followup_id: str
+    user_id: str
+    bot_id: str
+    app: str
+    due_ts: int
+    send_ts: int
+    decided_at: int
+    outcome: str
+    stopped_by: str | None
+    inbound_in_window: int
+    last_inbound_ts: int
+    checks: tuple[Check, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
+            "app": self.app, "due_ts": format_ts(self.due_ts), "send_ts": format_ts(self.send_ts),
+            "decided_at": format_ts(self.decided_at), "outcome": self.outcome,
+            "stopped_by": self.stopped_by, "inbound_in_window": self.inbound_in_window,
+            "last_inbound_ts": format_ts(self.last_inbound_ts),
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be used, kept whole with where it came from and why."""
+
+    reason: str
+    source_topic: str
+    partition: int | None
+    offset: int | None
+    original: bytes
+    stage: str
+
+    def to_dict(self) -> dict:
+        body = {
+            "reason": self.reason, "stage": self.stage, "source_topic": self.source_topic,
+            "partition": self.partition, "offset": self.offset,
+        }
+        try:
+            body["original"] = self.original.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+            body["original_b64"] = base64.b64encode(self.original).decode("ascii")
+        return body
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())

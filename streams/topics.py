@@ -1,0 +1,50 @@
+"""The topic catalog: every topic Relance reads or writes, named here and nowhere else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    doc: str
+    keyed: bool = True          # keyed by user_id, so it has the catalog's partition count
+    compacted: bool = False     # changelogs and ledgers keep the latest value per key
+    retention_ms: int | None = 7 * DAY_MS
+
+    def config(self) -> dict[str, str]:
+        config = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None and not self.compacted:
+            config["retention.ms"] = str(self.retention_ms)
+        return config
+
+
+RAW_WHATSAPP = TopicSpec("raw.whatsapp", "WhatsApp Business Cloud API webhooks, as posted.", keyed=False)
+RAW_FACEBOOK = TopicSpec("raw.facebook", "Messenger Platform webhooks, as posted.", keyed=False)
+RAW_INSTAGRAM = TopicSpec("raw.instagram", "Instagram Messaging webhooks, as posted.", keyed=False)
+MESSAGES = TopicSpec("messages", "Canonical message events, key user_id.", retention_ms=21 * DAY_MS)
+CONTROL = TopicSpec("control", "Profiles, opt-outs, kills, erasures and ticks.", retention_ms=None, compacted=False)
+FOLLOWUPS_REQUESTED = TopicSpec("followups.requested", "Follow-ups the rules allow, key user_id.")
+FOLLOWUPS_RETRY = TopicSpec("followups.retry", "Follow-ups whose generation failed, waiting for another try.")
+FOLLOWUP_OUTCOMES = TopicSpec("followups.outcomes", "How every follow-up ended: delivered, cancelled or dead-lettered.")
+DECISIONS = TopicSpec("decisions", "A record of every decision, sent or not, key user_id.", retention_ms=30 * DAY_MS)
+DELIVERY_WHATSAPP = TopicSpec("delivery.whatsapp", "Generated follow-ups for the WhatsApp Cloud API.")
+DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the Messenger Send API.")
+DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.")
+DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False, retention_ms=30 * DAY_MS)
+
+RAW_BY_APP = {"whatsapp": RAW_WHATSAPP, "facebook": RAW_FACEBOOK, "instagram": RAW_INSTAGRAM}
+DELIVERY_BY_APP = {"whatsapp": DELIVERY_WHATSAPP, "facebook": DELIVERY_FACEBOOK, "instagram": DELIVERY_INSTAGRAM}
+
+CATALOG: tuple[TopicSpec, ...] = (
+    RAW_WHATSAPP, RAW_FACEBOOK, RAW_INSTAGRAM, MESSAGES, CONTROL, FOLLOWUPS_REQUESTED,
+    FOLLOWUPS_RETRY, FOLLOWUP_OUTCOMES, DECISIONS, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK,
+    DELIVERY_INSTAGRAM, DEADLETTER,
+)
+
+
+def topic_name(spec: TopicSpec, prefix: str = "") -> str:
+    """The topic's name on the broker; a prefix lets tests and demos share one broker."""
+    return prefix + spec.name
