@@ -391,3 +391,63 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+# -- delivery --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A generated follow-up on its way out, on topic ``delivery.<app>``, key ``user_id``.
+
+    ``text`` is what the user reads (the body and the disclosure line); ``body`` is the
+    request body of the app's send API (WhatsApp Cloud API ``/messages``, Messenger or
+    Instagram Send API), ready to post. ``ai_generated`` is always true: the record says
+    so itself, for every program downstream.
+    """
+
+    followup_id: str
+    user_id: str
+    bot_id: str
+    app: str
+    text: str
+    disclosure: str
+    body: dict
+    generated_at: int
+    ai_generated: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
+            "app": self.app, "text": self.text, "ai_generated": self.ai_generated,
+            "disclosure": self.disclosure, "body": self.body,
+            "generated_at": format_ts(self.generated_at),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def parse_delivery(obj: Any) -> DeliveryRecord:
+    """Validate a decoded delivery record; raises InvalidRecord with the reason."""
+    obj = _object(obj)
+    if obj.get("ai_generated") is not True:
+        raise InvalidRecord("ai_generated must be true: every follow-up is written by an AI")
+    text, disclosure = obj.get("text"), obj.get("disclosure")
+    if not isinstance(text, str) or not text or len(text) > MAX_TEXT_LENGTH:
+        raise InvalidRecord(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters")
+    if not isinstance(disclosure, str) or not disclosure or disclosure not in text:
+        raise InvalidRecord("disclosure must be a non-empty string that the text contains")
+    if not isinstance(obj.get("body"), dict):
+        raise InvalidRecord("body must be the send API's request body, a JSON object")
+    if "generated_at" not in obj:
+        raise InvalidRecord("missing field generated_at")
+    return DeliveryRecord(
+        followup_id=_identifier(obj, "followup_id"),
+        user_id=_identifier(obj, "user_id"),
+        bot_id=_identifier(obj, "bot_id"),
+        app=_one_of(obj, "app", APPS),
+        text=text,
+        disclosure=disclosure,
+        body=obj["body"],
+        generated_at=parse_ts(obj["generated_at"], "generated_at"),
+    )
