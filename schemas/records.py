@@ -137,6 +137,7 @@ class MessageEvent:
 def parse_message(obj: Any) -> MessageEvent:
     """Validate a decoded canonical message event; raises InvalidRecord with the reason."""
     obj = _object(obj)
+    event_id = _identifier(obj, "event_id")
     text = obj.get("text", None)
     if "text" not in obj:
         raise InvalidRecord("missing field text")
@@ -148,7 +149,7 @@ def parse_message(obj: Any) -> MessageEvent:
         raise InvalidRecord("missing field ts")
     extra = {k: v for k, v in obj.items() if k not in _MESSAGE_FIELDS} if len(obj) > 7 else {}
     return MessageEvent(
-        event_id=_identifier(obj, "event_id"),
+        event_id=event_id,
         app=_one_of(obj, "app", APPS),
         user_id=_identifier(obj, "user_id"),
         bot_id=_identifier(obj, "bot_id"),
@@ -437,17 +438,46 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
         raise InvalidRecord(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters")
     if not isinstance(disclosure, str) or not disclosure or disclosure not in text:
         raise InvalidRecord("disclosure must be a non-empty string that the text contains")
-    if not isinstance(obj.get("body"), dict):
-        raise InvalidRecord("body must be the send API's request body, a JSON object")
+    app = _one_of(obj, "app", APPS)
+    _check_send_body(app, obj.get("body"))
     if "generated_at" not in obj:
         raise InvalidRecord("missing field generated_at")
     return DeliveryRecord(
         followup_id=_identifier(obj, "followup_id"),
         user_id=_identifier(obj, "user_id"),
         bot_id=_identifier(obj, "bot_id"),
-        app=_one_of(obj, "app", APPS),
+        app=app,
         text=text,
         disclosure=disclosure,
         body=obj["body"],
         generated_at=parse_ts(obj["generated_at"], "generated_at"),
     )
+
+
+# The send APIs' own limits on one text message.
+_SEND_TEXT_LIMIT = {"whatsapp": 4096, "facebook": 2000, "instagram": 2000}
+_MESSAGING_TYPES = ("RESPONSE", "UPDATE", "MESSAGE_TAG")
+
+
+def _check_send_body(app: str, body: Any) -> None:
+    """The body must be a text message of the app's send API, as delivery.schema.json says."""
+    if not isinstance(body, dict):
+        raise InvalidRecord("body must be the send API's request body, a JSON object")
+    if app == "whatsapp":
+        if body.get("messaging_product") != "whatsapp" or body.get("type") != "text":
+            raise InvalidRecord('a WhatsApp body needs messaging_product "whatsapp" and type "text"')
+        if body.get("recipient_type", "individual") != "individual":
+            raise InvalidRecord('a WhatsApp body\'s recipient_type must be "individual"')
+        _identifier(body, "to")
+        content = body.get("text")
+        text = content.get("body") if isinstance(content, dict) else None
+    else:
+        if body.get("messaging_type", "RESPONSE") not in _MESSAGING_TYPES:
+            raise InvalidRecord(f"messaging_type must be one of {', '.join(_MESSAGING_TYPES)}")
+        recipient = body.get("recipient")
+        _identifier(recipient if isinstance(recipient, dict) else {}, "id")
+        content = body.get("message")
+        text = content.get("text") if isinstance(content, dict) else None
+    limit = _SEND_TEXT_LIMIT[app]
+    if not isinstance(text, str) or not text or len(text) > limit:
+        raise InvalidRecord(f"the body's text must be a non-empty string of at most {limit} characters")
