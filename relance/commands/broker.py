@@ -1,0 +1,68 @@
+"""``relance broker up|down|status``: the local Kafka broker and Redis for development."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from relance.localstack import LocalStack, StackError, create_topics
+from relance.settings import SettingError, Settings
+from streams.topics import CATALOG
+
+STATE_DIR = Path(".relance/stack")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "broker",
+        help="start, stop or show the local Kafka broker and Redis (no Docker)",
+        description="Run a real one-node Apache Kafka (KRaft) and a real Redis on 127.0.0.1, "
+        "detached, tracked by pid files in .relance/stack/ under the current folder. Ports "
+        "come from the settings broker (RELANCE_BROKER) and redis_url (RELANCE_REDIS_URL); "
+        "the Kafka controller listens on the broker port + 1. Kafka's jars are fetched from "
+        "Maven Central once, into ${RELANCE_CACHE:-~/.cache/relance}.",
+    )
+    parser.add_argument(
+        "action", choices=["up", "down", "status"],
+        help="up: start both and create the catalog's topics, then return; "
+        "down: stop both (by their recorded pids); status: show what runs",
+    )
+    parser.add_argument("--broker", help="Kafka host:port to listen on (default: setting broker)")
+    parser.add_argument("--redis-url", help="Redis URL to listen on (default: setting redis_url)")
+    parser.add_argument("--topic-prefix", help="prefix of the created topics (default: setting topic_prefix)")
+    parser.add_argument("--partitions", type=int, help="partitions of keyed topics (default: setting partitions)")
+    parser.set_defaults(run=run)
+
+
+def local_stack(settings: Settings) -> LocalStack:
+    host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
+    redis = urlsplit(settings.redis_url)
+    for name, address in (("broker", host), ("redis_url", redis.hostname)):
+        if address not in ("127.0.0.1", "localhost"):
+            raise SettingError(f"setting {name}: the local stack listens on 127.0.0.1, not {address}")
+    if not kafka_port.isdigit():
+        raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
+    return LocalStack(STATE_DIR, kafka_port=int(kafka_port), redis_port=redis.port or 6379)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.load({"broker": args.broker, "redis_url": args.redis_url,
+                              "topic_prefix": args.topic_prefix, "partitions": args.partitions})
+    stack = local_stack(settings)
+    try:
+        if args.action == "up":
+            began = time.monotonic()
+            stack.start()
+            topics = create_topics(stack.bootstrap, CATALOG, settings.topic_prefix, settings.partitions)
+            print(f"up in {time.monotonic() - began:.1f}s; {len(topics)} topics ready "
+                  f"(prefix {settings.topic_prefix!r}); logs in {stack.state_dir}")
+        elif args.action == "down":
+            stack.stop()
+        for status in stack.status():
+            print(status)
+    except StackError as exc:
+        print(f"relance broker {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0

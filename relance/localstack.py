@@ -1,0 +1,517 @@
+"""A real Kafka broker and a real Redis server on this machine, without Docker.
+
+Kafka runs as a one-node KRaft broker+controller from jars that Maven fetches once from
+Maven Central (Apache's download site is out of reach here) into
+``${RELANCE_CACHE:-~/.cache/relance}/kafka-<version>/libs``. Both servers run as detached
+children in their own process group and are tracked by pid files in a state folder, so
+``relance broker up`` can return and ``relance broker down`` stop them later, by pid.
+
+``python -m relance.localstack fetch`` fetches the Kafka jars (the bootstrap script uses it).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from streams.topics import CATALOG, TopicSpec, topic_name
+
+__all__ = [
+    "KAFKA_VERSION", "StackError", "KafkaBroker", "RedisServer", "LocalStack", "ServiceStatus",
+    "fetch_kafka", "create_topics", "acreate_topics", "free_port",
+]
+
+# Newest Kafka on Maven Central that faust-streaming 0.15.3 + aiokafka 0.14 work against
+# (tests/test_localstack.py proves it). Keep in step with deploy/kafka/pom.xml.
+KAFKA_VERSION = "4.4.0"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+INSTALL_JAVA = "apt-get install openjdk-17-jre-headless maven"
+INSTALL_REDIS = "apt-get install redis-server"
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A local server could not be fetched, started or reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None  # None: not running
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def __str__(self) -> str:
+        state = f"running, pid {self.pid}" if self.running else "stopped"
+        return f"{self.name:<12} {self.address:<22} {state}"
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RELANCE_CACHE") or "~/.cache/relance").expanduser()
+
+
+def require_program(program: str, install: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise StackError(f"{program} is not installed; install it with: {install}")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine from sync code, even when the caller already has a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    result: list[Any] = []
+
+    def worker() -> None:
+        try:
+            result.append(("ok", asyncio.run(make_coro())))
+        except BaseException as exc:  # handed back to the caller's thread
+            result.append(("error", exc))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    kind, value = result[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; reaps it if it is our own exited child."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier `relance broker up`)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie whose parent has not reaped it yet is as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def process_start_time(pid: int) -> str:
+    """When the process started, in clock ticks since boot: a pid plus this names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (FileNotFoundError, IndexError):
+        return ""
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM, wait up to timeout for a clean shutdown, then SIGKILL."""
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class _Server:
+    """A detached server process tracked by a pid file in the state folder."""
+
+    name = "server"
+
+    def __init__(self, state_dir: Path | str, port: int) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.port = port
+        self.pid_file = self.state_dir / f"{self.name}.pid"
+        self.log_file = self.state_dir / f"{self.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pid(self) -> int | None:
+        """The recorded pid if that very process still runs, else None."""
+        try:
+            pid, started = self.pid_file.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return None
+        # The start time guards against pid reuse (after a reboot, say): same pid, other program.
+        if pid_alive(int(pid)) and process_start_time(int(pid)) == started:
+            return int(pid)
+        return None
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(self.name, self.address, self.pid())
+
+    def stop(self, timeout: float = 20.0) -> None:
+        pid = self.pid()
+        if pid is not None:
+            stop_pid(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.pid() is not None:
+            self.wait_ready(timeout)  # already running (an earlier `up`): just make sure
+            return
+        if port_in_use(self.port):
+            raise StackError(f"{self.name}: port {self.port} is in use by another process")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        command = self.prepare()
+        with open(self.log_file, "ab") as log:
+            # Own session (and so process group): Ctrl-C in the terminal that ran `up`
+            # must not stop the server; only `down` (by pid) does.
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.state_dir, start_new_session=True,
+            )
+        self.pid_file.write_text(f"{process.pid} {process_start_time(process.pid)}\n")
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise StackError(
+                    f"{self.name} exited during start-up; last lines of {self.log_file}:\n"
+                    + tail(self.log_file))
+            try:
+                self.probe()
+                return
+            except Exception as exc:  # not ready yet: the probe's error says why
+                last_error = exc
+            time.sleep(0.2)
+        raise StackError(
+            f"{self.name} on {self.address} not ready after {timeout:.0f}s ({last_error!r}); "
+            f"last lines of {self.log_file}:\n{tail(self.log_file)}")
+
+    def prepare(self) -> list[str]:
+        """Write config files; return the command line."""
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """Raise unless the server answers a real client request."""
+        raise NotImplementedError
+
+
+# -- Kafka ---------------------------------------------------------------------------------
+
+def fetch_kafka(version: str = KAFKA_VERSION, quiet: bool = False) -> Path:
+    """The folder of the Kafka jars, fetched with Maven on first use (a stamp marks done)."""
+    home = cache_dir() / f"kafka-{version}"
+    libs, stamp = home / "libs", home / "fetched.stamp"
+    if stamp.exists():
+        return libs
+    require_program("java", INSTALL_JAVA)
+    mvn = require_program("mvn", INSTALL_JAVA)
+    say = (lambda _: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    say(f"Fetching Kafka {version} jars from Maven Central into {libs} (once; about a minute)")
+    partial = home / "libs.partial"  # a fetch cut short never looks complete
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [mvn, "-B", "-f", str(KAFKA_POM), f"-Dkafka.version={version}",
+               "dependency:copy-dependencies", f"-DoutputDirectory={partial}"]
+    output: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as mvn_process:
+        for line in mvn_process.stdout:  # type: ignore[union-attr]
+            output.append(line.rstrip())
+            if "Downloaded from" in line and ".jar (" in line:  # one line per jar
+                say("  downloaded " + line.split(".jar (")[0].rsplit("/", 1)[-1] + ".jar")
+    if mvn_process.returncode != 0:
+        raise StackError(f"mvn could not fetch Kafka {version}:\n" + "\n".join(output[-30:]))
+    shutil.rmtree(libs, ignore_errors=True)
+    partial.rename(libs)
+    stamp.write_text(f"{version}\n")
+    say(f"Kafka {version}: {len(list(libs.glob('*.jar')))} jars in {libs}")
+    return libs
+
+
+LOG4J2_CONFIG = """\
+# Written by relance.localstack: a log a person can read; noisy internals at WARN.
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d{HH:mm:ss.SSS}] %-5p %m (%c{1})%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+logger.config.name = org.apache.kafka.common.config
+logger.config.level = warn
+logger.utils.name = org.apache.kafka.common.utils
+logger.utils.level = warn
+logger.statechange.name = state.change.logger
+logger.statechange.level = warn
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.metadata.name = org.apache.kafka.metadata
+logger.metadata.level = warn
+"""
+
+
+class KafkaBroker(_Server):
+    """A one-node Kafka (KRaft, broker+controller) on 127.0.0.1."""
+
+    name = "kafka"
+
+    def __init__(self, state_dir: Path | str, port: int = 19092,
+                 controller_port: int | None = None, version: str = KAFKA_VERSION) -> None:
+        super().__init__(state_dir, port)
+        self.controller_port = controller_port or port + 1
+        self.version = version
+        self.config_file = self.state_dir / "kafka.properties"
+        self.data_dir = self.state_dir / "kafka-data"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.address
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(f"kafka {self.version}", self.address, self.pid())
+
+    def prepare(self) -> list[str]:
+        java = require_program("java", INSTALL_JAVA)
+        classpath = f"{fetch_kafka(self.version)}/*"
+        if port_in_use(self.controller_port):
+            raise StackError(f"kafka: controller port {self.controller_port} is in use")
+        log4j = self.state_dir / "kafka-log4j2.properties"
+        log4j.write_text(LOG4J2_CONFIG)
+        self.config_file.write_text(self._config())
+        jvm = [java, "-Xmx512m", "-cp", classpath, f"-Dlog4j2.configurationFile={log4j}"]
+        if not (self.data_dir / "meta.properties").exists():  # format once; a JVM start is slow
+            # Static controller.quorum.voters in the config, so no --standalone here.
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            formatted = subprocess.run(
+                jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+                       "-c", str(self.config_file), "--ignore-formatted"],
+                capture_output=True, text=True)
+            if formatted.returncode != 0:
+                raise StackError("kafka storage format failed:\n"
+                                 + (formatted.stdout + formatted.stderr)[-3000:])
+        return jvm + ["kafka.Kafka", str(self.config_file)]
+
+    def _config(self) -> str:
+        c = self.controller_port
+        return f"""\
+# Written by relance.localstack: one node is both broker and KRaft controller.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{c}
+listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{c}
+advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={self.data_dir}
+# One node: every internal topic has one replica.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+min.insync.replicas=1
+# Fewer offset partitions than the default 50: the first consumer group comes up faster.
+offsets.topic.num.partitions=8
+# Consumer groups (and so tests) start at once instead of waiting 3 s for more members.
+group.initial.rebalance.delay.ms=0
+# Topics come from the catalog (streams/topics.py), never from a typo in a client.
+auto.create.topics.enable=false
+num.partitions=1
+"""
+
+    def probe(self) -> None:
+        if not port_in_use(self.port):  # spares the log aiokafka's "Unable connect" errors
+            raise StackError("port not open yet")
+        run_sync(lambda: _list_topics(self.bootstrap))
+
+
+async def _admin(bootstrap: str):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await asyncio.wait_for(admin.start(), 5)
+    return admin
+
+
+async def _list_topics(bootstrap: str) -> list[str]:
+    admin = await _admin(bootstrap)
+    try:
+        return await asyncio.wait_for(admin.list_topics(), 5)
+    finally:
+        await admin.close()
+
+
+async def acreate_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG,
+                         prefix: str = "", partitions: int = 4,
+                         timeout: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return every name. Existing ones are fine."""
+    from aiokafka.admin import NewTopic
+
+    specs = list(specs)
+    names = [topic_name(spec, prefix) for spec in specs]
+    admin = await _admin(bootstrap)
+    try:
+        existing = set(await admin.list_topics())
+        # Keyed topics get the partition count; the others are not split by user, so one.
+        missing = [NewTopic(name, partitions if spec.keyed else 1, 1, topic_configs=spec.config())
+                   for spec, name in zip(specs, names) if name not in existing]
+        if missing:
+            response = await admin.create_topics(missing, timeout_ms=int(timeout * 1000))
+            for name, code, *message in response.topic_errors:
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (someone was quicker)
+                    raise StackError(f"could not create topic {name}: error {code} {message}")
+        deadline = time.monotonic() + timeout
+        while not set(names) <= set(await admin.list_topics()):  # metadata catches up
+            if time.monotonic() > deadline:
+                raise StackError(f"topics not visible after {timeout:.0f}s: {names}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    return names
+
+
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG, prefix: str = "",
+                  partitions: int = 4) -> list[str]:
+    """Sync form of ``acreate_topics``, for CLI code and fixtures."""
+    return run_sync(lambda: acreate_topics(bootstrap, specs, prefix, partitions))
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+class RedisServer(_Server):
+    """redis-server with a generated config: no persistence, data in the state folder."""
+
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def prepare(self) -> list[str]:
+        redis_server = require_program("redis-server", INSTALL_REDIS)
+        data = self.state_dir / "redis-data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "redis.conf"
+        config.write_text(
+            "# Written by relance.localstack: a throwaway Redis for development and tests.\n"
+            f"port {self.port}\nbind 127.0.0.1\ndir {data}\n"
+            'save ""\nappendonly no\ndaemonize no\nlogfile ""\n')
+        return [redis_server, str(config)]
+
+    def probe(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+
+# -- both ----------------------------------------------------------------------------------
+
+class LocalStack:
+    """Kafka and Redis together, sharing one state folder."""
+
+    def __init__(self, state_dir: Path | str, kafka_port: int = 19092, redis_port: int = 16379,
+                 controller_port: int | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port)
+        self.redis = RedisServer(self.state_dir, redis_port)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def start(self, timeout: float = 90.0) -> None:
+        try:
+            self.redis.start(timeout=min(timeout, 20))
+            self.kafka.start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        errors = []
+        for server in (self.kafka, self.redis):  # try both, even if one fails
+            try:
+                server.stop()
+            except Exception as exc:
+                errors.append(f"{server.name}: {exc}")
+        if errors:
+            raise StackError("; ".join(errors))
+
+    def status(self) -> list[ServiceStatus]:
+        return [self.kafka.status(), self.redis.status()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["fetch"]:
+        print("usage: python -m relance.localstack fetch   (fetch the Kafka jars once)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(fetch_kafka())
+    except StackError as exc:
+        print(f"relance: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

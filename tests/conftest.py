@@ -1,0 +1,56 @@
+"""Shared fixtures: one real Kafka broker and one real Redis per test session.
+
+Tests that use ``stack`` (directly or through ``topic_prefix``/``redis_db``) are marked
+``@pytest.mark.kafka``. Each test gets its own topic prefix and a flushed Redis db, so
+tests do not see each other's data although they share the servers.
+"""
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from relance.localstack import LocalStack, create_topics, free_port
+from streams.topics import CATALOG
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from waiting import wait_for`
+
+TEST_PARTITIONS = 4
+TEST_REDIS_DB = 1  # db 0 stays the stack's default; each test starts from an empty db 1
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """Kafka and Redis on free ports (a demo may hold the default ones), once per session."""
+    local = LocalStack(
+        tmp_path_factory.mktemp("stack"),
+        kafka_port=free_port(), redis_port=free_port(), controller_port=free_port(),
+    )
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def topic_prefix(stack: LocalStack) -> str:
+    """A fresh prefix ``t-<hex>-`` with every catalog topic created under it (4 partitions)."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}-"
+    create_topics(stack.bootstrap, CATALOG, prefix, TEST_PARTITIONS)
+    return prefix
+
+
+@pytest.fixture
+def redis_db(stack: LocalStack) -> str:
+    """URL of a Redis db emptied before the test."""
+    url = stack.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
