@@ -201,7 +201,7 @@ class DecisionCore:
                 continue
             if kind == _DECIDE and pair.due == time:
                 self._decide(user_id, user, bot_id, pair, time)
-            elif kind == _EXPIRE and pair.due is None and pair.last_ts + self.settings.window <= time:
+            elif kind == _EXPIRE and pair.due is None and self._expiry(pair) <= time:
                 self._expire(user_id, user, bot_id)
 
     def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
@@ -324,7 +324,7 @@ class DecisionCore:
         if failed is not None:
             outcome = SUPPRESSED
             pair.due = None
-            heapq.heappush(self._due, (pair.last_ts + settings.window, user_id, bot_id, _EXPIRE))
+            heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
         elif send_at is not None:
             outcome = DEFERRED
             pair.due = send_at
@@ -334,7 +334,7 @@ class DecisionCore:
             pair.due = None
             pair.emitted_at = due
             user.sends.append(due)
-            heapq.heappush(self._due, (pair.last_ts + settings.window, user_id, bot_id, _EXPIRE))
+            heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
         fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_id)
         self.decisions.append(DecisionRecord(
             followup_id=fid, user_id=user_id, bot_id=bot_id, app=pair.app, due_ts=due,
@@ -392,8 +392,17 @@ class DecisionCore:
             return Check("user_cap", False, f"{week} follow-ups to this user in 7 days")
         return Check("user_cap", True)
 
+    def _expiry(self, pair: PairState) -> int:
+        """When a silent pair can be forgotten without changing any later decision.
+
+        A late event may still arrive with ts > clock - W, and its decision (at ts + D or
+        later) counts inbound messages back to ts + D - W. Past L + max(2W - D, W + D),
+        every message of the pair is below that horizon and before any follow-up sent.
+        """
+        window, delay = self.settings.window, self.settings.idle_delay
+        return pair.last_ts + max(2 * window - delay, window + delay)
+
     def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
-        # Silent longer than the window: no later event can count towards it any more.
         del user.pairs[bot_id]
         user.sends = [ts for ts in user.sends if ts > self.clock - WEEK_MS]
         if user.is_empty():
@@ -409,7 +418,15 @@ class DecisionCore:
             if pair.due is not None:
                 heapq.heappush(self._due, (pair.due, user_id, bot_id, _DECIDE))
             else:
-                heapq.heappush(self._due, (pair.last_ts + self.settings.window, user_id, bot_id, _EXPIRE))
+                heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
+
+    def export_meta(self) -> dict:
+        """What this core holds beyond its users: the clock and the kill switches."""
+        return {"clock": self.clock, "kills": self.kills.to_dict()}
+
+    def import_meta(self, meta: dict) -> None:
+        self.clock = max(self.clock, meta["clock"])
+        self.kills = KillSwitches.from_dict(meta["kills"])
 
     def pairs_tracked(self) -> int:
         return sum(len(user.pairs) for user in self.users.values())

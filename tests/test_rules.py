@@ -189,10 +189,12 @@ def test_followup_id_is_deterministic_across_runs():
     assert first[0].followup_id == followup_id("u1", "b", last.ts, f"{last.app}:{last.event_id}")
 
 
-def test_state_of_a_pair_silent_longer_than_the_window_is_removed():
+def test_state_of_a_silent_pair_is_removed_once_no_late_event_can_need_it():
     r = run().feed(burst("u1", "b", T0, 5), tick(T0 + 13 * HOUR))
+    last = T0 + 4 * MINUTE
+    r.feed(tick(last + 28 * DAY - 12 * HOUR - 1))   # L + 2W - D
     assert r.core.pairs_tracked() == 1
-    r.feed(tick(T0 + 15 * DAY))
+    r.feed(tick(last + 28 * DAY - 12 * HOUR))
     assert r.core.pairs_tracked() == 0 and "u1" not in r.core.users
 
 
