@@ -1,0 +1,292 @@
+"""Native webhooks to canonical message events (spec section 5). Pure: no Kafka, no I/O.
+
+``normalize_webhook(app, document, registry)`` turns one webhook document, as the
+platform posted it, into a ``NormalizeResult``:
+
+- ``events``: one ``MessageEvent`` per usable message, in document order;
+- ``dropped``: receipts and other entries that are not messages (WhatsApp ``statuses``
+  and non-message changes; Messenger/Instagram ``delivery``, ``read``, postbacks,
+  reactions, unsent-message notices, ``standby`` and ``changes`` items);
+- ``errors``: one reason per message that could not be used, prefixed by where it sits
+  in the document (``entry[0].messaging[2]: ...``).
+
+A document that is not JSON, or whose envelope (``object``, ``entry``, ``changes``,
+``value``, ``messages``, ``messaging``) has the wrong shape, raises ``InvalidRecord``:
+then the number of messages it holds is unknown, and the whole document must go to the
+dead-letter topic. Otherwise every message slot ends as exactly one event or one error.
+
+Every event is checked exactly as ``schemas.records.parse_message`` checks a canonical
+event (ids, text length, time range), inline, because this is the ingest hot path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+from schemas.records import (
+    APPS,
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    InvalidRecord,
+    MessageEvent,
+    loads,
+    parse_ts,
+)
+from schemas.registry import ACCOUNT_KIND
+
+__all__ = ["NormalizeResult", "normalize_webhook", "decode_webhook", "OBJECT_BY_APP"]
+
+# The webhook's top-level ``object`` on each app: a document posted to the wrong raw
+# topic is refused instead of being matched against the wrong app's account ids.
+OBJECT_BY_APP = {"whatsapp": "whatsapp_business_account", "facebook": "page", "instagram": "instagram"}
+# WhatsApp message types whose media object can carry a caption (the Cloud API has no
+# caption on audio or stickers).
+_CAPTIONED = ("image", "video", "document")
+# Entry-level lists of Messenger/Instagram that are not ``messaging``: handover-protocol
+# standby events and feed/comment changes. Counted and dropped.
+_OTHER_ENTRY_LISTS = ("standby", "changes")
+# WhatsApp epoch seconds fit in 12 digits until year 33658; longer strings are garbage,
+# and capping the length keeps int() cheap on hostile input.
+_MAX_SECONDS_DIGITS = 12
+
+
+class AccountOwners(Protocol):
+    def owners(self, app: str) -> Mapping[str, str]: ...
+
+
+@dataclass(slots=True)
+class NormalizeResult:
+    events: list[MessageEvent] = field(default_factory=list)
+    dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        """Message slots found in the document: each became one event or one error."""
+        return len(self.events) + len(self.errors)
+
+
+def decode_webhook(document: bytes | str | dict) -> dict:
+    """The decoded document, checked to be a JSON object."""
+    body = document if isinstance(document, dict) else loads(document)
+    if type(body) is not dict:
+        raise InvalidRecord(f"a webhook must be a JSON object, got {_json_type(body)}")
+    return body
+
+
+def normalize_webhook(app: str, document: bytes | str | dict, registry: AccountOwners) -> NormalizeResult:
+    """Canonical events of one native webhook document; see the module docstring."""
+    if app not in APPS:
+        raise ValueError(f"unknown app {app!r}: expected one of {', '.join(APPS)}")
+    entries = _entries(app, decode_webhook(document))
+    owners = registry.owners(app)
+    if app == "whatsapp":
+        return _whatsapp(entries, owners)
+    return _messaging(app, entries, owners)
+
+
+# -- envelope --------------------------------------------------------------------------
+
+def _entries(app: str, body: dict) -> list:
+    kind = body.get("object")
+    if kind is not None and kind != OBJECT_BY_APP[app]:
+        raise InvalidRecord(f"object is {str(kind)[:40]!r}, not a {app} webhook ({OBJECT_BY_APP[app]!r})")
+    return _list(body, "entry", "the webhook", required=True)
+
+
+def _list(container: dict, key: str, where: str, required: bool = False) -> list:
+    value = container.get(key)
+    if type(value) is list:
+        return value
+    if value is None and not required:
+        return []
+    shown = "missing" if value is None else f"a {_json_type(value)}"
+    raise InvalidRecord(f"{where}.{key} must be a list, is {shown}")
+
+
+def _object(value: Any, where: str) -> dict:
+    if type(value) is not dict:
+        raise InvalidRecord(f"{where} must be an object, is a {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# -- WhatsApp Business Cloud API -------------------------------------------------------
+
+def _whatsapp(entries: list, owners: Mapping[str, str]) -> NormalizeResult:
+    result = NormalizeResult()
+    for i, entry in enumerate(entries):
+        changes = _list(_object(entry, f"entry[{i}]"), "changes", f"entry[{i}]")
+        for j, change in enumerate(changes):
+            where = f"entry[{i}].changes[{j}]"
+            value = _object(change, where).get("value")
+            if value is None:
+                result.dropped += 1
+                continue
+            _whatsapp_value(_object(value, where + ".value"), where + ".value", owners, result)
+    return result
+
+
+def _whatsapp_value(value: dict, where: str, owners: Mapping[str, str], result: NormalizeResult) -> None:
+    messages = _list(value, "messages", where)
+    statuses = _list(value, "statuses", where)
+    result.dropped += len(statuses)
+    if not messages:
+        if not statuses:
+            result.dropped += 1  # account, template or quality notices: not messages
+        return
+    bot_id, no_bot = _whatsapp_bot(value, owners)
+    for k, message in enumerate(messages):
+        try:
+            if no_bot:
+                raise InvalidRecord(no_bot)
+            result.events.append(_whatsapp_event(message, bot_id))
+        except InvalidRecord as exc:
+            result.errors.append(f"{where}.messages[{k}]: {exc}")
+
+
+def _whatsapp_bot(value: dict, owners: Mapping[str, str]) -> tuple[str, str]:
+    """(bot id, "") or ("", reason): every message of one ``value`` shares its number."""
+    metadata = value.get("metadata")
+    number = metadata.get("phone_number_id") if type(metadata) is dict else None
+    if type(number) is not str or not number:
+        return "", "metadata.phone_number_id is missing, so the bot is unknown"
+    bot_id = owners.get(number)
+    if bot_id is None:
+        return "", f"no bot in the registry owns {ACCOUNT_KIND['whatsapp']} {number[:MAX_ID_LENGTH]}"
+    return bot_id, ""
+
+
+def _whatsapp_event(message: Any, bot_id: str) -> MessageEvent:
+    if type(message) is not dict:
+        raise InvalidRecord(f"a message must be an object, is a {_json_type(message)}")
+    return MessageEvent(
+        event_id=_identifier(message.get("id"), "id"),
+        app="whatsapp",
+        user_id=_identifier(message.get("from"), "from"),
+        bot_id=bot_id,
+        direction="inbound",  # the Cloud API posts only what users send
+        ts=_epoch_seconds(message.get("timestamp")),
+        text=_text(_whatsapp_text(message)),
+    )
+
+
+def _whatsapp_text(message: dict) -> Any:
+    text = message.get("text")
+    if text is not None:
+        if type(text) is not dict:
+            raise InvalidRecord("text must be an object with a body")
+        return text.get("body")
+    for kind in _CAPTIONED:
+        media = message.get(kind)
+        if type(media) is dict:
+            return media.get("caption")
+    return None
+
+
+def _epoch_seconds(value: Any) -> int:
+    if type(value) is str and 0 < len(value) <= _MAX_SECONDS_DIGITS and value.isascii() and value.isdigit():
+        return parse_ts(int(value) * 1000, "timestamp")
+    if type(value) is int:  # not the documented form, but unambiguous
+        return parse_ts(value * 1000, "timestamp")
+    if value is None:
+        raise InvalidRecord("missing timestamp")
+    raise InvalidRecord(f"timestamp {str(value)[:40]!r} is not epoch seconds")
+
+
+# -- Messenger Platform and Instagram Messaging ------------------------------------------
+
+def _messaging(app: str, entries: list, owners: Mapping[str, str]) -> NormalizeResult:
+    result = NormalizeResult()
+    for i, entry in enumerate(entries):
+        entry = _object(entry, f"entry[{i}]")
+        for key in _OTHER_ENTRY_LISTS:
+            other = entry.get(key)
+            if type(other) is list:
+                result.dropped += len(other)
+        for k, item in enumerate(_list(entry, "messaging", f"entry[{i}]")):
+            try:
+                event = _messaging_event(app, item, owners)
+            except InvalidRecord as exc:
+                result.errors.append(f"entry[{i}].messaging[{k}]: {exc}")
+                continue
+            if event is None:
+                result.dropped += 1
+            else:
+                result.events.append(event)
+    return result
+
+
+def _messaging_event(app: str, item: Any, owners: Mapping[str, str]) -> MessageEvent | None:
+    """The event of one ``messaging[]`` item, or None when the item is not a message."""
+    if type(item) is not dict:
+        raise InvalidRecord(f"a messaging item must be an object, is a {_json_type(item)}")
+    message = item.get("message")
+    if message is None:
+        return None  # delivery, read, postback, reaction, referral, optin ...
+    if type(message) is not dict:
+        raise InvalidRecord(f"message must be an object, is a {_json_type(message)}")
+    if message.get("is_deleted") is True:
+        return None  # the user unsent an earlier message: not a new message
+    echo = message.get("is_echo", False)
+    if type(echo) is not bool:
+        raise InvalidRecord("message.is_echo must be true or false")
+    sender = _party(item, "sender")
+    recipient = _party(item, "recipient")
+    # An echo is the bot's own message: the page/account sent it to the user.
+    user_id, account_id = (recipient, sender) if echo else (sender, recipient)
+    event_id = _identifier(message.get("mid"), "message.mid")
+    ts = _epoch_millis(item.get("timestamp"))
+    text = _text(message.get("text"))
+    bot_id = owners.get(account_id)
+    if bot_id is None:
+        raise InvalidRecord(f"no bot in the registry owns {ACCOUNT_KIND[app]} {account_id}")
+    return MessageEvent(
+        event_id=event_id, app=app, user_id=user_id, bot_id=bot_id,
+        direction="outbound" if echo else "inbound", ts=ts, text=text,
+    )
+
+
+def _party(item: dict, name: str) -> str:
+    party = item.get(name)
+    if type(party) is not dict:
+        raise InvalidRecord(f"{name} must be an object with an id")
+    return _identifier(party.get("id"), f"{name}.id")
+
+
+def _epoch_millis(value: Any) -> int:
+    if type(value) is int:
+        return parse_ts(value, "timestamp")
+    if value is None:
+        raise InvalidRecord("missing timestamp")
+    raise InvalidRecord(f"timestamp {str(value)[:40]!r} is not epoch milliseconds")
+
+
+# -- the checks of a canonical event -----------------------------------------------------
+
+def _identifier(value: Any, name: str) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    if value is None:
+        raise InvalidRecord(f"missing {name}")
+    if type(value) is str:
+        shown = "empty" if not value else f"{len(value)} characters long, more than {MAX_ID_LENGTH}"
+        raise InvalidRecord(f"{name} is {shown}")
+    raise InvalidRecord(f"{name} must be a string, is a {_json_type(value)}")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""  # a photo, a sticker, a location: a message with no words
+    if type(value) is not str:
+        raise InvalidRecord(f"the message text must be a string, is a {_json_type(value)}")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidRecord(f"text is {len(value)} characters long, more than {MAX_TEXT_LENGTH}")
+    return value
