@@ -271,3 +271,13 @@ def test_the_schema_refuses_date_times_that_are_not_rfc_3339(ts):
 @pytest.mark.parametrize("ts", NOT_RFC_3339)
 def test_the_parser_refuses_date_times_that_are_not_rfc_3339(ts):
     assert parser_accepts("message", message(ts=ts)) is False
+
+
+def test_send_bodies_built_by_the_delivery_stage_validate():
+    from agents.delivery import delivery_body  # the stage that fills delivery topics
+
+    for app in ("whatsapp", "facebook", "instagram"):
+        record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT), T)
+        decoded = orjson.loads(record.to_json())
+        assert [e.message for e in VALIDATORS["delivery"].iter_errors(decoded)] == []
+        assert parser_accepts("delivery", decoded)
