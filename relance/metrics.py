@@ -1,0 +1,213 @@
+"""Every Prometheus metric of a Relance worker, declared once.
+
+A worker calls :func:`new_metrics` once and passes the returned :class:`Metrics` to its
+agents; its own HTTP interface serves :func:`render` at ``/metrics``. Each call makes a
+fresh :class:`~prometheus_client.CollectorRegistry`, never the process-global one, so a
+test (or a process running several workers) can hold several independent sets.
+
+Naming follows the Prometheus conventions: ``relance_`` prefix, base units (seconds,
+messages), ``_total`` on counters, ``_seconds`` on durations. The dashboards in
+``deploy/grafana`` and the alert rules in ``deploy/prometheus`` use these names, and
+``tests/test_deploy.py`` fails if they name a metric that is not declared here.
+
+Label values must come from small, bounded sets, because every distinct value is a new
+time series kept by Prometheus forever after:
+
+- ``app``: ``whatsapp``, ``facebook``, ``instagram`` (:data:`APPS`).
+- ``stage``: the worker stage that gave up on the record, ``ingest``, ``engine``,
+  ``generator``, ``delivery`` (:data:`STAGES`).
+- ``reason`` (dead letters, cancellations, refusals, decisions), ``outcome``, ``kind``:
+  short snake_case words such as ``not_json``, ``invalid_field``, ``unknown_bot``.
+  Never an exception message, an id or user text: the human-readable detail belongs in
+  the dead-letter record, not in the label. Pass such values through :func:`label`,
+  which turns anything that is not a short snake_case word into ``other``.
+- ``topic``/``partition`` (consumer lag): bounded by the topic catalog and its partitions.
+- ``language``: ISO 639-1 codes of the distress detector's word lists.
+- ``provider``: the LLM backend, ``openai`` (any OpenAI-compatible API) or ``offline``.
+
+No label carries a ``user_id``, ``bot_id`` or follow-up id: those are unbounded.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+__all__ = [
+    "CONTENT_TYPE",
+    "APPS",
+    "STAGES",
+    "DEAD_LETTER_REASONS",
+    "LLM_SECONDS_BUCKETS",
+    "TIMER_LAG_SECONDS_BUCKETS",
+    "Metrics",
+    "label",
+    "new_metrics",
+    "render",
+]
+
+APPS = ("whatsapp", "facebook", "instagram")
+STAGES = ("ingest", "engine", "generator", "delivery")
+
+# The dead-letter reasons the stages are expected to use. Not enforced (a stage may add a
+# new word), but a new reason should be added here so the dashboards' legend stays readable.
+DEAD_LETTER_REASONS = (
+    "not_json",          # bytes that are not a JSON document
+    "not_object",        # JSON, but not an object
+    "missing_field",     # a required field is absent
+    "invalid_field",     # a field has the wrong type, length or value
+    "unknown_app",       # app is not one of APPS
+    "unknown_bot",       # a webhook for a page/number/account no bot in the registry owns
+    "future_ts",         # wall mode: ts more than 5 minutes ahead of the clock
+    "too_large",         # a record over the size limits
+    "generation_failed", # generation tries exhausted (followups.retry gave up)
+    "text_refused",      # every generated text was refused by the honesty checks
+    "other",             # anything :func:`label` could not keep
+)
+
+# LLM calls: tens of milliseconds (a local model) up to the default 20 s timeout and beyond.
+LLM_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 20.0, 30.0, 60.0)
+# Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
+TIMER_LAG_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+# The classic text format 0.0.4, which every Prometheus 2.x and 3.x scrapes. Recent
+# prometheus-client versions label the same bytes "version=1.0.0" (CONTENT_TYPE_LATEST),
+# a format Prometheus 2.x predates; every name here is a plain ASCII name, so the body is
+# valid 0.0.4 text whichever prometheus-client the worker runs.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LABEL_WORD = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def label(value: object, fallback: str = "other") -> str:
+    """``value`` if it is a short snake_case word, else ``fallback``.
+
+    Guards the bounded label sets: an exception message or an id passed by mistake as a
+    reason becomes ``other`` instead of a new time series per distinct string.
+    """
+    text = str(value) if value is not None else ""
+    return text if _LABEL_WORD.match(text) else fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """All the metrics of one worker, and the registry they are registered in.
+
+    Each worker role uses its own subset; the others stay at zero (unlabelled metrics) or
+    have no series (labelled ones), which is what the dashboards expect.
+    """
+
+    registry: CollectorRegistry
+    # -- ingest ---------------------------------------------------------------------
+    webhooks_in: Counter           # labels: app
+    receipts_dropped: Counter      # labels: app
+    # -- engine ---------------------------------------------------------------------
+    events_in: Counter             # labels: app
+    duplicates: Counter            # labels: app
+    pairs_tracked: Gauge
+    decisions: Counter             # labels: outcome, reason
+    followups_generated: Counter   # labels: app  (follow-up requests emitted by the rules)
+    distress_detected: Counter     # labels: language
+    timer_lag: Histogram           # seconds
+    # -- generator and delivery -----------------------------------------------------
+    followups_cancelled: Counter   # labels: app, reason
+    followups_delivered: Counter   # labels: app
+    followups_dead_lettered: Counter  # labels: reason
+    text_refused: Counter          # labels: reason
+    llm_request: Histogram         # labels: provider; seconds
+    llm_errors: Counter            # labels: kind
+    llm_circuit_open: Gauge
+    # -- every stage -----------------------------------------------------------------
+    dead_letters: Counter          # labels: stage, reason
+    consumer_lag: Gauge            # labels: topic, partition; messages
+    last_commit: Gauge             # unix seconds
+
+
+def new_metrics() -> Metrics:
+    """A fresh set of metrics in a registry of its own."""
+    registry = CollectorRegistry(auto_describe=True)
+
+    def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=registry)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    return Metrics(
+        registry=registry,
+        webhooks_in=counter(
+            "relance_webhooks_in_total",
+            "Native webhook documents read from the raw.<app> topics.", ("app",)),
+        receipts_dropped=counter(
+            "relance_receipts_dropped_total",
+            "Webhook entries that are not messages (statuses, delivery and read receipts), "
+            "counted and dropped.", ("app",)),
+        events_in=counter(
+            "relance_events_in_total",
+            "Canonical message events read from the messages topic.", ("app",)),
+        duplicates=counter(
+            "relance_duplicates_total",
+            "Message events dropped because their (app, event_id) was already seen.", ("app",)),
+        pairs_tracked=gauge(
+            "relance_pairs_tracked",
+            "(user_id, bot_id) pairs this worker holds state for."),
+        decisions=counter(
+            "relance_decisions_total",
+            "Decisions made at a pair's due time; outcome such as sent, held or skipped, and "
+            "reason the rule that decided (a bounded snake_case word).", ("outcome", "reason")),
+        followups_generated=counter(
+            "relance_followups_generated_total",
+            "Follow-up requests emitted to followups.requested.", ("app",)),
+        distress_detected=counter(
+            "relance_distress_detected_total",
+            "Inbound messages that showed signs of distress, by word-list language.",
+            ("language",)),
+        timer_lag=Histogram(
+            "relance_timer_lag_seconds",
+            "How late a due decision ran, after its due time, in seconds.",
+            registry=registry, buckets=TIMER_LAG_SECONDS_BUCKETS),
+        followups_cancelled=counter(
+            "relance_followups_cancelled_total",
+            "Follow-ups cancelled before delivery (user back, opt-out, kill...).",
+            ("app", "reason")),
+        followups_delivered=counter(
+            "relance_followups_delivered_total",
+            "Follow-ups handed to a delivery.<app> topic.", ("app",)),
+        followups_dead_lettered=counter(
+            "relance_followups_dead_lettered_total",
+            "Follow-ups given up on and sent to the dead-letter topic.", ("reason",)),
+        text_refused=counter(
+            "relance_text_refused_total",
+            "Generated texts refused by the honesty checks (pressure, claims to be human, "
+            "missing AI disclosure...).", ("reason",)),
+        llm_request=Histogram(
+            "relance_llm_request_seconds",
+            "Duration of each LLM call, failed ones included, in seconds.",
+            ("provider",), registry=registry, buckets=LLM_SECONDS_BUCKETS),
+        llm_errors=counter(
+            "relance_llm_errors_total",
+            "Failed LLM calls, by kind (timeout, http_5xx, http_4xx, rate_limited, "
+            "bad_response, circuit_open).", ("kind",)),
+        llm_circuit_open=gauge(
+            "relance_llm_circuit_open",
+            "1 while the LLM circuit breaker is open (calls are not attempted), else 0."),
+        dead_letters=counter(
+            "relance_dead_letters_total",
+            "Records sent to the dead-letter topic, by stage and bounded reason.",
+            ("stage", "reason")),
+        consumer_lag=gauge(
+            "relance_consumer_lag",
+            "Messages between the consumer's position and the partition's end offset.",
+            ("topic", "partition")),
+        last_commit=gauge(
+            "relance_last_commit_timestamp_seconds",
+            "Unix time of the worker's last successful offset commit (set to the start "
+            "time when the worker starts)."),
+    )
+
+
+def render(metrics: Metrics) -> tuple[bytes, str]:
+    """The text exposition of ``metrics``: (body, Content-Type) for a ``/metrics`` reply."""
+    return generate_latest(metrics.registry), CONTENT_TYPE

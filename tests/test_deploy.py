@@ -1,0 +1,454 @@
+"""The operations files: compose, Prometheus rules, Grafana, Kubernetes.
+
+They are not code, so nothing else runs them: a typo in a label, a renamed metric or a
+Service selector that matches no pod would only show up in production, as an alert that
+never fires or an empty panel. These tests run the real validators offline
+(docker-compose, promtool, kubernetes-validate) and cross-check the files against
+relance/metrics.py and relance/settings.py.
+
+The tools come from Debian packages: `apt-get install -y docker-compose prometheus`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relance.metrics import Metrics, new_metrics
+from relance.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "relance.json"
+K8S = DEPLOY / "k8s"
+ROLES = ("ingest", "engine", "generator")
+WEB_PORT = Settings().web_port
+# Labels Prometheus adds at scrape time (prometheus.yml adds role): valid in any selector.
+TARGET_LABELS = {"job", "instance", "role"}
+# Kubernetes version the manifests are checked against: the oldest still maintained.
+K8S_VERSION = "1.30"
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not installed: apt-get install -y {package}")
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# -- the metric catalogue ------------------------------------------------------------------
+
+def _catalogue() -> dict[str, set[str]]:
+    """Every series name a worker exposes -> its label names (plus le for buckets)."""
+    metrics = new_metrics()
+    series: dict[str, set[str]] = {}
+    for field in dataclasses.fields(Metrics):
+        if field.name == "registry":
+            continue
+        collector = getattr(metrics, field.name)
+        name, labels = collector._name, set(collector._labelnames)
+        if collector._type == "counter":
+            series[name + "_total"] = labels
+        elif collector._type == "histogram":
+            series[name + "_bucket"] = labels | {"le"}
+            series[name + "_count"] = labels
+            series[name + "_sum"] = labels
+        else:
+            series[name] = labels
+    return series
+
+
+_METRIC = re.compile(r"\b(relance_[a-zA-Z0-9_]+)")
+_SELECTOR = re.compile(r"\b(relance_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+
+
+def _check_expression(expr: str, where: str, catalogue: dict[str, set[str]]) -> list[str]:
+    """Problems with the metric and label names of one PromQL expression."""
+    problems = []
+    names = set(_METRIC.findall(expr))
+    for name in sorted(names - set(catalogue)):
+        problems.append(f"{where}: {name} is not declared in relance/metrics.py")
+    known = set().union(*(catalogue.get(n, set()) for n in names)) if names else set()
+    for name, matchers in _SELECTOR.findall(expr):
+        for label_name in _MATCHER.findall(matchers):
+            if label_name not in catalogue.get(name, set()) | TARGET_LABELS:
+                problems.append(f"{where}: {name} has no label {label_name!r}")
+    if names:
+        # `sum by (app)` over a metric without app gives one unlabelled series: a legend
+        # of blanks, or an alert whose labels say nothing.
+        for group in _GROUPING.findall(expr):
+            for label_name in filter(None, (part.strip() for part in group.split(","))):
+                if label_name not in known | TARGET_LABELS:
+                    problems.append(f"{where}: no metric in it has the label {label_name!r}")
+    return problems
+
+
+def _alert_rules() -> list[dict]:
+    document = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _dashboard_panels() -> list[dict]:
+    panels = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))   # panels inside collapsed rows
+    return panels
+
+
+def test_catalogue_checker_catches_unknown_names_and_labels():
+    # The checks below pass when they find nothing: prove that they can find something.
+    catalogue = _catalogue()
+    assert _check_expression('sum by (app) (rate(relance_events_in_total[5m]))', "ok", catalogue) == []
+    assert _check_expression('rate(relance_event_in_total[5m])', "x", catalogue)
+    assert _check_expression('relance_dead_letters_total{app="whatsapp"}', "x", catalogue)
+    assert _check_expression('sum by (app) (rate(relance_dead_letters_total[5m]))', "x", catalogue)
+    assert _check_expression('histogram_quantile(0.9, sum by (le) (rate(relance_timer_lag_seconds[5m])))', "x", catalogue)
+
+
+# -- docker-compose ------------------------------------------------------------------------
+
+def _compose() -> dict:
+    tool = _tool("docker-compose", "docker-compose")
+    result = _run(tool, "-f", "docker-compose.yml", "config")
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_is_valid():
+    tool = _tool("docker-compose", "docker-compose")
+    result = _run(tool, "-f", "docker-compose.yml", "config", "-q")
+    assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stderr}"
+
+
+def test_compose_runs_each_worker_role_against_the_compose_kafka_and_redis():
+    services = _compose()["services"]
+    assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["topics"]["command"] == ["topics", "create"]
+    for role in ROLES:
+        service = services[role]
+        assert service["command"] == ["worker", "--role", role]
+        env = service["environment"]
+        assert env["RELANCE_BROKER"] == "kafka:9092"
+        assert env["RELANCE_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["RELANCE_REGISTRY"] == "/app/deploy/bots.toml"
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+        # a worker must not start before the topics exist
+        assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        health = " ".join(service["healthcheck"]["test"])
+        assert "/health" in health and "RELANCE_WEB_PORT" in health
+
+
+def test_compose_environment_holds_only_real_settings_with_valid_values():
+    # A misspelt RELANCE_ variable is silently ignored by the worker, which then runs on
+    # a default (for example the local broker address) instead of the compose service.
+    names = set(Settings.names())
+    for service_name, service in _compose()["services"].items():
+        env = service.get("environment") or {}
+        relance = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        unknown = sorted(set(relance) - names)
+        assert not unknown, f"{service_name}: not settings: {unknown}"
+        Settings.from_mapping(relance)   # raises SettingError on a value the worker rejects
+
+
+def test_compose_mounts_files_that_exist():
+    # Compose creates a missing bind-mount source as an empty folder: Prometheus or
+    # Grafana would then start with no config and no error.
+    services = _compose()["services"]
+    targets = {}
+    for service_name in ("prometheus", "grafana"):
+        for volume in services[service_name]["volumes"]:
+            # docker-compose v1 prints the short form SOURCE:TARGET[:MODE], v2 a mapping
+            if isinstance(volume, str):
+                source, target = volume.split(":")[:2]
+            else:
+                source, target = volume["source"], volume["target"]
+            if source.startswith("/"):   # a bind mount; named volumes have no path
+                assert Path(source).exists(), f"{service_name}: {source} does not exist"
+            targets[target] = source
+    assert Path(targets["/etc/prometheus"]) == PROMETHEUS
+    assert Path(targets["/var/lib/grafana/dashboards"]) == DASHBOARD.parent
+    assert Path(targets["/etc/grafana/provisioning"]) == DEPLOY / "grafana" / "provisioning"
+
+
+def test_prometheus_scrapes_every_worker_by_its_compose_service_name_and_web_port():
+    services = _compose()["services"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "relance")
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    scraped = {}
+    for static in job["static_configs"]:
+        for target in static["targets"]:
+            host, port = target.rsplit(":", 1)
+            assert host in services, f"scrape target {target} is not a compose service"
+            port_setting = services[host]["environment"].get("RELANCE_WEB_PORT", str(WEB_PORT))
+            assert port == str(port_setting), f"{target}: the worker listens on {port_setting}"
+            scraped[host] = static["labels"]["role"]
+    assert scraped == {role: role for role in ROLES}
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "config", "deploy/prometheus/prometheus.yml"),
+        ("check", "rules", "deploy/prometheus/alerts.yml"),
+        ("test", "rules", "deploy/prometheus/alerts_test.yml"),
+    ],
+    ids=["check-config", "check-rules", "test-rules"],
+)
+def test_promtool(args):
+    tool = _tool("promtool", "prometheus")
+    result = _run(tool, *args)
+    assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+
+
+REQUIRED_ALERTS = {
+    "RelanceConsumerLagHigh", "RelanceDeadLetterRateHigh", "RelanceLLMErrorRatioHigh",
+    "RelanceLLMCircuitOpen", "RelanceFollowupsSurge", "RelanceNoCommit", "RelanceTimerLagHigh",
+}
+
+
+def test_alerts_are_the_required_ones_with_severity_and_annotations():
+    rules = _alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names)), "duplicate alert names"
+    assert REQUIRED_ALERTS <= set(names)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert rule["annotations"].get("summary") and rule["annotations"].get("description"), rule["alert"]
+
+
+def test_every_alert_has_a_firing_and_a_not_firing_unit_test():
+    # promtool only runs the cases that exist: an alert with no case passes vacuously.
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    fires, stays_quiet = set(), set()
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            (fires if check.get("exp_alerts") else stays_quiet).add(check["alertname"])
+    for rule in _alert_rules():
+        assert rule["alert"] in fires, f"{rule['alert']} has no case where it fires"
+        assert rule["alert"] in stays_quiet, f"{rule['alert']} has no case where it must not fire"
+
+
+def test_alert_expressions_use_declared_metrics_and_labels():
+    catalogue = _catalogue()
+    problems = []
+    for rule in _alert_rules():
+        problems += _check_expression(rule["expr"], rule["alert"], catalogue)
+    assert not problems, "\n".join(problems)
+
+
+def test_alert_unit_tests_feed_declared_series():
+    # A not-firing case fed a misspelt series passes for the wrong reason.
+    catalogue = _catalogue()
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    problems = []
+    for case in tests:
+        for series in case.get("input_series", []):
+            problems += _check_expression(series["series"], case["name"], catalogue)
+    assert not problems, "\n".join(problems)
+
+
+# -- Grafana -------------------------------------------------------------------------------
+
+def test_dashboard_panels_query_declared_metrics_and_labels():
+    catalogue = _catalogue()
+    problems, exprs = [], 0
+    for panel in _dashboard_panels():
+        for target in panel.get("targets", []):
+            exprs += 1
+            problems += _check_expression(target["expr"], f"panel {panel['title']!r}", catalogue)
+    assert exprs > 0
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_shows_every_metric():
+    # A metric with no panel and no alert is one nobody looks at; add a panel with it.
+    used = set()
+    for panel in _dashboard_panels():
+        for target in panel.get("targets", []):
+            used |= set(_METRIC.findall(target["expr"]))
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in _catalogue()}
+    shown = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
+    assert families <= shown, f"no panel for {sorted(families - shown)}"
+
+
+def test_dashboard_is_wired_to_the_provisioned_datasource():
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    uids = {source["uid"] for source in datasources}
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    panels = _dashboard_panels()
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert panel["targets"], panel["title"]
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "relance.yml").read_text()
+    )["providers"][0]
+    # compose mounts deploy/grafana/dashboards at the provider's path
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# -- Kubernetes ----------------------------------------------------------------------------
+
+def _k8s_documents() -> list[tuple[str, dict]]:
+    documents = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                documents.append((path.name, document))
+    return documents
+
+
+def _by_kind(kind: str) -> list[dict]:
+    return [doc for _, doc in _k8s_documents() if doc["kind"] == kind]
+
+
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is not installed: pip install -e '.[test]'")
+    return kubernetes_validate
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas():
+    # kubernetes-validate ships the schemas in the package: no network, no cluster.
+    kubernetes_validate = _kubernetes_validate()
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    documents = _k8s_documents()
+    assert documents
+    problems = []
+    for filename, document in documents:
+        try:
+            # strict: an unknown (misspelt) field is an error, not silently dropped
+            kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        except ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            problems.append(f"{filename} {document['kind']}/{document['metadata']['name']}: {path}: {exc.message}")
+        except SchemaNotFoundError as exc:
+            problems.append(f"{filename}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_k8s_validator_rejects_a_misspelt_field():
+    kubernetes_validate = _kubernetes_validate()
+    from kubernetes_validate.utils import ValidationError
+
+    deployment = next(d for d in _by_kind("Deployment"))
+    broken = json.loads(json.dumps(deployment))
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["ports"][0]["contianerPort"] = container["ports"][0].pop("containerPort")
+    with pytest.raises(ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def _container(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_k8s_deploys_each_role_with_probes_resources_and_scrape_annotations():
+    deployments = _by_kind("Deployment")
+    roles = {}
+    for deployment in deployments:
+        container = _container(deployment)
+        args = container["args"]
+        assert args[:2] == ["worker", "--role"]
+        roles[args[2]] = deployment
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": WEB_PORT}
+
+        def probe_port(probe: dict) -> int:
+            port = probe["httpGet"]["port"]
+            return ports[port] if isinstance(port, str) else port
+
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert probe_port(container[probe]) == WEB_PORT, probe
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(WEB_PORT)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert deployment["spec"]["replicas"] >= 1
+        # the selector must select the pods the Deployment makes (else the API rejects it)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert sorted(roles) == sorted(ROLES)
+
+
+def test_k8s_services_select_the_pods_of_their_role():
+    # A selector that matches nothing is valid YAML and a valid Service: it just has no
+    # endpoints, and its role disappears from the metrics.
+    pods = {
+        _container(d)["args"][2]: (d["spec"]["template"]["metadata"]["labels"], _container(d))
+        for d in _by_kind("Deployment")
+    }
+    services = _by_kind("Service")
+    covered = set()
+    for service in services:
+        selector = service["spec"]["selector"]
+        matching = [role for role, (labels, _) in pods.items() if selector.items() <= labels.items()]
+        assert len(matching) == 1, f"{service['metadata']['name']} selects {matching}"
+        labels, container = pods[matching[0]]
+        port_names = {p["name"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names or port["targetPort"] == WEB_PORT
+        covered.add(matching[0])
+    assert covered == set(ROLES)
+
+
+def test_k8s_settings_are_real_settings_and_the_registry_is_mounted():
+    configmaps = {c["metadata"]["name"]: c for c in _by_kind("ConfigMap")}
+    settings = configmaps["relance-settings"]["data"]
+    unknown = sorted(k for k in settings if not k.startswith(ENV_PREFIX) or
+                     k[len(ENV_PREFIX):].lower() not in Settings.names())
+    assert not unknown, f"not settings: {unknown}"
+    parsed = Settings.from_mapping({k[len(ENV_PREFIX):].lower(): v for k, v in settings.items()})
+    assert parsed.web_port == WEB_PORT
+
+    # RELANCE_REGISTRY must point at bots.toml inside the mounted registry ConfigMap
+    registry = configmaps["relance-registry"]["data"]
+    bots = tomllib.loads(registry["bots.toml"])
+    assert bots["bot"] and all(bot["id"] for bot in bots["bot"])
+    for deployment in _by_kind("Deployment"):
+        container = _container(deployment)
+        assert {"configMapRef": {"name": "relance-settings"}} in container["envFrom"]
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mounted = {
+            m["mountPath"].rstrip("/") + "/" + key
+            for m in container["volumeMounts"]
+            if volumes[m["name"]].get("configMap", {}).get("name") == "relance-registry"
+            for key in registry
+        }
+        assert settings["RELANCE_REGISTRY"] in mounted
+        data_mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert settings["RELANCE_DATA_DIR"] in data_mounts   # the root filesystem is read-only
