@@ -1,0 +1,44 @@
+"""``relance worker``: run Relance's agents as one Faust worker process."""
+from __future__ import annotations
+
+import argparse
+
+from relance.cliflags import add_setting_flags, load_settings
+
+WORKER_SETTINGS = (
+    "clock", "broker", "redis_url", "topic_prefix", "partitions", "app_id", "store", "data_dir",
+    "web_port", "registry", "llm_base_url", "llm_model",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from streams.app import ROLES
+    parser = subparsers.add_parser(
+        "worker",
+        help="run the stream agents (ingest, engine, context, generator) as a Faust worker",
+        description="Run a Relance worker. Workers with the same app id share the partitions "
+        "of every topic, so more workers means more throughput. Topics of the catalog are "
+        "created first if missing. Health at /health, metrics at /metrics on --web-port.",
+    )
+    parser.add_argument(
+        "--role", action="append", choices=ROLES, metavar="ROLE",
+        help=f"an agent group to run, repeatable: {', '.join(ROLES)} (default: all)",
+    )
+    parser.add_argument("--loglevel", default="info", help="debug, info, warning or error")
+    add_setting_flags(parser, *WORKER_SETTINGS)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    from relance.localstack import create_topics
+    from streams.app import ROLES, build
+    from streams.topics import CATALOG
+
+    settings = load_settings(args)
+    create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions)
+    wiring = build(settings, tuple(args.role or ROLES))
+    worker = faust.Worker(wiring.app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0

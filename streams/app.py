@@ -1,0 +1,150 @@
+"""The Faust application of a worker: topics from the catalog, metrics, health, dead letters.
+
+``build(settings, roles)`` makes one ``faust.App`` and lets each role's module in
+``agents/`` install its agents on it. Every worker role shares this wiring, so a topic,
+a dead letter or a metric means the same thing in every process.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+
+from relance.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
+from relance.settings import Settings
+from schemas.records import DeadLetter
+from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
+
+ROLES = ("ingest", "engine", "context", "generator")
+ROLE_MODULES = {
+    "ingest": "agents.ingest", "engine": "agents.engine",
+    "context": "agents.context", "generator": "agents.generator",
+}
+CLOCK_HEADER = "relance-clock"   # event mode over Kafka: the feeder's stream clock (ms)
+log = logging.getLogger("relance")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Wiring:
+    """What every agent of a worker shares."""
+
+    settings: Settings
+    app: faust.App
+    metrics: Metrics
+    topics: dict[str, faust.TopicT] = field(default_factory=dict)
+    _redis: aioredis.Redis | None = None
+    ready: bool = False
+    engine: Any = None  # the engine role's state, for the explain endpoint
+
+    def topic(self, spec: TopicSpec) -> faust.TopicT:
+        return self.topics[spec.name]
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        # Created on first use, inside the worker's event loop.
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+        return self._redis
+
+    async def dead_letter(self, stage: str, reason_label: str, reason: str, event: Any) -> None:
+        """Keep an unusable record whole, with where it came from and why."""
+        message = event.message
+        original = message.value if isinstance(message.value, bytes) else orjson.dumps(message.value)
+        letter = DeadLetter(
+            reason=reason, source_topic=message.topic, partition=message.partition,
+            offset=message.offset, original=original, stage=stage,
+        )
+        self.metrics.dead_letters.labels(stage=stage, reason=label(reason_label)).inc()
+        log.warning("dead letter", extra={"stage": stage, "reason": reason, "topic": message.topic,
+                                          "partition": message.partition, "offset": message.offset})
+        await self.topic(DEADLETTER).send(value=letter.to_json())
+
+
+def faust_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.topic_prefix + settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        key_serializer="raw",
+        value_serializer="raw",  # records are orjson bytes; tables inherit this
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_linger_ms=5,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        loghandlers=[],
+    )
+
+
+def build(settings: Settings, roles: tuple[str, ...] = ROLES) -> Wiring:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    app = faust_app(settings)
+    wiring = Wiring(settings=settings, app=app, metrics=new_metrics())
+    for spec in CATALOG:
+        wiring.topics[spec.name] = app.topic(
+            topic_name(spec, settings.topic_prefix), key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw",
+        )
+    _install_web(wiring)
+    for role in roles:
+        importlib.import_module(ROLE_MODULES[role]).install(wiring)
+    return wiring
+
+
+def _install_web(wiring: Wiring) -> None:
+    app = wiring.app
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        body, _ = render(wiring.metrics)
+        return web.bytes(body, content_type=CONTENT_TYPE)
+
+    @app.page("/health/live")
+    async def live(web, request):
+        return web.json({"live": True})
+
+    @app.page("/health/ready")
+    async def ready(web, request):
+        ok = wiring.ready and not app.rebalancing
+        return web.json({"ready": ok}, status=200 if ok else 503)
+
+    @app.page("/health")
+    async def health(web, request):
+        return web.json({"live": True, "ready": wiring.ready and not app.rebalancing})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs):
+        wiring.ready = True
+
+    class CommitSensor(faust.Sensor):
+        def on_commit_completed(self, consumer, state):
+            wiring.metrics.last_commit.set(time.time())
+
+    app.sensors.add(CommitSensor())
+
+    @app.timer(interval=5.0)
+    async def consumer_lag():
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            if highwater is not None and position is not None:
+                wiring.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, highwater - position))

@@ -1,0 +1,68 @@
+"""Send a replay file's records through Kafka, so a worker in event mode sees one stream.
+
+Kafka orders records only within a partition, while ``relance replay`` reads one file in
+one order with one clock (the largest ts so far). The feeder keeps the replay's meaning:
+
+- control events travel on ``messages`` with the user's messages (their partition), at
+  their place in the file; kill switches and ticks go to every partition;
+- every record carries the file's clock at that point in the ``relance-clock`` header,
+  so a partition's decisions happen at the same point of the file as in the replay;
+- at the end, an empty record with the final clock reaches every partition, which makes
+  the decisions due before it happen, as they did in the replay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from schemas.records import (
+    InvalidRecord, Kill, MessageEvent, Tick, control_to_dict, loads, parse_record,
+)
+from streams.app import CLOCK_HEADER
+from streams.topics import MESSAGES, topic_name
+
+
+@dataclass
+class FeedSummary:
+    sent: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    clock: int = -1
+
+
+async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "") -> FeedSummary:
+    topic = topic_name(MESSAGES, prefix)
+    summary = FeedSummary()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = parse_record(loads(line))
+            except InvalidRecord as exc:
+                summary.errors.append((number, str(exc)))
+                continue
+            if isinstance(record, (MessageEvent, Tick)):
+                summary.clock = max(summary.clock, record.ts)
+            headers = [(CLOCK_HEADER, str(summary.clock).encode())]
+            if isinstance(record, MessageEvent):
+                await producer.send(topic, record.to_json(), key=record.user_id.encode(), headers=headers)
+            elif isinstance(record, (Kill, Tick)):
+                body = orjson.dumps(control_to_dict(record))
+                for partition in partitions:
+                    await producer.send(topic, body, partition=partition, headers=headers)
+            else:
+                body = orjson.dumps(control_to_dict(record))
+                await producer.send(topic, body, key=record.user_id.encode(), headers=headers)
+            summary.sent += 1
+        for partition in partitions:
+            await producer.send(topic, b"", partition=partition, headers=[(CLOCK_HEADER, str(summary.clock).encode())])
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return summary

@@ -1,0 +1,47 @@
+"""Everything Relance keeps in Redis about a user, named here, so erasure misses nothing.
+
+Every key carries the user in a hash tag (``{user}``), so a Redis Cluster keeps one
+user's keys on one node and an erasure is one multi-key command.
+"""
+from __future__ import annotations
+
+PREFIX = "relance"
+
+
+def context_key(user_id: str, bot_id: str) -> str:
+    """List: the pair's last messages (JSON), newest last, trimmed on write."""
+    return f"{PREFIX}:ctx:{{{user_id}}}:{bot_id}"
+
+
+def context_bots_key(user_id: str) -> str:
+    """Set: the bots that have a context list for this user (to find them on erasure)."""
+    return f"{PREFIX}:ctx-bots:{{{user_id}}}"
+
+
+def last_inbound_key(user_id: str) -> str:
+    """Hash: bot_id -> ts (ms) of the user's latest inbound message, for the stale check."""
+    return f"{PREFIX}:last-in:{{{user_id}}}"
+
+
+def ledger_key(user_id: str) -> str:
+    """Hash: followup_id -> due ts, for every follow-up request published (emission ledger)."""
+    return f"{PREFIX}:ledger:{{{user_id}}}"
+
+
+def generated_key(user_id: str) -> str:
+    """Hash: followup_id -> outcome, so a re-delivered request is not written twice."""
+    return f"{PREFIX}:generated:{{{user_id}}}"
+
+
+KILLS_KEY = f"{PREFIX}:kills"  # Hash: "all" / "bot:<id>" / "app:<name>" -> "1"; not personal
+
+
+def fixed_keys(user_id: str) -> list[str]:
+    return [context_bots_key(user_id), last_inbound_key(user_id), ledger_key(user_id), generated_key(user_id)]
+
+
+async def erase_user(redis, user_id: str) -> int:
+    """Delete every key held for the user; returns how many existed."""
+    bots = await redis.smembers(context_bots_key(user_id))
+    keys = fixed_keys(user_id) + [context_key(user_id, bot.decode() if isinstance(bot, bytes) else bot) for bot in bots]
+    return await redis.delete(*keys)

@@ -1,0 +1,50 @@
+"""Read whole topics in tests, from the beginning, with no consumer group."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+class TopicReader:
+    """Keeps reading a topic in the background; ``records`` grows as messages arrive."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self.records: list = []
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> "TopicReader":
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        await self._consumer.start()
+        self._consumer.assign([TopicPartition(self.topic, p) for p in range(self.partitions)])
+        await self._consumer.seek_to_beginning()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                self.records.extend(messages)
+
+    async def wait_for(self, predicate: Callable[[list], bool], timeout: float, what: str) -> list:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; have {len(self.records)} records on {self.topic}")
+            await asyncio.sleep(0.05)
+        return self.records
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._consumer:
+            await self._consumer.stop()
