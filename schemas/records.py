@@ -5,8 +5,10 @@ programs; ``tests/test_schemas.py`` keeps the two in agreement.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date
+from functools import lru_cache
 from typing import Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,41 +30,94 @@ class InvalidRecord(ValueError):
 # -- time ------------------------------------------------------------------------------
 
 def parse_ts(value: Any, name: str = "ts") -> int:
-    """RFC 3339 with a zone, or integer epoch milliseconds, as epoch milliseconds."""
-    if isinstance(value, bool):
-        raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, not a boolean")
-    if isinstance(value, int):
-        ms = value
-    elif isinstance(value, str):
+    """An RFC 3339 date-time with a zone, or integer epoch milliseconds, as epoch milliseconds."""
+    if isinstance(value, str):
         ms = _parse_rfc3339(value, name)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = value
     else:
-        raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+        # Not a float, even a whole one: JSON Schema counts 1.0 as an integer, but JSON
+        # readers in most languages read it as a double.
+        shown = "a boolean" if isinstance(value, bool) else f"got {type(value).__name__}"
+        raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, {shown}")
     if not 0 <= ms <= _MAX_TS_MS:
         raise InvalidRecord(f"{name} {value!r} is out of range")
     return ms
 
 
+# RFC 3339 section 5.6 `date-time`, as the `ts` pattern of the JSON Schemas reads it,
+# and nothing else of ISO 8601: no basic format, no week or ordinal dates, no missing
+# seconds, no `+0100` offsets, no `,` fractions. `T` and `Z` may be lower case
+# (section 5.6 allows it); the space that the section's note allows in place of `T` is
+# refused, as the schemas refuse it, so that every reader of the topics agrees. Seconds
+# stop at 59 (no leap second: epoch milliseconds cannot hold one). Fraction digits past
+# the millisecond are matched but not captured: truncated, never rounded up into the
+# next second. Groups: date and time to the minute, second, milliseconds, zone.
+_RFC3339 = re.compile(
+    r"([0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+    r":([0-5][0-9])(?:\.([0-9]{1,3})[0-9]*)?([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+_MAX_TS_TEXT = 40  # the schemas' maxLength
+
+
 def _parse_rfc3339(text: str, name: str) -> int:
-    if len(text) > 40 or "T" not in text.upper():
-        raise InvalidRecord(f"{name} {text[:40]!r} is not an RFC 3339 date-time")
+    # fullmatch, not match with `$`: `$` also matches before a trailing newline.
+    match = _RFC3339.fullmatch(text) if len(text) <= _MAX_TS_TEXT else None
+    if match is None:
+        raise InvalidRecord(f"{name} {text[:_MAX_TS_TEXT]!r} is not an RFC 3339 date-time with a zone")
+    minute, second, millis, zone = match.groups()
     try:
-        moment = datetime.fromisoformat(text)
+        ms = _minute_ms(minute)
     except ValueError:
-        raise InvalidRecord(f"{name} {text[:40]!r} is not an RFC 3339 date-time") from None
-    if moment.tzinfo is None:
-        raise InvalidRecord(f"{name} {text!r} has no time zone")
-    return _to_ms(moment)
+        raise InvalidRecord(f"{name} {text!r} names a day its month does not have") from None
+    return ms + _TWO_DIGITS[second] * 1000 + _FRACTION_MS[millis] - _zone_ms(zone)
 
 
-def _to_ms(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+# When the stream is busy its timestamps crowd into the same few minutes: caching the
+# minute skips the calendar for all but the first of them. Keys are text the regex
+# matched and the cache is bounded, so input cannot grow it.
+@lru_cache(maxsize=4096)
+def _minute_ms(minute: str) -> int:
+    """``YYYY-MM-DDTHH:MM`` as epoch milliseconds; ValueError for a day that does not exist."""
+    # The regex let through only YYYY-MM-DD; fromisoformat checks the month has the day.
+    days = date.fromisoformat(minute[:10]).toordinal() - _EPOCH_ORDINAL
+    return ((days * 24 + _TWO_DIGITS[minute[11:13]]) * 60 + _TWO_DIGITS[minute[14:16]]) * 60_000
+
+
+@lru_cache(maxsize=64)  # a stream sees a handful of zones; the regex bounds the keys
+def _zone_ms(zone: str) -> int:
+    """How far ahead of UTC a ``Z`` or ``±HH:MM`` zone is, in milliseconds."""
+    if zone in ("Z", "z"):
+        return 0
+    ahead = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000
+    return ahead if zone[0] == "+" else -ahead
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+# Lookups, cheaper than int() on the hot path. A fraction of one or two digits is tenths
+# or hundredths ("5" is 500 ms); no fraction is None.
+_TWO_DIGITS = {f"{n:02d}": n for n in range(60)}
+_FRACTION_MS = {None: 0, **{
+    digits: int(digits.ljust(3, "0"))
+    for digits in (f"{n:0{width}d}" for width in (1, 2, 3) for n in range(10 ** width))
+}}
+# format_ts joins a cached minute prefix to one of these: no strftime, no datetime.
+_SECONDS = tuple(f"{second:02d}." for second in range(60))
+_MILLIS = tuple(f"{millis:03d}Z" for millis in range(1000))
 
 
 def format_ts(ms: int) -> str:
-    """Epoch milliseconds as ``2026-11-28T09:30:00.000Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch milliseconds (0 to 9999-12-31T23:59:59.999Z) as ``2026-11-28T09:30:00.000Z``."""
+    minute, rest = divmod(ms, 60_000)
+    return _minute_prefix(minute) + _SECONDS[rest // 1000] + _MILLIS[rest % 1000]
+
+
+@lru_cache(maxsize=4096)
+def _minute_prefix(minute: int) -> str:
+    """Epoch minutes as ``2026-11-28T09:30:``."""
+    day, minute_of_day = divmod(minute, 1440)
+    hour, minute = divmod(minute_of_day, 60)
+    return f"{date.fromordinal(day + _EPOCH_ORDINAL).isoformat()}T{hour:02d}:{minute:02d}:"
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 from agents.normalize import normalize_webhook
 from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupRequest, InvalidRecord,
     Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict, parse_control,
-    parse_delivery, parse_followup, parse_message,
+    format_ts, parse_delivery, parse_followup, parse_message, parse_ts,
 )
 from schemas.registry import BotRegistry
 
@@ -157,6 +160,7 @@ ACCEPTED_BY_BOTH = [
     ("message", message(ts=253_402_300_799_999)),
     ("message", message(ts="2026-11-28T09:30:00+01:00")),
     ("message", message(ts="2026-11-28T09:30:00.123456Z")),
+    ("message", message(ts="2026-11-28t09:30:00.5z")),
     ("message", message(text="")),
     ("message", message(text="é" * 8192)),
     ("message", message(event_id="x" * 256)),
@@ -244,6 +248,7 @@ def test_invalid_inputs_are_refused_by_parser_and_schema(name, obj):
 PARSER_ONLY_CHECKS = [
     ("control", control(type="profile", user_id="u", tz="Mars/Olympus_Mons")),  # not in the tz database
     ("message", message(ts="1970-01-01T00:30:00+01:00")),  # before 1970 once the offset applies
+    ("message", message(ts="2027-02-29T09:30:00Z")),  # the pattern does not know month lengths
     ("message", message(ts=float(T))),  # JSON Schema counts 1.0 as an integer; JSON readers do not
     ("delivery", delivery_dict(disclosure="Some other line.")),  # the text must contain the disclosure
 ]
@@ -255,9 +260,8 @@ def test_checks_beyond_the_schema_are_made_by_the_parser(name, obj):
     assert parser_accepts(name, obj) is False
 
 
-# parse_ts reads date-times with datetime.fromisoformat, which also takes ISO 8601 forms
-# that are not RFC 3339 (spec section 5 says RFC 3339). The schema refuses them; the parser
-# should too. strict=True: the day the parser is fixed, these fail and must be moved up.
+# ISO 8601 forms that are not RFC 3339 (spec section 5 says RFC 3339): basic format,
+# missing seconds, a week date, an offset without colon, a comma fraction.
 NOT_RFC_3339 = ["20261128T093000Z", "2026-11-28T09:30Z", "2026-W48-6T09:30:00Z", "2026-11-28T09:30:00+0100",
                 "2026-11-28T09:30:00,5Z"]
 
@@ -267,10 +271,82 @@ def test_the_schema_refuses_date_times_that_are_not_rfc_3339(ts):
     assert schema_accepts("message", message(ts=ts)) is False
 
 
-@pytest.mark.xfail(strict=True, reason="schemas.records.parse_ts accepts ISO 8601 forms that are not RFC 3339")
 @pytest.mark.parametrize("ts", NOT_RFC_3339)
 def test_the_parser_refuses_date_times_that_are_not_rfc_3339(ts):
     assert parser_accepts("message", message(ts=ts)) is False
+
+
+# -- parse_ts and format_ts -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, ms", [
+    ("2026-11-28T09:30:00Z", T),
+    ("2026-11-28t09:30:00z", T),                       # RFC 3339 5.6: T and Z may be lower case
+    ("2026-11-28T10:30:00+01:00", T),
+    ("2026-11-28T04:00:00-05:30", T),
+    ("2026-11-28T09:30:00-00:00", T),                  # "-00:00": UTC, local offset unknown
+    ("2026-11-28T09:30:00.5Z", T + 500),               # tenths, not milliseconds
+    ("2026-11-28T09:30:00.05Z", T + 50),
+    ("2026-11-28T09:30:00.123Z", T + 123),
+    ("2026-11-28T09:30:00.999999999Z", T + 999),       # truncated, not rounded into the next second
+    ("2026-11-28T09:30:59.0001Z", T + 59_000),
+    ("2028-02-29T00:00:00Z", 1_835_395_200_000),       # a leap day
+    ("1970-01-01T00:00:00Z", 0),
+    ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+])
+def test_parse_ts_reads_rfc_3339_to_the_millisecond(text, ms):
+    assert parse_ts(text) == ms
+
+
+@pytest.mark.parametrize("text", [
+    "2027-02-29T00:00:00Z",          # not a leap year
+    "2026-04-31T00:00:00Z",
+    "2026-11-28T09:30:00Z\n",        # `$` in a regex would let the newline through
+    "2026-11-28T09:30:00",           # no zone
+    "2026-11-28 09:30:00Z",          # the space of RFC 3339's note: refused, as the schema does
+    "2016-12-31T23:59:60Z",          # a leap second: epoch milliseconds cannot hold it
+    "2026-11-28T09:30:00.Z",
+    "2026-11-28T09:30:00+24:00",
+    "+2026-11-28T09:30:00Z",
+    "２０２６-11-28T09:30:00Z",       # digits of another script
+    "2026-11-28T09:30:00." + "0" * 20 + "Z",  # longer than the schema's maxLength 40
+    "0000-01-01T00:00:00Z",
+])
+def test_parse_ts_refuses_what_is_not_an_rfc_3339_date_time_of_the_calendar(text):
+    with pytest.raises(InvalidRecord):
+        parse_ts(text)
+
+
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+@pytest.mark.parametrize("value", [True, 1.0, None, [T], -1, MAX_MS + 1])
+def test_parse_ts_takes_integer_epoch_milliseconds_only_in_range(value):
+    with pytest.raises(InvalidRecord):
+        parse_ts(value)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+VALID_MS = st.integers(min_value=0, max_value=MAX_MS)
+
+
+@given(VALID_MS)
+@example(0)
+@example(MAX_MS)
+def test_format_ts_writes_what_datetime_writes_and_parse_ts_reads_it_back(ms):
+    text = format_ts(ms)
+    moment = EPOCH + timedelta(milliseconds=ms)
+    assert text == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert parse_ts(text) == ms
+
+
+# Fixed offsets in whole minutes: RFC 3339 has no seconds in an offset.
+OFFSETS = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes)))
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30), timezones=OFFSETS))
+def test_parse_ts_of_any_zoned_datetime_is_its_instant_truncated_to_the_millisecond(moment):
+    assert parse_ts(moment.isoformat()) == (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def test_send_bodies_built_by_the_delivery_stage_validate():
