@@ -9,14 +9,11 @@ Pure functions and data: no network. A sender (outside Relance, or a later stage
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
-
 from agents.honesty import FinalText
 from schemas import records
 from schemas.records import APPS, FollowupRequest
 
-__all__ = ["DeliveryRecord", "delivery_body", "TEXT_LIMITS"]
+__all__ = ["delivery_record", "delivery_body", "TEXT_LIMITS"]
 
 # What each platform accepts in one text message (Instagram counts UTF-8 bytes).
 TEXT_LIMITS = {"whatsapp": 4096, "facebook": 2000, "instagram": 1000}
@@ -55,36 +52,22 @@ def _check_fits(app: str, text: str) -> None:
         raise ValueError(f"a {app} text holds at most {TEXT_LIMITS[app]}, this one is {size}")
 
 
-@dataclass(frozen=True, slots=True)
+def delivery_record(request: FollowupRequest, final: FinalText, generated_at: int) -> records.DeliveryRecord:
+    """The delivery topic's record of ``request``, with the text the honesty check let out."""
+    return records.DeliveryRecord(
+        followup_id=request.followup_id, user_id=request.user_id, bot_id=request.bot_id,
+        app=request.app, text=final.text, disclosure=final.disclosure,
+        body=delivery_body(request.app, request.user_id, final.text),
+        generated_at=generated_at, replaced=final.replaced,
+    )
+
+
 class DeliveryRecord(records.DeliveryRecord):
-    """The delivery topics' record (``schemas.records.DeliveryRecord``, which
-    ``delivery.schema.json`` describes), plus ``replaced``: the generated text was refused
-    by the honesty check and the safe template went out instead. Extra fields are allowed
-    by the schema, so readers that do not know ``replaced`` still accept the record."""
+    """Transitional: agents/generator.py, being written, calls ``DeliveryRecord.for_followup``.
 
-    replaced: bool = False
+    The record is ``schemas.records.DeliveryRecord`` and ``for_followup`` returns one;
+    delete this class once callers use ``delivery_record``.
+    """
 
-    @classmethod
-    def for_followup(cls, request: FollowupRequest, final: FinalText, generated_at: int) -> "DeliveryRecord":
-        return cls(
-            followup_id=request.followup_id, user_id=request.user_id, bot_id=request.bot_id,
-            app=request.app, text=final.text, disclosure=final.disclosure,
-            body=delivery_body(request.app, request.user_id, final.text),
-            generated_at=generated_at, replaced=final.replaced,
-        )
-
-    @classmethod
-    def from_dict(cls, obj: Any) -> "DeliveryRecord":
-        """Validated by ``schemas.records.parse_delivery``; raises InvalidRecord."""
-        base = records.parse_delivery(obj)
-        replaced = obj.get("replaced", False)
-        if not isinstance(replaced, bool):
-            raise records.InvalidRecord("replaced must be true or false")
-        return cls(**{name: getattr(base, name) for name in _BASE_FIELDS}, replaced=replaced)
-
-    def to_dict(self) -> dict:
-        # Named base class: zero-argument super() fails in a slots dataclass on 3.11.
-        return {**records.DeliveryRecord.to_dict(self), "replaced": self.replaced}
-
-
-_BASE_FIELDS = tuple(f.name for f in fields(records.DeliveryRecord))
+    __slots__ = ()
+    for_followup = staticmethod(delivery_record)

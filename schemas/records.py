@@ -457,8 +457,9 @@ class DeliveryRecord:
 
     ``text`` is what the user reads (the body and the disclosure line); ``body`` is the
     request body of the app's send API (WhatsApp Cloud API ``/messages``, Messenger or
-    Instagram Send API), ready to post. ``ai_generated`` is always true: the record says
-    so itself, for every program downstream.
+    Instagram Send API), ready to post. ``replaced``: the honesty check refused the
+    generated text and the safe template went out instead. ``ai_generated`` is always
+    true: the record says so itself, for every program downstream.
     """
 
     followup_id: str
@@ -469,6 +470,7 @@ class DeliveryRecord:
     disclosure: str
     body: dict
     generated_at: int
+    replaced: bool
     ai_generated: bool = True
 
     def to_dict(self) -> dict:
@@ -476,7 +478,7 @@ class DeliveryRecord:
             "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
             "app": self.app, "text": self.text, "ai_generated": self.ai_generated,
             "disclosure": self.disclosure, "body": self.body,
-            "generated_at": format_ts(self.generated_at),
+            "generated_at": format_ts(self.generated_at), "replaced": self.replaced,
         }
 
     def to_json(self) -> bytes:
@@ -497,6 +499,9 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
     _check_send_body(app, obj.get("body"))
     if "generated_at" not in obj:
         raise InvalidRecord("missing field generated_at")
+    replaced = obj.get("replaced")
+    if not isinstance(replaced, bool):
+        raise InvalidRecord("replaced must be true or false")
     return DeliveryRecord(
         followup_id=_identifier(obj, "followup_id"),
         user_id=_identifier(obj, "user_id"),
@@ -506,6 +511,7 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
         disclosure=disclosure,
         body=obj["body"],
         generated_at=parse_ts(obj["generated_at"], "generated_at"),
+        replaced=replaced,
     )
 
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from agents.delivery import TEXT_LIMITS, DeliveryRecord, delivery_body
+from agents.delivery import TEXT_LIMITS, DeliveryRecord, delivery_body, delivery_record
 from agents.honesty import disclosure_line, finalize
 from schemas import records
 from schemas.records import FollowupRequest, InvalidRecord, parse_ts
@@ -55,9 +55,9 @@ def test_instagram_limit_counts_utf8_bytes():
 
 
 def test_record_for_a_followup_carries_the_final_text_and_its_body():
-    final = finalize("I miss you!", "fr")
-    record = DeliveryRecord.for_followup(REQUEST, final, GENERATED_AT)
-    assert isinstance(record, records.DeliveryRecord)
+    final = finalize("I miss you!", "fr")  # refused: the safe template goes out instead
+    record = delivery_record(REQUEST, final, GENERATED_AT)
+    assert type(record) is records.DeliveryRecord
     assert record.ai_generated and record.replaced
     assert record.text == final.text and record.text.endswith(disclosure_line("fr"))
     assert record.body["to"] == REQUEST.user_id
@@ -67,7 +67,7 @@ def test_record_for_a_followup_carries_the_final_text_and_its_body():
 def test_record_json_shape_and_round_trip():
     final = finalize("Hi! Two more film scores for you?", "en")
     on_messenger = dataclasses.replace(REQUEST, user_id="psid-1", app="facebook")
-    record = DeliveryRecord.for_followup(on_messenger, final, GENERATED_AT)
+    record = delivery_record(on_messenger, final, GENERATED_AT)
     document = orjson.loads(record.to_json())
     assert document == {
         "followup_id": "f-1", "user_id": "psid-1", "bot_id": "maestro", "app": "facebook",
@@ -75,22 +75,27 @@ def test_record_json_shape_and_round_trip():
         "body": {"recipient": {"id": "psid-1"}, "messaging_type": "UPDATE", "message": {"text": final.text}},
         "generated_at": "2026-11-28T21:30:01.250Z", "replaced": False,
     }
-    assert DeliveryRecord.from_dict(document) == record
-    assert records.parse_delivery(document).text == final.text  # readers of the base record accept it
+    assert records.parse_delivery(document) == record
 
 
-def test_from_dict_validates_like_the_base_record():
-    document = DeliveryRecord.for_followup(REQUEST, finalize("Hello!", "en"), GENERATED_AT).to_dict()
-    with pytest.raises(InvalidRecord, match="ai_generated"):
-        DeliveryRecord.from_dict({**document, "ai_generated": False})
+def test_parse_delivery_requires_replaced_as_a_boolean():
+    document = delivery_record(REQUEST, finalize("Hello!", "en"), GENERATED_AT).to_dict()
     with pytest.raises(InvalidRecord, match="replaced"):
-        DeliveryRecord.from_dict({**document, "replaced": "yes"})
-    assert DeliveryRecord.from_dict({k: v for k, v in document.items() if k != "replaced"}).replaced is False
+        records.parse_delivery({**document, "replaced": "yes"})
+    with pytest.raises(InvalidRecord, match="replaced"):
+        records.parse_delivery({k: v for k, v in document.items() if k != "replaced"})
 
+
+def test_for_followup_still_builds_the_schemas_record():
+    # agents/generator.py calls DeliveryRecord.for_followup; drop with that name.
+    final = finalize("Hello!", "en")
+    record = DeliveryRecord.for_followup(REQUEST, final, GENERATED_AT)
+    assert type(record) is records.DeliveryRecord
+    assert record == delivery_record(REQUEST, final, GENERATED_AT)
 
 
 @pytest.mark.parametrize("app", ["whatsapp", "facebook", "instagram"])
 def test_records_validate_against_the_delivery_schema(app):
     schema = json.loads((pathlib.Path(__file__).resolve().parents[1] / "schemas" / "delivery.schema.json").read_text())
-    record = DeliveryRecord.for_followup(dataclasses.replace(REQUEST, app=app), finalize("Hello!", "pt"), GENERATED_AT)
+    record = delivery_record(dataclasses.replace(REQUEST, app=app), finalize("Hello!", "pt"), GENERATED_AT)
     Draft202012Validator(schema, format_checker=FormatChecker()).validate(orjson.loads(record.to_json()))

@@ -79,7 +79,7 @@ SEND_BODIES = {
 
 
 def delivery(app: str) -> DeliveryRecord:
-    return DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, SEND_BODIES[app], T)
+    return DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, SEND_BODIES[app], T, replaced=False)
 
 
 WRITTEN = [
@@ -177,6 +177,7 @@ ACCEPTED_BY_BOTH = [
     ("followup_request", followup()),
     ("followup_request", followup(inbound_in_window=0)),
     ("delivery", delivery_dict("facebook")),
+    ("delivery", delivery_dict("instagram", replaced=True)),
     ("delivery", delivery_dict("whatsapp", body={k: v for k, v in SEND_BODIES["whatsapp"].items() if k != "recipient_type"})),
 ]
 
@@ -227,6 +228,9 @@ REFUSED_BY_BOTH = [
     ("delivery", delivery_dict(text="")),
     ("delivery", delivery_dict(body="hello")),
     ("delivery", delivery_dict(generated_at=...)),
+    ("delivery", delivery_dict(replaced=...)),
+    ("delivery", delivery_dict(replaced="no")),
+    ("delivery", delivery_dict(replaced=None)),
     ("delivery", delivery_dict("whatsapp", body=SEND_BODIES["facebook"])),
     ("delivery", delivery_dict("facebook", body=SEND_BODIES["whatsapp"])),
     ("delivery", delivery_dict("facebook", body={"recipient": {"id": "1"}, "message": {"text": "a" * 2001}})),
@@ -353,7 +357,7 @@ def test_send_bodies_built_by_the_delivery_stage_validate():
     from agents.delivery import delivery_body  # the stage that fills delivery topics
 
     for app in ("whatsapp", "facebook", "instagram"):
-        record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT), T)
+        record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT), T, replaced=True)
         decoded = orjson.loads(record.to_json())
         assert [e.message for e in VALIDATORS["delivery"].iter_errors(decoded)] == []
         assert parser_accepts("delivery", decoded)
