@@ -183,10 +183,9 @@ class Engine:
         for language in core.distress_languages:
             metrics.distress_detected.labels(language=language).inc()
         core.distress_languages.clear()
-        duplicates = core.stats["duplicates"]
-        if duplicates:
-            metrics.duplicates.labels(app="all").inc(duplicates)
-            core.stats["duplicates"] = 0
+        for app, count in core.duplicates_by_app.items():
+            metrics.duplicates.labels(app=app).inc(count)
+        core.duplicates_by_app.clear()
 
 
 def install(wiring: Wiring) -> None:

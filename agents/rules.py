@@ -169,6 +169,8 @@ class DecisionCore:
         self.erased: list[str] = []
         self.dirty: set[str] = set()
         self.stats = {"duplicates": 0, "too_old": 0, "stop_words": 0, "distress": 0}
+        # Duplicates per app since the caller last cleared it: the metric is labelled by app.
+        self.duplicates_by_app: dict[str, int] = {}
         self.distress_languages: list[str] = []
 
     # -- feeding -----------------------------------------------------------------------
@@ -227,6 +229,7 @@ class DecisionCore:
             key = f"{event.app}:{event.event_id}"
             if any(seen == key for _, seen in pair.inbound):
                 self.stats["duplicates"] += 1
+                self.duplicates_by_app[event.app] = self.duplicates_by_app.get(event.app, 0) + 1
                 return
             self._record_inbound(event, key, user, pair)
         elif pair.last_inbound_ts < 0 and event.ts >= pair.last_ts:

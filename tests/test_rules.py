@@ -135,6 +135,15 @@ def test_duplicate_webhooks_are_one_message():
     r = run().feed(records, duplicate, tick(T0 + DAY))
     assert r.requests == [] and r.decisions[0].inbound_in_window == 4
     assert r.core.stats["duplicates"] == 1
+    assert r.core.duplicates_by_app == {"whatsapp": 1}
+
+
+def test_duplicates_are_counted_per_app_for_the_metric_label():
+    first = msg("u1", "b", T0, app="facebook")
+    second = msg("u1", "b", T0 + MINUTE, app="instagram")
+    r = run().feed(first, second, first, second, second)
+    assert r.core.duplicates_by_app == {"facebook": 1, "instagram": 2}
+    assert r.core.stats["duplicates"] == 3
 
 
 def test_same_event_id_on_another_app_is_another_message():
