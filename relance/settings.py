@@ -127,6 +127,8 @@ class Settings:
     llm_concurrency: int = setting(8, "LLM calls in flight at once per worker.", _positive_int)
     llm_attempts: int = setting(3, "LLM calls per try before the request goes to the retry topic.", _positive_int)
     generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
+    generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again, in ms; doubled each try, with jitter.", parse_duration)
+    llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call, in ms.", parse_duration)
 
     @classmethod
     def names(cls) -> list[str]:

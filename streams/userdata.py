@@ -36,6 +36,13 @@ def generated_key(user_id: str) -> str:
 KILLS_KEY = f"{PREFIX}:kills"  # Hash: "all" / "bot:<id>" / "app:<name>" -> "1"; not personal
 
 
+async def context_stage_keys(redis, user_id: str) -> list[str]:
+    """The keys the context stage holds for the user: its contexts, their bots, last inbound."""
+    bots = await redis.smembers(context_bots_key(user_id))
+    return [context_bots_key(user_id), last_inbound_key(user_id)] + [
+        context_key(user_id, bot.decode() if isinstance(bot, bytes) else bot) for bot in bots]
+
+
 def fixed_keys(user_id: str) -> list[str]:
     return [context_bots_key(user_id), last_inbound_key(user_id), ledger_key(user_id), generated_key(user_id)]
 

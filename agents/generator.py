@@ -1,0 +1,377 @@
+"""The generator agents: each follow-up request written by the LLM and handed to delivery.
+
+Requests come from ``followups.requested`` (the engine) and ``followups.retry`` (earlier
+tries that failed). Every request ends with exactly one outcome, written to
+``followups.outcomes`` and into the request's field of the emission ledger:
+
+- ``delivered``: the text went to ``delivery.<app>``;
+- ``cancelled:<reason>``: ``erased``, ``killed`` or ``user_returned``, checked before the
+  LLM is called and again right before delivery (the user may come back meanwhile);
+- ``dead_lettered``: unknown bot, or generation failed ``generation_tries`` times.
+
+The ledger field (written by the engine as the due ts) is also how duplicates are
+dropped and how tries survive a crash. While a try runs it holds ``try:<n>:<lease end>``;
+while the request waits on the retry topic, ``wait:<n>``. A copy of the request that
+finds its try running elsewhere goes back to the retry topic until the lease ends, so a
+crashed worker's follow-up is not lost. Effects are at-least-once: a crash between the
+delivery and the ledger write delivers twice with the same ``followup_id``, which the
+delivery stage drops. A missing field means the user was erased (the engine deletes the
+ledger): the request is cancelled and the ledger is never re-created.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence
+
+import orjson
+
+from agents.context import read_context
+from agents.delivery import DeliveryRecord
+from agents.honesty import FinalText, finalize, safe_template
+from agents.llm import (
+    ChatCompletionsClient, CircuitOpen, LLMConfig, LLMError, OfflineWriter, PromptInputs, TextProvider,
+)
+from relance.metrics import label
+from relance.settings import Settings
+from schemas.records import FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
+from schemas.registry import Bot, RegistryFile
+from streams.app import Wiring, wall_ms
+from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
+from streams.userdata import KILLS_KEY, last_inbound_key, ledger_key
+
+log = logging.getLogger("relance.generator")
+
+STAGE = "generator"
+DELIVERED, CANCELLED, DEAD_LETTERED = "delivered", "cancelled", "dead_lettered"
+MAX_RETRY_WAIT_MS = 60_000     # a retry agent never sleeps longer than this on one record
+LEASE_MARGIN_MS = 30_000       # beyond the try's own time budget, before another copy may take over
+LEDGER_GRACE_S = 2.0           # the engine writes the ledger just after Kafka acknowledges the request
+LEDGER_POLL_S = 0.1
+
+# The verdicts of CLAIM_SCRIPT.
+CLAIMED, MISSING, DONE, STALE, BUSY = "claimed", "missing", "done", "stale", "busy"
+
+# KEYS: ledger. ARGV: followup_id, tries already made, now ms, lease end ms.
+# Takes the request's next try unless it has ended, a later copy superseded it, or
+# another copy's try is running under a live lease ("busy:<lease end>").
+CLAIM_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then return 'missing' end
+if state == 'delivered' or state == 'dead_lettered' or string.sub(state, 1, 10) == 'cancelled:' then
+  return 'done'
+end
+local tries = tonumber(ARGV[2])
+local waiting = string.match(state, '^wait:(%d+)$')
+local running, lease = string.match(state, '^try:(%d+):(%d+)$')
+if waiting and tries < tonumber(waiting) then return 'stale' end
+if running then
+  running, lease = tonumber(running), tonumber(lease)
+  if tries < running - 1 then return 'stale' end
+  if tries == running - 1 and tonumber(ARGV[3]) < lease then return 'busy:' .. lease end
+end
+redis.call('HSET', KEYS[1], ARGV[1], 'try:' .. (tries + 1) .. ':' .. ARGV[4])
+return 'claimed'
+"""
+
+# KEYS: ledger. ARGV: followup_id, state. Never re-creates an erased ledger or field.
+SET_STATE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+# -- records -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A request and how many tries it already had; retry records carry both."""
+
+    request: FollowupRequest
+    tries: int = 0
+    not_before: int | None = None  # wall ms; a retry waits until then
+
+    def to_json(self) -> bytes:
+        body = self.request.to_dict()
+        body["tries"] = self.tries
+        if self.not_before is not None:
+            body["not_before"] = format_ts(self.not_before)
+        return orjson.dumps(body)
+
+
+def parse_attempt(obj: Any) -> Attempt:
+    request = parse_followup(obj)
+    tries = obj.get("tries", 0)
+    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
+        raise InvalidRecord("tries must be a non-negative integer")
+    not_before = obj.get("not_before")
+    return Attempt(request, tries, None if not_before is None else parse_ts(not_before, "not_before"))
+
+
+def outcome_json(request: FollowupRequest, outcome: str, reason: str | None, tries: int, at: int) -> bytes:
+    return orjson.dumps({
+        "followup_id": request.followup_id, "user_id": request.user_id, "bot_id": request.bot_id,
+        "app": request.app, "outcome": outcome, "reason": reason, "tries": tries, "at": format_ts(at),
+    })
+
+
+# -- pure decisions ----------------------------------------------------------------------
+
+def retry_delay_ms(tries: int, base_ms: int, rng: random.Random) -> int:
+    """Exponential backoff after ``tries`` failed tries, with jitter (half to all of it),
+    so the requests of one LLM outage do not all come back at once."""
+    ceiling = min(MAX_RETRY_WAIT_MS, base_ms * 2 ** (tries - 1))
+    return int(ceiling * (0.5 + rng.random() / 2))
+
+
+def wait_ms(not_before: int | None, now: int) -> int:
+    return 0 if not_before is None else min(MAX_RETRY_WAIT_MS, max(0, not_before - now))
+
+
+def cancel_reason(ledger_has_field: bool, kills: Sequence[Any], last_inbound: Any, due_ts: int) -> str | None:
+    """Why the follow-up must not go out now, or None. ``kills``: the kill hash's values
+    for ``all``, ``bot:<id>``, ``app:<name>``; ``last_inbound``: the pair's latest inbound ts."""
+    if not ledger_has_field:
+        return "erased"
+    if any(kills):
+        return "killed"
+    if last_inbound is not None and int(last_inbound) > due_ts:
+        return "user_returned"
+    return None
+
+
+def error_kind(exc: LLMError) -> str:
+    """A bounded metric label for a failed LLM call."""
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if exc.status == 429:
+        return "rate_limited"
+    if exc.status is not None:
+        return "http_5xx" if exc.status >= 500 else "http_4xx"
+    detail = str(exc)
+    if "no answer within" in detail:
+        return "timeout"
+    if "connection error" in detail:
+        return "connection"
+    return "bad_response"
+
+
+def refusal_labels(reasons: Sequence[str]) -> set[str]:
+    """``pressure: i miss you`` -> ``pressure``; ``claims to be human: ...`` -> ``claims_to_be_human``."""
+    return {label(reason.split(":", 1)[0].strip().replace(" ", "_")) for reason in reasons}
+
+
+def try_budget_ms(config: LLMConfig) -> int:
+    """The longest one try may take: every attempt's timeout and the backoffs between them."""
+    return int(1000 * (config.attempts * config.timeout + (config.attempts - 1) * config.backoff_max))
+
+
+def make_writer(settings: Settings) -> tuple[TextProvider, str]:
+    """The text provider and its metric label."""
+    if not settings.llm_base_url:
+        return OfflineWriter(), "offline"
+    config = LLMConfig.from_settings(settings, breaker_cooldown=settings.llm_breaker_cooldown / 1000)
+    return ChatCompletionsClient(config), "openai"
+
+
+# -- the ledger --------------------------------------------------------------------------
+
+class Ledger:
+    """The generator's moves on the emission ledger, each one atomic in Redis."""
+
+    def __init__(self, redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._set_state = redis.register_script(SET_STATE_SCRIPT)
+
+    async def claim(self, attempt: Attempt, now: int, lease_end: int) -> str:
+        request = attempt.request
+        verdict = await self._claim(keys=[ledger_key(request.user_id)],
+                                    args=[request.followup_id, attempt.tries, now, lease_end])
+        return verdict.decode()
+
+    async def set_state(self, request: FollowupRequest, state: str) -> bool:
+        return bool(await self._set_state(keys=[ledger_key(request.user_id)], args=[request.followup_id, state]))
+
+
+# -- the generator -----------------------------------------------------------------------
+
+class Generator:
+    def __init__(self, wiring: Wiring, registry: RegistryFile, rng: random.Random | None = None) -> None:
+        self.wiring = wiring
+        self.settings = wiring.settings
+        self.metrics = wiring.metrics
+        self.registry = registry
+        self.writer, self.provider_label = make_writer(self.settings)
+        self.budget_ms = try_budget_ms(LLMConfig.from_settings(self.settings))
+        self.rng = rng or random.Random()
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.wiring.redis)  # first used inside the worker's event loop
+
+    async def close(self) -> None:
+        if isinstance(self.writer, ChatCompletionsClient):
+            await self.writer.close()
+
+    # -- input ---------------------------------------------------------------------
+
+    async def handle(self, event, *, from_retry: bool = False) -> None:
+        try:
+            attempt = parse_attempt(loads(event.value))
+        except InvalidRecord as exc:
+            reason = str(exc)
+            await self.wiring.dead_letter(STAGE, "not_json" if reason.startswith("not JSON") else "invalid_field", reason, event)
+            return
+        if from_retry:
+            await asyncio.sleep(wait_ms(attempt.not_before, wall_ms()) / 1000)
+        verdict = await self._claim(attempt)
+        if verdict == CLAIMED:
+            await self._generate(event, attempt)
+        elif verdict == MISSING:
+            await self._settle(attempt.request, CANCELLED, "erased", attempt.tries)
+        elif verdict.startswith(BUSY):
+            await self._defer(attempt, int(verdict.split(":", 1)[1]))
+        else:
+            self.metrics.duplicates.labels(app=attempt.request.app).inc()
+            log.info("duplicate follow-up request dropped", extra={"followup_id": attempt.request.followup_id, "verdict": verdict})
+
+    async def _claim(self, attempt: Attempt) -> str:
+        # A fresh request may arrive before the engine's ledger write that follows its ack.
+        deadline = time.monotonic() + (LEDGER_GRACE_S if attempt.tries == 0 else 0.0)
+        while True:
+            now = wall_ms()
+            verdict = await self.ledger.claim(attempt, now, now + self.budget_ms + LEASE_MARGIN_MS)
+            if verdict != MISSING or time.monotonic() >= deadline:
+                return verdict
+            await asyncio.sleep(LEDGER_POLL_S)
+
+    # -- one try ---------------------------------------------------------------------
+
+    async def _generate(self, event, attempt: Attempt) -> None:
+        request = attempt.request
+        reason = await self._cancel_reason(request)
+        if reason:
+            await self._settle(request, CANCELLED, reason, attempt.tries)
+            return
+        bot = self.registry.current().get(request.bot_id)
+        if bot is None:
+            await self._give_up(event, attempt.tries, request, "unknown_bot", f"bot {request.bot_id!r} is not in the registry")
+            return
+        tries = attempt.tries + 1
+        try:
+            text = await self._write(bot, request)
+        except LLMError as exc:
+            await self._failed(event, request, tries, exc)
+            return
+        record = self._delivery_record(request, text, bot.language)
+        reason = await self._cancel_reason(request)  # the user may have come back while the LLM wrote
+        if reason:
+            await self._settle(request, CANCELLED, reason, tries)
+            return
+        await self._send(self.wiring.topic(DELIVERY_BY_APP[request.app]), request, record.to_json())
+        await self._settle(request, DELIVERED, None, tries)
+
+    async def _cancel_reason(self, request: FollowupRequest) -> str | None:
+        pipe = self.wiring.redis.pipeline(transaction=False)
+        pipe.hexists(ledger_key(request.user_id), request.followup_id)
+        pipe.hmget(KILLS_KEY, "all", f"bot:{request.bot_id}", f"app:{request.app}")
+        pipe.hget(last_inbound_key(request.user_id), request.bot_id)
+        has_field, kills, last_inbound = await pipe.execute()
+        return cancel_reason(has_field, kills, last_inbound, request.due_ts)
+
+    async def _write(self, bot: Bot, request: FollowupRequest) -> str:
+        context = await read_context(self.wiring.redis, request.user_id, request.bot_id)
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(self.writer.write(PromptInputs(bot=bot, context=context)), self.budget_ms / 1000)
+        except asyncio.TimeoutError:
+            self.metrics.llm_errors.labels(kind="timeout").inc()
+            raise LLMError(f"no answer within the try's budget of {self.budget_ms} ms", retryable=True) from None
+        except LLMError as exc:
+            self.metrics.llm_errors.labels(kind=error_kind(exc)).inc()
+            raise
+        finally:
+            self.metrics.llm_request.labels(provider=self.provider_label).observe(time.monotonic() - started)
+            breaker = getattr(self.writer, "breaker", None)
+            self.metrics.llm_circuit_open.set(1 if breaker is not None and breaker.state == "open" else 0)
+
+    def _delivery_record(self, request: FollowupRequest, text: str, language: str) -> DeliveryRecord:
+        final = finalize(text, language)
+        for reason in refusal_labels(final.reasons):
+            self.metrics.text_refused.labels(reason=reason).inc()
+        try:
+            return DeliveryRecord.for_followup(request, final, wall_ms())
+        except ValueError:  # longer than the app's send API takes (Instagram counts bytes)
+            self.metrics.text_refused.labels(reason="too_long").inc()
+            return DeliveryRecord.for_followup(request, _safe_text(language), wall_ms())
+
+    # -- endings -----------------------------------------------------------------------
+
+    async def _failed(self, event, request: FollowupRequest, tries: int, exc: LLMError) -> None:
+        if not exc.retryable or tries >= self.settings.generation_tries:
+            await self._give_up(event, tries, request, "generation_failed", f"generation failed after {tries} tries: {exc}")
+            return
+        not_before = wall_ms() + retry_delay_ms(tries, self.settings.generation_backoff, self.rng)
+        await self._send(self.wiring.topic(FOLLOWUPS_RETRY), request, Attempt(request, tries, not_before).to_json())
+        await self.ledger.set_state(request, f"wait:{tries}")
+        log.info("follow-up generation failed, will retry",
+                 extra={"followup_id": request.followup_id, "tries": tries, "error": str(exc)})
+
+    async def _defer(self, attempt: Attempt, lease_end: int) -> None:
+        """Another copy's try is running: look again when its lease ends, in case it crashed."""
+        retry = dataclasses.replace(attempt, not_before=lease_end)
+        await self._send(self.wiring.topic(FOLLOWUPS_RETRY), attempt.request, retry.to_json())
+        log.info("follow-up busy elsewhere, deferred", extra={"followup_id": attempt.request.followup_id})
+
+    async def _give_up(self, event, tries: int, request: FollowupRequest, reason_label: str, reason: str) -> None:
+        await self.wiring.dead_letter(STAGE, reason_label, reason, event)
+        await self._settle(request, DEAD_LETTERED, reason_label, tries)
+
+    async def _settle(self, request: FollowupRequest, outcome: str, reason: str | None, tries: int) -> None:
+        """The outcome record first, then the ledger: a crash in between repeats, never loses."""
+        await self._send(self.wiring.topic(FOLLOWUP_OUTCOMES), request,
+                         outcome_json(request, outcome, reason, tries, wall_ms()))
+        await self.ledger.set_state(request, f"{CANCELLED}:{reason}" if outcome == CANCELLED else outcome)
+        if outcome == DELIVERED:
+            self.metrics.followups_delivered.labels(app=request.app).inc()
+        elif outcome == CANCELLED:
+            self.metrics.followups_cancelled.labels(app=request.app, reason=label(reason)).inc()
+        else:
+            self.metrics.followups_dead_lettered.labels(reason=label(reason)).inc()
+        log.info("follow-up %s", outcome, extra={"followup_id": request.followup_id, "reason": reason, "tries": tries})
+
+    async def _send(self, topic, request: FollowupRequest, value: bytes) -> None:
+        # force: published now and acknowledged before the ledger moves on.
+        sent = await topic.send(key=request.user_id.encode(), value=value, force=True)
+        await sent
+
+
+def _safe_text(language: str) -> FinalText:
+    final = finalize(safe_template(language), language)
+    return dataclasses.replace(final, replaced=True, reasons=("too long for the app",))
+
+
+def install(wiring: Wiring) -> None:
+    app, settings = wiring.app, wiring.settings
+    generator = Generator(wiring, RegistryFile(settings.registry))
+
+    @app.agent(wiring.topic(FOLLOWUPS_REQUESTED), name="generator", concurrency=settings.llm_concurrency)
+    async def generate(stream):
+        async for event in stream.events():
+            await generator.handle(event)
+
+    @app.agent(wiring.topic(FOLLOWUPS_RETRY), name="generator-retry", concurrency=settings.llm_concurrency)
+    async def retry(stream):
+        async for event in stream.events():
+            await generator.handle(event, from_retry=True)
+
+    @app.on_before_shutdown.connect
+    async def close_llm_client(sender, **kwargs):
+        await generator.close()
