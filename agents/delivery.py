@@ -63,7 +63,7 @@ def delivery_record(request: FollowupRequest, final: FinalText, generated_at: in
 
 
 class DeliveryRecord(records.DeliveryRecord):
-    """Transitional: agents/generator.py, being written, calls ``DeliveryRecord.for_followup``.
+    """Transitional: agents/generator.py calls ``DeliveryRecord.for_followup``.
 
     The record is ``schemas.records.DeliveryRecord`` and ``for_followup`` returns one;
     delete this class once callers use ``delivery_record``.
