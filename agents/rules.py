@@ -244,7 +244,7 @@ class DecisionCore:
         bisect.insort(pair.inbound, (event.ts, key))
         if len(pair.inbound) > self.settings.min_inbound:
             del pair.inbound[0]
-        if event.ts > pair.last_inbound_ts:
+        if event.ts >= pair.last_inbound_ts:  # same ms: the later arrival is the latest
             pair.last_inbound_ts = event.ts
             pair.last_inbound_id = key
             pair.app = event.app
@@ -386,7 +386,7 @@ class DecisionCore:
 
     def _check_cap(self, user: UserState, at: int) -> Check:
         settings = self.settings
-        user.sends = [ts for ts in user.sends if ts > self.clock - WEEK_MS]
+        self._prune_sends(user)
         day = sum(1 for ts in user.sends if at - DAY_MS < ts <= at)
         week = sum(1 for ts in user.sends if at - WEEK_MS < ts <= at)
         if settings.user_cap_day and day >= settings.user_cap_day:
@@ -394,6 +394,12 @@ class DecisionCore:
         if settings.user_cap_week and week >= settings.user_cap_week:
             return Check("user_cap", False, f"{week} follow-ups to this user in 7 days")
         return Check("user_cap", True)
+
+    def _prune_sends(self, user: UserState) -> None:
+        # A decision may run after its due time (at the next record), and a late message
+        # can still make one due after clock - W: keep what such a decision would count.
+        horizon = self.clock - self.settings.window - WEEK_MS
+        user.sends = [ts for ts in user.sends if ts > horizon]
 
     def _expiry(self, pair: PairState) -> int:
         """When a silent pair can be forgotten without changing any later decision.
@@ -407,7 +413,7 @@ class DecisionCore:
 
     def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
         del user.pairs[bot_id]
-        user.sends = [ts for ts in user.sends if ts > self.clock - WEEK_MS]
+        self._prune_sends(user)
         if user.is_empty():
             del self.users[user_id]
         self.dirty.add(user_id)

@@ -90,12 +90,17 @@ PROPERTY = hsettings(max_examples=150, deadline=None, suppress_health_check=[Hea
 def test_never_two_followups_for_a_pair_without_an_inbound_message_between(config, records):
     emitted = feed_all(DecisionCore(config), records)
     last_for_pair: dict = {}
-    for _, request in emitted:
+    for index, request in emitted:
         pair = (request.user_id, request.bot_id)
         previous = last_for_pair.get(pair)
-        if previous is not None:
-            assert request.last_inbound_ts > previous.due_ts, (previous, request)
-        last_for_pair[pair] = request
+        # An erasure forgets the user entirely, follow-ups sent included.
+        if previous is not None and not erased_between(records, request.user_id, previous[0], index):
+            assert request.last_inbound_ts > previous[1].due_ts, (previous, request)
+        last_for_pair[pair] = (index, request)
+
+
+def erased_between(records: list, user_id: str, start: int, end: int) -> bool:
+    return any(isinstance(r, Erase) and r.user_id == user_id for r in records[start:end])
 
 
 @PROPERTY
@@ -145,7 +150,8 @@ def test_always_one_followup_when_every_condition_holds(n, delay_h, extra, spaci
         for i in range(n + extra)
     ]
     due = mine[-1].ts + delay_h * HOUR
-    emitted = feed_all(DecisionCore(config), [r for r in noise if not isinstance(r, Tick)] + mine + [Tick(due)])
+    background = [r for r in noise if not isinstance(r, (Tick, Kill))]  # kills stop everyone
+    emitted = feed_all(DecisionCore(config), background + mine + [Tick(due)])
     mine_requested = [r for _, r in emitted if r.user_id == "me"]
     assert len(mine_requested) == 1
     assert mine_requested[0].due_ts == due and mine_requested[0].app == mine[-1].app

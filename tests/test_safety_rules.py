@@ -81,6 +81,19 @@ def test_weekly_cap_counts_seven_days():
     assert r.decisions[-1].stopped_by == "user_cap"
 
 
+def test_a_decision_made_late_still_counts_the_sends_of_its_own_week():
+    # Sends at day 0 + 12h and day 1 + 12h; the next pair is due at day 7 - 2h but decided
+    # at day 7 + 13h, when the next record arrives: the first send is inside (due - 7d, due].
+    r = run(user_cap_day=0, user_cap_week=2)
+    r.feed(burst("u1", "a", T0, 5), tick(T0 + 13 * HOUR), burst("u1", "b", T0 + DAY, 5), tick(T0 + DAY + 13 * HOUR))
+    assert len(r.requests) == 2
+    due = T0 + 7 * DAY - 2 * HOUR
+    r.feed(burst("u1", "c", due - 12 * HOUR - 4 * MINUTE, 5), msg("u9", "x", T0 + 7 * DAY + 13 * HOUR))
+    decision = r.decisions_for("u1", "c")[0]
+    assert (decision.due_ts, decision.decided_at) == (due, T0 + 7 * DAY + 13 * HOUR)
+    assert decision.stopped_by == "user_cap"
+
+
 def test_cap_zero_means_no_cap():
     r = run(user_cap_day=0, user_cap_week=0).feed(*(burst("u1", f"b{i}", T0, 5) for i in range(5)), tick(T0 + DAY))
     assert len(r.requests) == 5
