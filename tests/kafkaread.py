@@ -48,3 +48,23 @@ class TopicReader:
                 pass
         if self._consumer:
             await self._consumer.stop()
+
+
+async def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int | None:
+    """Records of ``topic`` the consumer group has not committed yet (None: nothing committed)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        if not any(tp in committed for tp in tps):
+            return None
+        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
