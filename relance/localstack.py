@@ -330,9 +330,10 @@ class KafkaBroker(_Server):
         jvm = [java, "-Xmx512m", "-cp", classpath, f"-Dlog4j2.configurationFile={log4j}"]
         if not (self.data_dir / "meta.properties").exists():  # format once; a JVM start is slow
             # Static controller.quorum.voters in the config, so no --standalone here.
+            # Kafka's own id format; passed as --cluster-id=ID, since one in 64 starts with "-".
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+                jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                        "-c", str(self.config_file), "--ignore-formatted"],
                 capture_output=True, text=True)
             if formatted.returncode != 0:
