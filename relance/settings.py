@@ -97,14 +97,14 @@ def setting(default: Any, doc: str, parse: Callable[[Any], Any] = str) -> Any:
 class Settings:
     # -- the rule (spec section 2) -------------------------------------------------
     min_inbound: int = setting(5, "Inbound messages needed inside the window (N).", _positive_int)
-    window: int = setting(14 * 86_400_000, "Rolling window N is counted in, in ms (W).", parse_duration)
-    idle_delay: int = setting(12 * 3_600_000, "Quiet time before a follow-up is due, in ms (D).", parse_duration)
-    messaging_window: int = setting(24 * 3_600_000, "A follow-up must go out within this of the last inbound, in ms (M).", parse_duration)
+    window: int = setting(14 * 86_400_000, "Rolling window N is counted in (W).", parse_duration)
+    idle_delay: int = setting(12 * 3_600_000, "Quiet time before a follow-up is due (D).", parse_duration)
+    messaging_window: int = setting(24 * 3_600_000, "A follow-up must go out within this of the last inbound (M).", parse_duration)
     quiet_hours: tuple[int, int] | None = setting((22 * 60, 8 * 60), "Local hours with no follow-ups, HH:MM-HH:MM or off.", parse_quiet_hours)
     user_cap_day: int = setting(1, "Follow-ups per user per rolling 24 hours, all bots and apps; 0 means no cap.", _non_negative_int)
     user_cap_week: int = setting(3, "Follow-ups per user per rolling 7 days, all bots and apps; 0 means no cap.", _non_negative_int)
     unknown_age: str = setting("allow", "allow or deny follow-ups to users whose age is unknown.", _choice("allow", "deny"))
-    distress_cooloff: int = setting(14 * 86_400_000, "How long a pair gets no follow-up after signs of distress, in ms.", parse_duration)
+    distress_cooloff: int = setting(14 * 86_400_000, "How long a pair gets no follow-up after signs of distress.", parse_duration)
     registry: str = setting("deploy/bots.toml", "Path of the bot registry (TOML).")
     holdout: float = setting(0.0, "Share of pairs (0 to 1), chosen by a stable hash, that never get follow-ups.", _share)
     # -- running ---------------------------------------------------------------------
@@ -117,18 +117,18 @@ class Settings:
     data_dir: str = setting(".relance/data", "Where a worker keeps its local table stores.")
     store: str = setting("memory://", "Faust table store: memory:// or rocksdb:// (rocksdict).")
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
-    timer_interval: int = setting(200, "How often a wall-mode worker looks for due pairs, in ms.", parse_duration)
+    timer_interval: int = setting(200, "How often a wall-mode worker looks for due pairs.", parse_duration)
     # -- generation and delivery -------------------------------------------------------
     context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
     llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)
     llm_model: str = setting("gpt-4o-mini", "Model name sent to the Chat Completions API.")
     llm_api_key: str | None = setting(None, "Bearer key for the LLM API, if it needs one.", _optional_str)
-    llm_timeout: int = setting(20_000, "Timeout of one LLM call, in ms.", parse_duration)
+    llm_timeout: int = setting(20_000, "Timeout of one LLM call.", parse_duration)
     llm_concurrency: int = setting(8, "LLM calls in flight at once per worker.", _positive_int)
     llm_attempts: int = setting(3, "LLM calls per try before the request goes to the retry topic.", _positive_int)
     generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
-    generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again, in ms; doubled each try, with jitter.", parse_duration)
-    llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call, in ms.", parse_duration)
+    generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again; doubled each try, with jitter.", parse_duration)
+    llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call.", parse_duration)
 
     @classmethod
     def names(cls) -> list[str]:
