@@ -1,48 +1,47 @@
-"""The engine agent: the ordered record stream of each partition through a DecisionCore.
+"""The engine: each partition's ordered record stream through its own DecisionCore.
 
-Records on ``messages`` (canonical events, and control events forwarded there by the
-control agent, in order) feed one ``DecisionCore`` per partition this worker owns. The
-cores' users live in the changelogged table ``pairs``; a core is rebuilt from it after
-recovery, so a restarted or rebalanced worker decides as if nothing happened.
+Records on ``messages`` (canonical events, and control records forwarded there in order)
+feed one ``DecisionCore`` per partition this worker owns. It runs as a batch stage of a
+``KafkaLoop`` inside the Faust worker, because Faust's per-message delivery caps an agent
+far below the pipeline's target (see ``streams/kafkaloop.py``).
+
+State: each core's users live in the compacted topic ``engine.state``, partition for
+partition with ``messages`` (key ``user_id``; an empty value deletes; one ``\\x00meta``
+key per partition holds the clock and kill switches). On assignment a partition's core
+is rebuilt from it; before every commit the users changed since the last one are written.
 
 Emission is at-least-once with idempotent effects: a follow-up request is acknowledged by
-Kafka and written to the Redis ledger *before* the state that records it is persisted. A
+Kafka and written to the Redis ledger *before* the state that records it is written. A
 crash in between re-decides the same follow-up (same id) and the ledger stops the second
 publication; a crash before it re-publishes, and downstream drops the duplicate by id.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
-import time
-from typing import Any, Iterable
+from typing import Callable
 
-import faust
 import orjson
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from agents.rules import DecisionCore, UserState
-from schemas.records import InvalidRecord, MessageEvent, loads, parse_record
+from schemas.records import (
+    DeadLetter, DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record,
+)
 from streams.app import CLOCK_HEADER, Wiring, wall_ms
-from streams.topics import DECISIONS, FOLLOWUPS_REQUESTED, MESSAGES
+from streams.kafkaloop import KafkaLoop, new_producer, read_partition_to_end
+from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from streams.userdata import ledger_key
 
-PAIRS_TABLE = "pairs"
+META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
 
 
 def partition_of(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), as every producer of ``messages`` uses."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def meta_key(partition: int, partitions: int) -> bytes:
-    """A table key that lands in ``partition``: where that core's clock and kills live."""
-    index = 0
-    while True:
-        key = b"\x00meta-%d" % index
-        if partition_of(key, partitions) == partition:
-            return key
-        index += 1
 
 
 def reason_label(reason: str) -> str:
@@ -58,160 +57,212 @@ def reason_label(reason: str) -> str:
 class Engine:
     """The cores of the partitions this worker owns, and how their output leaves."""
 
-    def __init__(self, wiring: Wiring, table: faust.Table) -> None:
+    def __init__(self, wiring: Wiring) -> None:
         self.wiring = wiring
         self.settings = wiring.settings
-        self.table = table
+        self.metrics = wiring.metrics
         self.cores: dict[int, DecisionCore] = {}
-        self._meta: dict[int, bytes] = {}
-        self._partitions = self.settings.partitions
-        self._messages_topic = wiring.topic(MESSAGES).get_topic_name()
+        self.loop: KafkaLoop | None = None
+        self.producer = None
+        self.decision_listeners: list[Callable[[DecisionRecord], None]] = []
+        self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
+        self._meta_changed: set[int] = set()
+        self._pending: list[asyncio.Future] = []
         self._wall = self.settings.clock == "wall"
         self._window_s = self.settings.window // 1000
+        prefix = self.settings.topic_prefix
+        self._state_topic = topic_name(ENGINE_STATE, prefix)
+        self._decisions_topic = topic_name(DECISIONS, prefix)
+        self._requests_topic = topic_name(FOLLOWUPS_REQUESTED, prefix)
+        self._deadletter_topic = topic_name(DEADLETTER, prefix)
+        self._events_in: collections.Counter = collections.Counter()
 
-    # -- cores ---------------------------------------------------------------------
+    def owned(self) -> list[int]:
+        return self.loop.owned() if self.loop else []
 
-    def core(self, partition: int) -> DecisionCore:
-        core = self.cores.get(partition)
-        return core if core is not None else self._rebuild(partition)
+    # -- partitions ----------------------------------------------------------------
 
-    def _rebuild(self, partition: int) -> DecisionCore:
-        core = DecisionCore(self.settings)
-        meta = self.table.get(self._meta_key(partition))
-        if meta is not None:
-            core.import_meta(orjson.loads(meta))
-        users = 0
-        for key, value in list(self.table.items()):
-            if key.startswith(b"\x00") or partition_of(key, self._partitions) != partition:
-                continue
-            core.load_user(key.decode(), UserState.from_dict(orjson.loads(value)))
-            users += 1
-        self.cores[partition] = core
-        log.info("partition %d: decision core rebuilt with %d users", partition, users)
-        return core
+    async def on_assigned(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            if partition not in self.cores:
+                self.cores[partition] = await self._restore(partition)
 
-    def forget(self, partitions: Iterable[int]) -> None:
+    async def on_revoked(self, partitions: list[int]) -> None:
         for partition in partitions:
             self.cores.pop(partition, None)
 
-    def _meta_key(self, partition: int) -> bytes:
-        key = self._meta.get(partition)
-        if key is None:
-            key = self._meta[partition] = meta_key(partition, self._partitions)
-        return key
+    async def _restore(self, partition: int) -> DecisionCore:
+        core = DecisionCore(self.settings)
+        latest: dict[bytes, bytes] = {}
+        for record in await read_partition_to_end(self.settings.broker, self._state_topic, partition):
+            latest[record.key] = record.value
+        meta = latest.pop(META_KEY, None)
+        if meta:
+            core.import_meta(orjson.loads(meta))
+        for key, value in latest.items():
+            if value:
+                core.load_user(key.decode(), UserState.from_dict(orjson.loads(value)))
+        log.info("partition %d: decision core restored with %d users", partition, len(core.users))
+        return core
 
     # -- input ---------------------------------------------------------------------
 
-    async def handle(self, event: faust.EventT) -> None:
-        partition = event.message.partition
-        core = self.core(partition)
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        now = wall_ms() if self._wall else None
+        invalid: list[tuple[ConsumerRecord, str]] = []
+        for tp, records in batch.items():
+            core = self.cores[tp.partition]  # restored in on_assigned
+            kills_before = core.kills.to_dict()
+            for record in records:
+                reason = self._feed(core, record, now)
+                if reason is not None:
+                    invalid.append((record, reason))
+            if core.kills.to_dict() != kills_before:
+                self._meta_changed.add(tp.partition)
+        for record, reason in invalid:
+            await self._dead_letter(record, reason)
+        await self._emit(batch_partitions=[tp.partition for tp in batch])
+        self._count_events()
+
+    def _feed(self, core: DecisionCore, record: ConsumerRecord, now: int | None) -> str | None:
+        """Apply one record; the reason if it is invalid."""
         if not self._wall:
-            stream_clock = dict(event.message.headers or ()).get(CLOCK_HEADER)
-            if stream_clock is not None:
-                core.advance(int(stream_clock), inclusive=False)
-        value = event.value
-        if value:  # an empty value only carries the stream clock
-            try:
-                record = parse_record(loads(value))
-                core.feed(record, now=wall_ms() if self._wall else None)
-            except InvalidRecord as exc:
-                await self.wiring.dead_letter("engine", reason_label(str(exc)), str(exc), event)
-            else:
-                if isinstance(record, MessageEvent):
-                    self.wiring.metrics.events_in.labels(app=record.app).inc()
-        await self.flush(partition, core)
+            for name, value in record.headers or ():
+                if name == CLOCK_HEADER:
+                    core.advance(int(value), inclusive=False)
+        if not record.value:  # an empty value only carries the stream clock
+            return None
+        try:
+            parsed = parse_record(loads(record.value))
+            core.feed(parsed, now=now)
+        except InvalidRecord as exc:
+            return str(exc)
+        if isinstance(parsed, MessageEvent):
+            self._events_in[parsed.app] += 1
+        return None
 
-    async def on_timer(self) -> None:
-        """Wall mode: make the decisions now due in every partition this worker owns."""
+    async def idle(self) -> None:
+        """Between batches: in wall mode, the decisions now due in every owned partition."""
+        if not self._wall:
+            return
         now = wall_ms()
-        for partition in self._active_partitions():
-            core = self.core(partition)
+        for core in self.cores.values():
             core.advance(now, inclusive=True)
-            await self.flush(partition, core)
-
-    def _active_partitions(self) -> list[int]:
-        app = self.wiring.app
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
-            return []
-        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self._messages_topic)
+        await self._emit(batch_partitions=list(self.cores))
 
     # -- output --------------------------------------------------------------------
 
-    async def flush(self, partition: int, core: DecisionCore) -> None:
-        meta_before = core.export_meta()
-        requests, decisions, erased, dirty = core.drain()
-        metrics = self.wiring.metrics
-        for request in requests:
-            await self._emit(request)
-        for decision in decisions:
-            metrics.decisions.labels(outcome=decision.outcome, reason=decision.stopped_by or "none").inc()
-            if self._wall:
-                metrics.timer_lag.observe(max(0, core.clock - decision.due_ts) / 1000)
-            await self.wiring.topic(DECISIONS).send(key=decision.user_id.encode(), value=decision.to_json())
-        for user_id in erased:
-            await self.wiring.redis.delete(ledger_key(user_id))
-        self._persist(core, dirty)
-        self.table[self._meta_key(partition)] = orjson.dumps(meta_before)
-        self._count(core)
+    async def _emit(self, batch_partitions: list[int]) -> None:
+        """Publish what the cores decided, all partitions at once: one ledger round trip."""
+        requests: list[FollowupRequest] = []
+        erased: list[str] = []
+        for partition in batch_partitions:
+            core = self.cores[partition]
+            core_requests, decisions, core_erased, dirty = core.drain()
+            requests += core_requests
+            erased += core_erased
+            for decision in decisions:
+                await self._record_decision(core, decision)
+            self._unsaved[partition] |= dirty
+            self._count(core)
+        if requests:
+            await self._publish_requests(requests)
+        if erased:
+            await self.wiring.redis.delete(*(ledger_key(user_id) for user_id in erased))
 
-    async def _emit(self, request: Any) -> None:
-        ledger = ledger_key(request.user_id)
+    async def _publish_requests(self, requests: list[FollowupRequest]) -> None:
         redis = self.wiring.redis
-        if await redis.hexists(ledger, request.followup_id):
-            log.info("follow-up already published", extra={"followup_id": request.followup_id})
-            return
-        # force: sent now, not attached to the source offset, so it can be awaited here.
-        sent = await self.wiring.topic(FOLLOWUPS_REQUESTED).send(
-            key=request.user_id.encode(), value=request.to_json(), force=True)
-        await sent  # acknowledged by Kafka before the ledger says so
-        await redis.hset(ledger, request.followup_id, request.due_ts)
-        await redis.expire(ledger, 2 * self._window_s)
-        self.wiring.metrics.followups_generated.labels(app=request.app).inc()
-        log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
+        async with redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                pipe.hexists(ledger_key(request.user_id), request.followup_id)
+            published = await pipe.execute()
+        fresh = [request for request, seen in zip(requests, published) if not seen]
+        sent = [await self.producer.send(self._requests_topic, request.to_json(), key=request.user_id.encode())
+                for request in fresh]
+        await asyncio.gather(*sent)  # acknowledged by Kafka before the ledger says so
+        async with redis.pipeline(transaction=False) as pipe:
+            for request in fresh:
+                pipe.hset(ledger_key(request.user_id), request.followup_id, request.due_ts)
+                pipe.expire(ledger_key(request.user_id), 2 * self._window_s)
+            await pipe.execute()
+        for request in fresh:
+            self.metrics.followups_generated.labels(app=request.app).inc()
+            log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
-    def _persist(self, core: DecisionCore, dirty: set[str]) -> None:
-        for user_id in dirty:
-            key = user_id.encode()
-            user = core.users.get(user_id)
-            if user is not None:
-                self.table[key] = orjson.dumps(user.to_dict())
-            elif key in self.table:
-                del self.table[key]
+    async def _record_decision(self, core: DecisionCore, decision: DecisionRecord) -> None:
+        self.metrics.decisions.labels(outcome=decision.outcome, reason=decision.stopped_by or "none").inc()
+        if self._wall:
+            self.metrics.timer_lag.observe(max(0, core.clock - decision.due_ts) / 1000)
+        await self._send(self._decisions_topic, decision.to_json(), decision.user_id.encode())
+        for listener in self.decision_listeners:
+            listener(decision)
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        letter = DeadLetter(reason=reason, source_topic=record.topic, partition=record.partition,
+                            offset=record.offset, original=record.value, stage="engine")
+        self.metrics.dead_letters.labels(stage="engine", reason=reason_label(reason)).inc()
+        log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
+        await self._send(self._deadletter_topic, letter.to_json(), None)
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None, partition: int | None = None) -> None:
+        # Awaited one by one: the producer queues them in this order, per partition.
+        self._pending.append(await self.producer.send(topic, value, key=key, partition=partition))
+
+    async def flush(self) -> None:
+        """Before a commit: the changed users and the clock written, everything acknowledged."""
+        for partition, users in self._unsaved.items():
+            core = self.cores.get(partition)
+            if core is None:
+                continue
+            for user_id in users:
+                user = core.users.get(user_id)
+                value = orjson.dumps(user.to_dict()) if user is not None else b""
+                await self._send(self._state_topic, value, user_id.encode(), partition)
+            self._meta_changed.add(partition)
+        self._unsaved.clear()
+        for partition in self._meta_changed:
+            if partition in self.cores:
+                await self._send(self._state_topic, orjson.dumps(self.cores[partition].export_meta()), META_KEY, partition)
+        self._meta_changed.clear()
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
+        self.metrics.pairs_tracked.set(sum(core.pairs_tracked() for core in self.cores.values()))
 
     def _count(self, core: DecisionCore) -> None:
-        metrics = self.wiring.metrics
         for language in core.distress_languages:
-            metrics.distress_detected.labels(language=language).inc()
+            self.metrics.distress_detected.labels(language=language).inc()
         core.distress_languages.clear()
         for app, count in core.duplicates_by_app.items():
-            metrics.duplicates.labels(app=app).inc(count)
+            self.metrics.duplicates.labels(app=app).inc(count)
         core.duplicates_by_app.clear()
+
+    def _count_events(self) -> None:
+        for app, count in self._events_in.items():
+            self.metrics.events_in.labels(app=app).inc(count)
+        self._events_in.clear()
 
 
 def install(wiring: Wiring) -> None:
     app, settings = wiring.app, wiring.settings
-    table = app.Table(
-        PAIRS_TABLE, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-        use_partitioner=True,
-        help="Decision state per user: pairs, profile, opt-outs, cap history.",
-    )
-    engine = Engine(wiring, table)
+    engine = Engine(wiring)
     wiring.engine = engine  # for the explain endpoint
 
-    @app.agent(wiring.topic(MESSAGES), name="engine")
-    async def engine_agent(stream):
-        async for event in stream.events():
-            await engine.handle(event)
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs):
-        engine.forget(tp.partition for tp in revoked)
+    @app.task
+    async def start_engine_loop() -> None:
+        engine.producer = new_producer(settings.broker)
+        await engine.producer.start()
+        engine.loop = KafkaLoop(
+            bootstrap=settings.broker, topic=topic_name(MESSAGES, settings.topic_prefix),
+            group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,
+        )
+        engine.loop.on_commit = lambda: wiring.metrics.last_commit.set_to_current_time()
+        await app.add_runtime_dependency(engine.loop)
+        wiring.ready = True
 
     @app.timer(interval=5.0)
-    async def count_pairs():
-        wiring.metrics.pairs_tracked.set(sum(core.pairs_tracked() for core in engine.cores.values()))
-
-    if settings.clock == "wall":
-        @app.timer(interval=settings.timer_interval / 1000)
-        async def decide_due():
-            await engine.on_timer()
+    async def engine_lag() -> None:
+        if engine.loop is None:
+            return
+        topic = topic_name(MESSAGES, settings.topic_prefix)
+        for partition, lag in engine.loop.lag().items():
+            wiring.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)

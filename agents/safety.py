@@ -26,6 +26,8 @@ _TRAILING = " \t\r\n.!¡?¿;,:-"
 
 def fold(text: str) -> str:
     """Lower case without accents, so "ARRÊTER" and "arreter" compare equal."""
+    if text.isascii():  # most chat text: nothing to decompose
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
@@ -87,17 +89,17 @@ class PhraseListClassifier:
     """
 
     def __init__(self, phrases: dict[str, tuple[str, ...]] = DISTRESS_PHRASES) -> None:
-        self._patterns = [(language, _phrase_pattern(words)) for language, words in phrases.items()]
+        # One pattern for every language (one search per message); the phrase tells which.
+        self._language = {fold(p): language for language, words in reversed(phrases.items()) for p in words}
+        self._pattern = _phrase_pattern(tuple(self._language))
 
     def detect(self, text: str) -> Detection | None:
         if not text:
             return None
-        folded = fold(text)
-        for language, pattern in self._patterns:
-            match = pattern.search(folded)
-            if match:
-                return Detection(language=language, phrase=match.group(0))
-        return None
+        match = self._pattern.search(fold(text))
+        if match is None:
+            return None
+        return Detection(language=self._language[match.group(0)], phrase=match.group(0))
 
 
 # -- quiet hours --------------------------------------------------------------------------

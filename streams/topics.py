@@ -33,6 +33,7 @@ DECISIONS = TopicSpec("decisions", "A record of every decision, sent or not, key
 DELIVERY_WHATSAPP = TopicSpec("delivery.whatsapp", "Generated follow-ups for the WhatsApp Cloud API.")
 DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the Messenger Send API.")
 DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.")
+ENGINE_STATE = TopicSpec("engine.state", "The engine's users per partition (changelog), key user_id.", compacted=True, retention_ms=None)
 DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False, retention_ms=30 * DAY_MS)
 
 RAW_BY_APP = {"whatsapp": RAW_WHATSAPP, "facebook": RAW_FACEBOOK, "instagram": RAW_INSTAGRAM}
@@ -41,7 +42,7 @@ DELIVERY_BY_APP = {"whatsapp": DELIVERY_WHATSAPP, "facebook": DELIVERY_FACEBOOK,
 CATALOG: tuple[TopicSpec, ...] = (
     RAW_WHATSAPP, RAW_FACEBOOK, RAW_INSTAGRAM, MESSAGES, CONTROL, FOLLOWUPS_REQUESTED,
     FOLLOWUPS_RETRY, FOLLOWUP_OUTCOMES, DECISIONS, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK,
-    DELIVERY_INSTAGRAM, DEADLETTER,
+    DELIVERY_INSTAGRAM, ENGINE_STATE, DEADLETTER,
 )
 
 

@@ -53,13 +53,17 @@ class TopicReader:
 async def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int | None:
     """Records of ``topic`` the consumer group has not committed yet (None: nothing committed)."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        except GroupCoordinatorNotAvailableError:  # the group has not formed yet
+            return None
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = await consumer.end_offsets(tps)
         if not any(tp in committed for tp in tps):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kafka
 
 
 async def all_consumed(stack, prefix: str) -> bool:
-    lag = await group_lag(stack.bootstrap, prefix + "relance", topic_name(MESSAGES, prefix), 4)
+    lag = await group_lag(stack.bootstrap, prefix + "relance.engine", topic_name(MESSAGES, prefix), 4)
     return lag == 0
 
 

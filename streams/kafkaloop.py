@@ -1,0 +1,146 @@
+"""A partitioned consume-process-commit loop on aiokafka, hosted by the Faust worker.
+
+Faust hands each record to its agents through a per-message future (``wait_first``),
+which caps an agent at a few thousand records a second here. Hot stages instead run
+this loop inside the worker (a Faust service: same process, lifecycle, web server and
+metrics): records arrive in batches, and a stage's ``process`` sees a whole batch.
+
+At-least-once, exactly like Faust's own commits: before offsets are committed, the
+stage's ``flush`` has written its outputs and state and the producer has had them all
+acknowledged. A crash can make a stage see records again, never skip them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from mode import Service
+
+log = logging.getLogger("relance.loop")
+
+
+class Stage(Protocol):
+    """What the loop drives: one stage of the pipeline over some partitions."""
+
+    async def on_assigned(self, partitions: list[int]) -> None: ...
+    async def on_revoked(self, partitions: list[int]) -> None: ...
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None: ...
+    async def idle(self) -> None: ...
+    async def flush(self) -> None: ...
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, loop: "KafkaLoop") -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.loop.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.loop.assign(assigned)
+
+
+class KafkaLoop(Service):
+    """Consume ``topic`` as group ``group``, feed batches to ``stage``, commit after flush."""
+
+    def __init__(self, *, bootstrap: str, topic: str, group: str, stage: Stage,
+                 commit_interval: float = 1.0, max_records: int = 20_000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bootstrap, self.topic, self.group, self.stage = bootstrap, topic, group, stage
+        self.commit_interval, self.max_records = commit_interval, max_records
+        self.consumer: AIOKafkaConsumer | None = None
+        self.lock = asyncio.Lock()        # one batch, flush or rebalance at a time
+        self._processed: dict[TopicPartition, int] = {}   # offsets to commit
+        self._next: dict[TopicPartition, int] = {}        # next offset to read, for lag
+        self._last_commit = time.monotonic()
+        self.on_commit = lambda: None
+
+    async def on_start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self.add_future(self._run())
+
+    async def on_stop(self) -> None:
+        if self.consumer is None:
+            return
+        async with self.lock:
+            await self._flush_and_commit()
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while not self.should_stop:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            async with self.lock:
+                if batch:
+                    await self.stage.process(batch)
+                    for tp, records in batch.items():
+                        self._processed[tp] = self._next[tp] = records[-1].offset + 1
+                await self.stage.idle()
+                if time.monotonic() - self._last_commit >= self.commit_interval:
+                    await self._flush_and_commit()
+
+    async def _flush_and_commit(self) -> None:
+        await self.stage.flush()
+        if self._processed:
+            await self.consumer.commit(dict(self._processed))
+            self._processed.clear()
+            self.on_commit()
+        self._last_commit = time.monotonic()
+
+    async def revoke(self, revoked) -> None:
+        async with self.lock:
+            await self._flush_and_commit()
+            await self.stage.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == self.topic))
+
+    async def assign(self, assigned) -> None:
+        async with self.lock:
+            await self.stage.on_assigned(sorted(tp.partition for tp in assigned if tp.topic == self.topic))
+
+    def owned(self) -> list[int]:
+        if self.consumer is None:
+            return []
+        return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic)
+
+    def lag(self) -> dict[int, int]:
+        """Records not yet consumed, per owned partition, from the fetcher's high water."""
+        lags = {}
+        for tp in self.consumer.assignment() if self.consumer else ():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None and tp in self._next:
+                lags[tp.partition] = max(0, highwater - self._next[tp])
+        return lags
+
+
+async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord]:
+    """Every record of one partition, from the beginning to its end now (for restores)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        records: list[ConsumerRecord] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=50_000)
+            records.extend(batch.get(tp, ()))
+        return records
+    finally:
+        await consumer.stop()
+
+
+def new_producer(bootstrap: str) -> AIOKafkaProducer:
+    # acks=all and idempotence: a retried batch is not written twice, order kept per partition.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        max_batch_size=512 * 1024,
+    )
