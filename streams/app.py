@@ -109,6 +109,7 @@ def build(settings: Settings, roles: tuple[str, ...] = ROLES) -> Wiring:
     _install_web(wiring)
     for role in roles:
         importlib.import_module(ROLE_MODULES[role]).install(wiring)
+    importlib.import_module("streams.explain").install_explain(wiring)  # GET /explain (relance explain)
     return wiring
 
 

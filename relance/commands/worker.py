@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging.config
 
 from relance.cliflags import add_setting_flags, load_settings
 
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the stream agents (ingest, engine, context, generator) as a Faust worker",
         description="Run a Relance worker. Workers with the same app id share the partitions "
         "of every topic, so more workers means more throughput. Topics of the catalog are "
-        "created first if missing. Health at /health, metrics at /metrics on --web-port.",
+        "created first if missing. Health at /health, metrics at /metrics, a pair's state at "
+        "/explain on --web-port. Logs are JSON, one object a line, on standard error.",
     )
     parser.add_argument(
         "--role", action="append", choices=ROLES, metavar="ROLE",
@@ -33,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from relance.localstack import create_topics
+    from relance.logs import logging_config
     from streams.app import ROLES, build
     from streams.topics import CATALOG
 
+    log_config = logging_config(args.loglevel)
+    logging.config.dictConfig(log_config)  # JSON from the first line, before Faust takes over
     settings = load_settings(args)
     create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions)
     wiring = build(settings, tuple(args.role or ROLES))
-    worker = faust.Worker(wiring.app, loglevel=args.loglevel, quiet=True)
+    worker = faust.Worker(wiring.app, loglevel=args.loglevel, quiet=True, logging_config=log_config)
     worker.execute_from_commandline()
     return 0

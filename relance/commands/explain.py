@@ -1,0 +1,149 @@
+"""``relance explain USER BOT``: why a pair did or did not get a follow-up, from the live engine.
+
+Asks each ``--worker`` in turn (``GET /explain?user=..&bot=..`` on the worker's web port)
+until the one whose engine owns the user's partition answers, then prints the pair's
+state (inbound messages in the window, L, I, due time, last follow-up), the user's
+profile, opt-outs and follow-up history, and the pair's last decision records with the
+rule that stopped each one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+DEFAULT_WORKER = "http://127.0.0.1:6066"
+TIMEOUT_SECONDS = 5.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="show a pair's state and last decisions, asked of the running engine workers",
+        description=__doc__.split("\n\n")[1],
+        epilog="Example: relance explain u00042 maestro --worker http://10.0.0.5:6066 "
+        "--worker http://10.0.0.6:6066",
+    )
+    parser.add_argument("user", metavar="USER", help="the user_id, as in the canonical events")
+    parser.add_argument("bot", metavar="BOT", help="the bot_id, as in the bot registry")
+    parser.add_argument(
+        "--worker", action="append", metavar="URL",
+        help=f"base URL of a worker's web interface, repeatable, tried in order "
+        f"(default: {DEFAULT_WORKER}, the demo's engine worker)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the worker's JSON answer as it is")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    workers = args.worker or [DEFAULT_WORKER]
+    answer, problems = ask_workers(workers, args.user, args.bot)
+    if answer is None:
+        print(f"relance explain: no worker could answer for {args.user} / {args.bot}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+    else:
+        print(describe(answer))
+    return 0
+
+
+def ask_workers(workers: list[str], user_id: str, bot_id: str) -> tuple[dict | None, list[str]]:
+    """The first owner's answer, and what each worker before it said."""
+    query = urllib.parse.urlencode({"user": user_id, "bot": bot_id})
+    problems: list[str] = []
+    for base in workers:
+        url = f"{base.rstrip('/')}/explain?{query}"
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+                return json.loads(response.read()), problems
+        except urllib.error.HTTPError as exc:
+            problems.append(f"{base}: {_error_of(exc)}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            problems.append(f"{base}: unreachable ({getattr(exc, 'reason', exc)})")
+    return None, problems
+
+
+def _error_of(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read())
+    except ValueError:
+        return f"HTTP {exc.code}"
+    return f"HTTP {exc.code}: {body.get('error', body)}"
+
+
+# -- printing ------------------------------------------------------------------------------
+
+def describe(answer: dict[str, Any]) -> str:
+    rules = answer["rules"]
+    lines = [
+        f"pair {answer['user_id']} / {answer['bot_id']}  (partition {answer['partition']}, "
+        f"engine clock {answer['clock'] or 'not started'}, {rules['clock']} mode)",
+        f"rule: {rules['min_inbound']} inbound messages within {_duration(rules['window_ms'])}, "
+        f"due {_duration(rules['idle_delay_ms'])} after the last message, "
+        f"within {_duration(rules['messaging_window_ms'])} of the last inbound",
+    ]
+    if answer["user"] is None:
+        lines.append("the engine holds nothing for this user (never seen, expired, or erased)")
+        return "\n".join(lines)
+    lines += _pair_lines(answer["pair"], rules["min_inbound"])
+    lines += _user_lines(answer["user"], answer.get("kills") or {})
+    lines += _decision_lines(answer["decisions"])
+    return "\n".join(lines)
+
+
+def _pair_lines(pair: dict | None, needed: int) -> list[str]:
+    if pair is None:
+        return ["pair: not tracked (no message between them, or expired)"]
+    inbound = pair["inbound_in_window"]
+    return [
+        "pair:",
+        f"  inbound in window  {len(inbound)} of {needed} needed "
+        f"(the engine keeps the latest {needed}): {', '.join(inbound) or '-'}",
+        f"  L  last message    {pair['last_ts'] or '-'}",
+        f"  I  last inbound    {pair['last_inbound_ts'] or '-'}  (app {pair['app'] or '-'})",
+        f"  due                {pair['due'] or '- (no decision pending)'}",
+        f"  last follow-up     {pair['emitted_at'] or '- (none since the pair was tracked)'}",
+    ]
+
+
+def _user_lines(user: dict, kills: dict) -> list[str]:
+    opt_outs = "all bots" if user["opt_out_all"] else ", ".join(user["opt_out_bots"]) or "none"
+    if user["opt_out_all"] and user["opt_in_bots"]:
+        opt_outs += f" except {', '.join(user['opt_in_bots'])}"
+    age = {True: "minor", False: "adult", None: "unknown"}[user["minor"]]
+    killed = [name for name, on in (("everything", kills.get("everything")),) if on]
+    killed += [f"bot {bot}" for bot in kills.get("bots", [])] + [f"app {app}" for app in kills.get("apps", [])]
+    return [
+        "user:",
+        f"  time zone {user['tz'] or 'unknown (UTC)'}, age {age}, opted out of {opt_outs}",
+        f"  distress cool-off until {user['distress_until'] or '-'}",
+        f"  follow-ups sent (last 7 days, every bot): {', '.join(user['sends']) or 'none'}",
+        f"  kill switches on: {', '.join(killed) or 'none'}",
+    ]
+
+
+def _decision_lines(decisions: list[dict]) -> list[str]:
+    if not decisions:
+        return ["last decisions: none seen by this worker since it started"]
+    lines = [f"last {len(decisions)} decision(s), oldest first:"]
+    for decision in decisions:
+        stopped = decision["stopped_by"]
+        why = next((c["detail"] for c in decision["checks"] if c["rule"] == stopped), "") if stopped else ""
+        verdict = decision["outcome"] + (f", stopped by {stopped}" if stopped else "")
+        lines.append(f"  due {decision['due_ts']}  {verdict}{f' ({why})' if why else ''}"
+                     f"  [{decision['inbound_in_window']} inbound, via {decision['app']}]")
+    return lines
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
