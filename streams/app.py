@@ -119,7 +119,8 @@ def _install_web(wiring: Wiring) -> None:
     @app.page("/metrics")
     async def metrics_page(web, request):
         body, _ = render(wiring.metrics)
-        return web.bytes(body, content_type=CONTENT_TYPE)
+        # A header, not content_type=: aiohttp refuses a charset inside content_type.
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE})
 
     @app.page("/health/live")
     async def live(web, request):
