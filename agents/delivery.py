@@ -60,14 +60,3 @@ def delivery_record(request: FollowupRequest, final: FinalText, generated_at: in
         body=delivery_body(request.app, request.user_id, final.text),
         generated_at=generated_at, replaced=final.replaced,
     )
-
-
-class DeliveryRecord(records.DeliveryRecord):
-    """Transitional: agents/generator.py calls ``DeliveryRecord.for_followup``.
-
-    The record is ``schemas.records.DeliveryRecord`` and ``for_followup`` returns one;
-    delete this class once callers use ``delivery_record``.
-    """
-
-    __slots__ = ()
-    for_followup = staticmethod(delivery_record)

@@ -32,14 +32,14 @@ from typing import Any, Sequence
 import orjson
 
 from agents.context import read_context
-from agents.delivery import DeliveryRecord
+from agents.delivery import delivery_record
 from agents.honesty import FinalText, finalize, safe_template
 from agents.llm import (
     ChatCompletionsClient, CircuitOpen, LLMConfig, LLMError, OfflineWriter, PromptInputs, TextProvider,
 )
 from relance.metrics import label
 from relance.settings import Settings
-from schemas.records import FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
+from schemas.records import DeliveryRecord, FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
 from schemas.registry import Bot, RegistryFile
 from streams.app import Wiring, wall_ms
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
@@ -307,10 +307,10 @@ class Generator:
         for reason in refusal_labels(final.reasons):
             self.metrics.text_refused.labels(reason=reason).inc()
         try:
-            return DeliveryRecord.for_followup(request, final, wall_ms())
+            return delivery_record(request, final, wall_ms())
         except ValueError:  # longer than the app's send API takes (Instagram counts bytes)
             self.metrics.text_refused.labels(reason="too_long").inc()
-            return DeliveryRecord.for_followup(request, _safe_text(language), wall_ms())
+            return delivery_record(request, _safe_text(language), wall_ms())
 
     # -- endings -----------------------------------------------------------------------
 

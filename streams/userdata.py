@@ -1,5 +1,8 @@
 """Everything Relance keeps in Redis about a user, named here, so erasure misses nothing.
 
+Each stage erases what it holds when the erase record reaches it in its own ordered
+stream: the context stage its context keys, the engine its ledger.
+
 Every key carries the user in a hash tag (``{user}``), so a Redis Cluster keeps one
 user's keys on one node and an erasure is one multi-key command.
 """
@@ -28,11 +31,6 @@ def ledger_key(user_id: str) -> str:
     return f"{PREFIX}:ledger:{{{user_id}}}"
 
 
-def generated_key(user_id: str) -> str:
-    """Hash: followup_id -> outcome, so a re-delivered request is not written twice."""
-    return f"{PREFIX}:generated:{{{user_id}}}"
-
-
 KILLS_KEY = f"{PREFIX}:kills"  # Hash: "all" / "bot:<id>" / "app:<name>" -> "1"; not personal
 
 
@@ -41,14 +39,3 @@ async def context_stage_keys(redis, user_id: str) -> list[str]:
     bots = await redis.smembers(context_bots_key(user_id))
     return [context_bots_key(user_id), last_inbound_key(user_id)] + [
         context_key(user_id, bot.decode() if isinstance(bot, bytes) else bot) for bot in bots]
-
-
-def fixed_keys(user_id: str) -> list[str]:
-    return [context_bots_key(user_id), last_inbound_key(user_id), ledger_key(user_id), generated_key(user_id)]
-
-
-async def erase_user(redis, user_id: str) -> int:
-    """Delete every key held for the user; returns how many existed."""
-    bots = await redis.smembers(context_bots_key(user_id))
-    keys = fixed_keys(user_id) + [context_key(user_id, bot.decode() if isinstance(bot, bytes) else bot) for bot in bots]
-    return await redis.delete(*keys)

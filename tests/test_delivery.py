@@ -9,7 +9,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from agents.delivery import TEXT_LIMITS, DeliveryRecord, delivery_body, delivery_record
+from agents.delivery import TEXT_LIMITS, delivery_body, delivery_record
 from agents.honesty import disclosure_line, finalize
 from schemas import records
 from schemas.records import FollowupRequest, InvalidRecord, parse_ts
@@ -84,14 +84,6 @@ def test_parse_delivery_requires_replaced_as_a_boolean():
         records.parse_delivery({**document, "replaced": "yes"})
     with pytest.raises(InvalidRecord, match="replaced"):
         records.parse_delivery({k: v for k, v in document.items() if k != "replaced"})
-
-
-def test_for_followup_still_builds_the_schemas_record():
-    # agents/generator.py calls DeliveryRecord.for_followup; drop with that name.
-    final = finalize("Hello!", "en")
-    record = DeliveryRecord.for_followup(REQUEST, final, GENERATED_AT)
-    assert type(record) is records.DeliveryRecord
-    assert record == delivery_record(REQUEST, final, GENERATED_AT)
 
 
 @pytest.mark.parametrize("app", ["whatsapp", "facebook", "instagram"])
