@@ -392,6 +392,8 @@ his how i if im in into is it its just know let like maybe me more most my no no
 ok okay on one or our out please really right say see she so some something tell than thank
 thanks that the their them then there these they thing things think this to too u up us very
 want was we well were what when where which who why will with would yeah yes you your
+should shall might must gonna wanna haha hahaha hehe lol lmao cool nice great awesome wow yep
+nope sure mdr ptdr jaja jajaja vale claro kkk kkkk beleza valeu
 ai jai alors au aussi avec bonjour c ca ce cela ces cest comme comment d dans de des du elle en
 est et etre fait il ils j je l la le les leur lui m ma mais me merci mes moi mon n ne nous on
 ou par pas peu peux plus pour pourquoi quand que quel quelle qui quoi s sa salut se ses si son

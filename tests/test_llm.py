@@ -422,6 +422,12 @@ def test_topic_leaves_out_links_handles_and_numbers():
     assert topic_of([MessageEvent("e", "whatsapp", "u", "b", "inbound", 0, said)]) == "jazz piano"
 
 
+@pytest.mark.parametrize("said", ["haha", "lol ok", "jajaja vale", "mdr", "kkkk beleza"])
+def test_laughter_and_filler_are_no_topic(said):
+    # "I had a few more thoughts about «haha»" reads as a bot that did not listen.
+    assert topic_of([Said("inbound", said)]) == ""
+
+
 def test_topic_comes_from_the_last_inbound_message_and_sentence():
     context = [Said("inbound", "I like rock."), Said("inbound", "Thanks! What about jazz piano?"),
                Said("outbound", "Great question about Coltrane.")]
