@@ -11,15 +11,16 @@ effect. A tick also lets the decisions due exactly at the clock happen.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import heapq
+import sys
+from array import array
 from dataclasses import dataclass, field
 
 from agents.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
 from relance.settings import Settings
 from schemas.records import (
-    Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
+    APPS, Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
     MessageEvent, OptIn, OptOut, Profile, Tick,
 )
 
@@ -34,56 +35,95 @@ RULES = (
 )
 
 EMITTED, SUPPRESSED, DEFERRED = "emitted", "suppressed", "deferred"
-_DECIDE, _EXPIRE = 0, 1
+_APP_NAMES = {app: app for app in APPS}  # one string object per app, not one per pair
+
+
+def event_key(app: str, event_id: str) -> int:
+    """A message's identity, ``(app, event_id)``, as a signed 64-bit hash: 8 bytes, not 100."""
+    digest = hashlib.blake2b(f"{app}:{event_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @dataclass(slots=True)
 class PairState:
-    """What the rule needs of one (user, bot): the last N inbound messages, not all."""
+    """What the rule needs of one (user, bot): the last N inbound messages, not all.
 
-    inbound: list[tuple[int, str]] = field(default_factory=list)  # (ts, "app:event_id"), ascending
+    ``inbound`` is packed as ``[ts, key, ts, key, ...]`` in ascending ``ts``: a million
+    pairs must fit in a worker's memory.
+    """
+
+    inbound: array = field(default_factory=lambda: array("q"))
     last_ts: int = -1                 # L: latest message either way
     last_inbound_ts: int = -1         # I: latest inbound message
-    last_inbound_id: str = ""
+    last_inbound_key: int = 0         # event_key of the latest inbound message
     app: str = ""                     # app of the latest inbound (of any message before one)
     due: int | None = None            # next decision: L + D, or the end of quiet hours
     emitted_at: int | None = None     # send time of the last follow-up emitted
+    queued: int | None = field(default=None, compare=False)  # its one due-heap entry; not saved
+
+    def inbound_times(self) -> list[int]:
+        return list(self.inbound[0::2])
+
+    def add_inbound(self, ts: int, key: int, keep: int) -> bool:
+        """Insert in time order and keep the last ``keep``; False for a duplicate."""
+        packed = self.inbound
+        if key in packed[1::2]:
+            return False
+        at = len(packed)
+        while at >= 2 and packed[at - 2] > ts:
+            at -= 2
+        packed.insert(at, key)
+        packed.insert(at, ts)
+        if len(packed) > 2 * keep:
+            del packed[0:2]
+        return True
 
     def to_dict(self) -> dict:
         return {
-            "inbound": self.inbound, "last_ts": self.last_ts,
-            "last_inbound_ts": self.last_inbound_ts, "last_inbound_id": self.last_inbound_id,
+            "inbound": self.inbound.tolist(), "last_ts": self.last_ts,
+            "last_inbound_ts": self.last_inbound_ts, "last_inbound_key": self.last_inbound_key,
             "app": self.app, "due": self.due, "emitted_at": self.emitted_at,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "PairState":
         return cls(
-            inbound=[(int(ts), str(eid)) for ts, eid in data["inbound"]],
-            last_ts=data["last_ts"], last_inbound_ts=data["last_inbound_ts"],
-            last_inbound_id=data["last_inbound_id"], app=data["app"], due=data["due"],
-            emitted_at=data["emitted_at"],
+            inbound=array("q", data["inbound"]), last_ts=data["last_ts"],
+            last_inbound_ts=data["last_inbound_ts"], last_inbound_key=data["last_inbound_key"],
+            app=_APP_NAMES.get(data["app"], data["app"]), due=data["due"], emitted_at=data["emitted_at"],
         )
+
+
+_NOBODY: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
 class UserState:
-    """One user across every bot and app: profile, opt-outs, cap history and pairs."""
+    """One user across every bot and app: profile, opt-outs, cap history and pairs.
+
+    Rarely set fields hold shared immutable empties, replaced on write, so a user
+    costs little more than its pairs.
+    """
 
     tz: str | None = None
     minor: bool | None = None
     opt_out_all: bool = False
-    opt_out_bots: set[str] = field(default_factory=set)
-    opt_in_bots: set[str] = field(default_factory=set)   # exceptions to opt_out_all
-    opt_in_at: dict[str, int] = field(default_factory=dict)  # bot ("*" for all) -> clock
+    opt_out_bots: frozenset[str] = _NOBODY
+    opt_in_bots: frozenset[str] = _NOBODY       # exceptions to opt_out_all
+    opt_in_at: dict[str, int] | None = None     # bot ("*" for all) -> clock of the opt-in
     distress_until: int = -1
-    sends: list[int] = field(default_factory=list)       # send times, last 7 days
+    sends: tuple[int, ...] = ()                 # send times of recent follow-ups
     pairs: dict[str, PairState] = field(default_factory=dict)
 
     def opted_out(self, bot_id: str) -> bool:
         if bot_id in self.opt_out_bots:
             return True
         return self.opt_out_all and bot_id not in self.opt_in_bots
+
+    def opted_in_at(self, bot_id: str) -> int:
+        if self.opt_in_at is None:
+            return -1
+        return max(self.opt_in_at.get(bot_id, -1), self.opt_in_at.get("*", -1))
 
     def is_empty(self) -> bool:
         return (not self.pairs and self.tz is None and self.minor is None
@@ -94,18 +134,18 @@ class UserState:
         return {
             "tz": self.tz, "minor": self.minor, "opt_out_all": self.opt_out_all,
             "opt_out_bots": sorted(self.opt_out_bots), "opt_in_bots": sorted(self.opt_in_bots),
-            "opt_in_at": self.opt_in_at, "distress_until": self.distress_until,
-            "sends": self.sends, "pairs": {bot: pair.to_dict() for bot, pair in self.pairs.items()},
+            "opt_in_at": self.opt_in_at or {}, "distress_until": self.distress_until,
+            "sends": list(self.sends), "pairs": {bot: pair.to_dict() for bot, pair in self.pairs.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "UserState":
         return cls(
             tz=data["tz"], minor=data["minor"], opt_out_all=data["opt_out_all"],
-            opt_out_bots=set(data["opt_out_bots"]), opt_in_bots=set(data["opt_in_bots"]),
-            opt_in_at=dict(data["opt_in_at"]), distress_until=data["distress_until"],
-            sends=list(data["sends"]),
-            pairs={bot: PairState.from_dict(pair) for bot, pair in data["pairs"].items()},
+            opt_out_bots=frozenset(data["opt_out_bots"]), opt_in_bots=frozenset(data["opt_in_bots"]),
+            opt_in_at=dict(data["opt_in_at"]) or None, distress_until=data["distress_until"],
+            sends=tuple(data["sends"]),
+            pairs={sys.intern(bot): PairState.from_dict(pair) for bot, pair in data["pairs"].items()},
         )
 
 
@@ -139,9 +179,9 @@ class KillSwitches:
         return cls(everything=data["everything"], bots=set(data["bots"]), apps=set(data["apps"]))
 
 
-def followup_id(user_id: str, bot_id: str, last_inbound_ts: int, last_inbound_id: str) -> str:
+def followup_id(user_id: str, bot_id: str, last_inbound_ts: int, last_inbound_key: int) -> str:
     """The same silence gives the same id: in a replay, after a crash, on another worker."""
-    material = f"{user_id}\x1f{bot_id}\x1f{last_inbound_ts}\x1f{last_inbound_id}".encode()
+    material = f"{user_id}\x1f{bot_id}\x1f{last_inbound_ts}\x1f{last_inbound_key}".encode()
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 
 
@@ -162,7 +202,7 @@ class DecisionCore:
         self.clock = -1
         self.kills = KillSwitches()
         self.users: dict[str, UserState] = {}
-        self._due: list[tuple[int, str, str, int]] = []   # (time, user, bot, kind)
+        self._due: list[tuple[int, str, str]] = []   # (time, user, bot): one entry per pair
         # What the last steps produced, drained by the caller.
         self.requests: list[FollowupRequest] = []
         self.decisions: list[DecisionRecord] = []
@@ -196,15 +236,26 @@ class DecisionCore:
         if to is not None and to > self.clock:
             self.clock = to
         while self._due and (self._due[0][0] < self.clock or (inclusive and self._due[0][0] == self.clock)):
-            time, user_id, bot_id, kind = heapq.heappop(self._due)
+            time, user_id, bot_id = heapq.heappop(self._due)
             user = self.users.get(user_id)
             pair = user.pairs.get(bot_id) if user else None
-            if pair is None:
-                continue
-            if kind == _DECIDE and pair.due == time:
+            if pair is None or pair.queued != time:
+                continue  # the pair was erased or forgotten, or queued again since
+            pair.queued = None
+            # One entry per pair: when it comes up early, it moves to the pair's next time.
+            next_time = pair.due if pair.due is not None else self._expiry(pair)
+            if next_time > time:
+                self._schedule(user_id, bot_id, pair, next_time)
+            elif pair.due is not None:
                 self._decide(user_id, user, bot_id, pair, time)
-            elif kind == _EXPIRE and pair.due is None and self._expiry(pair) <= time:
+            else:
                 self._expire(user_id, user, bot_id)
+
+    def _schedule(self, user_id: str, bot_id: str, pair: PairState, time: int) -> None:
+        """Make sure the pair comes up by ``time``: one heap entry per pair, not per message."""
+        if pair.queued is None or time < pair.queued:
+            pair.queued = time
+            heapq.heappush(self._due, (time, user_id, bot_id))
 
     def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
         """Take what the steps since the last drain produced."""
@@ -219,40 +270,39 @@ class DecisionCore:
         if event.ts <= self.clock - settings.window:
             self.stats["too_old"] += 1
             return
-        user = self.users.get(event.user_id)
+        # Interned: the users dict, the pairs dicts and the heap share one string each.
+        user_id, bot_id = sys.intern(event.user_id), sys.intern(event.bot_id)
+        user = self.users.get(user_id)
         if user is None:
-            user = self.users[event.user_id] = UserState()
-        pair = user.pairs.get(event.bot_id)
+            user = self.users[user_id] = UserState()
+        pair = user.pairs.get(bot_id)
         if pair is None:
-            pair = user.pairs[event.bot_id] = PairState()
+            pair = user.pairs[bot_id] = PairState()
+        app = _APP_NAMES[event.app]
         if event.inbound:
-            key = f"{event.app}:{event.event_id}"
-            if any(seen == key for _, seen in pair.inbound):
+            key = event_key(app, event.event_id)
+            if not pair.add_inbound(event.ts, key, settings.min_inbound):
                 self.stats["duplicates"] += 1
-                self.duplicates_by_app[event.app] = self.duplicates_by_app.get(event.app, 0) + 1
+                self.duplicates_by_app[app] = self.duplicates_by_app.get(app, 0) + 1
                 return
-            self._record_inbound(event, key, user, pair)
+            self._record_inbound(event, key, app, user, pair)
         elif pair.last_inbound_ts < 0 and event.ts >= pair.last_ts:
-            pair.app = event.app
+            pair.app = app
         if event.ts > pair.last_ts:
             pair.last_ts = event.ts
             pair.due = event.ts + settings.idle_delay
-            heapq.heappush(self._due, (pair.due, event.user_id, event.bot_id, _DECIDE))
-        self.dirty.add(event.user_id)
+            self._schedule(user_id, bot_id, pair, pair.due)
+        self.dirty.add(user_id)
 
-    def _record_inbound(self, event: MessageEvent, key: str, user: UserState, pair: PairState) -> None:
-        bisect.insort(pair.inbound, (event.ts, key))
-        if len(pair.inbound) > self.settings.min_inbound:
-            del pair.inbound[0]
+    def _record_inbound(self, event: MessageEvent, key: int, app: str, user: UserState, pair: PairState) -> None:
         if event.ts >= pair.last_inbound_ts:  # same ms: the later arrival is the latest
             pair.last_inbound_ts = event.ts
-            pair.last_inbound_id = key
-            pair.app = event.app
-        if is_stop_word(event.text) and event.ts > user.opt_in_at.get(event.bot_id, -1) \
-                and event.ts > user.opt_in_at.get("*", -1):
+            pair.last_inbound_key = key
+            pair.app = app
+        if is_stop_word(event.text) and event.ts > user.opted_in_at(event.bot_id):
             self.stats["stop_words"] += 1
-            user.opt_out_bots.add(event.bot_id)
-            user.opt_in_bots.discard(event.bot_id)
+            user.opt_out_bots = user.opt_out_bots | {event.bot_id}
+            user.opt_in_bots = user.opt_in_bots - {event.bot_id}
         detection = self.classifier.detect(event.text)
         if detection is not None:
             self.stats["distress"] += 1
@@ -285,22 +335,21 @@ class DecisionCore:
     def _opt_out(user: UserState, bot_id: str | None) -> None:
         if bot_id is None:
             user.opt_out_all = True
-            user.opt_in_bots.clear()
+            user.opt_in_bots = _NOBODY
             return
-        user.opt_out_bots.add(bot_id)
-        user.opt_in_bots.discard(bot_id)
+        user.opt_out_bots = user.opt_out_bots | {bot_id}
+        user.opt_in_bots = user.opt_in_bots - {bot_id}
 
     def _opt_in(self, user: UserState, bot_id: str | None) -> None:
         # Remembered so that a late or re-sent stop word from before the opt-in is ignored.
-        user.opt_in_at[bot_id or "*"] = self.clock
+        user.opt_in_at = {**(user.opt_in_at or {}), bot_id or "*": self.clock}
         if bot_id is None:
             user.opt_out_all = False
-            user.opt_out_bots.clear()
-            user.opt_in_bots.clear()
+            user.opt_out_bots = user.opt_in_bots = _NOBODY
             return
-        user.opt_out_bots.discard(bot_id)
+        user.opt_out_bots = user.opt_out_bots - {bot_id}
         if user.opt_out_all:
-            user.opt_in_bots.add(bot_id)
+            user.opt_in_bots = user.opt_in_bots | {bot_id}
 
     # -- the rule ----------------------------------------------------------------------
 
@@ -308,7 +357,7 @@ class DecisionCore:
         settings = self.settings
         send_at = quiet_hours_end(due, user.tz, settings.quiet_hours)
         at = send_at if send_at is not None else due
-        inbound_in_window = sum(1 for ts, _ in pair.inbound if at - settings.window < ts <= at)
+        inbound_in_window = sum(1 for ts in pair.inbound[0::2] if at - settings.window < ts <= at)
         checks = (
             self._check_engaged(inbound_in_window),
             self._check_one_per_silence(pair),
@@ -327,18 +376,18 @@ class DecisionCore:
         if failed is not None:
             outcome = SUPPRESSED
             pair.due = None
-            heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
+            self._schedule(user_id, bot_id, pair, self._expiry(pair))
         elif send_at is not None:
             outcome = DEFERRED
             pair.due = send_at
-            heapq.heappush(self._due, (send_at, user_id, bot_id, _DECIDE))
+            self._schedule(user_id, bot_id, pair, send_at)
         else:
             outcome = EMITTED
             pair.due = None
             pair.emitted_at = due
-            user.sends.append(due)
-            heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
-        fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_id)
+            user.sends = user.sends + (due,)
+            self._schedule(user_id, bot_id, pair, self._expiry(pair))
+        fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_key)
         self.decisions.append(DecisionRecord(
             followup_id=fid, user_id=user_id, bot_id=bot_id, app=pair.app, due_ts=due,
             send_ts=at, decided_at=self.clock, outcome=outcome, stopped_by=failed,
@@ -399,7 +448,8 @@ class DecisionCore:
         # A decision may run after its due time (at the next record), and a late message
         # can still make one due after clock - W: keep what such a decision would count.
         horizon = self.clock - self.settings.window - WEEK_MS
-        user.sends = [ts for ts in user.sends if ts > horizon]
+        if user.sends and user.sends[0] <= horizon:
+            user.sends = tuple(ts for ts in user.sends if ts > horizon)
 
     def _expiry(self, pair: PairState) -> int:
         """When a silent pair can be forgotten without changing any later decision.
@@ -422,12 +472,10 @@ class DecisionCore:
 
     def load_user(self, user_id: str, user: UserState) -> None:
         """Install a user's state (recovered from a changelog) and index its due times."""
+        user_id = sys.intern(user_id)
         self.users[user_id] = user
         for bot_id, pair in user.pairs.items():
-            if pair.due is not None:
-                heapq.heappush(self._due, (pair.due, user_id, bot_id, _DECIDE))
-            else:
-                heapq.heappush(self._due, (self._expiry(pair), user_id, bot_id, _EXPIRE))
+            self._schedule(user_id, bot_id, pair, pair.due if pair.due is not None else self._expiry(pair))
 
     def export_meta(self) -> dict:
         """What this core holds beyond its users: the clock and the kill switches."""

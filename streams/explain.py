@@ -128,7 +128,7 @@ def _user(user) -> dict:
 
 
 def _pair(pair, clock: int, window: int) -> dict:
-    in_window = [ts for ts, _ in pair.inbound if ts > clock - window]
+    in_window = [ts for ts in pair.inbound_times() if ts > clock - window]
     return {
         "app": pair.app,
         "inbound_in_window": [_ts(ts) for ts in in_window],

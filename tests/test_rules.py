@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.rules import DecisionCore, followup_id
+from agents.rules import DecisionCore, event_key, followup_id
 from relance.settings import Settings
 from schemas.records import InvalidRecord, OptOut
 from tests.rulebook import DAY, HOUR, MINUTE, at, burst, msg, run, tick
@@ -195,7 +195,7 @@ def test_followup_id_is_deterministic_across_runs():
     second = run().feed(records, tick(T0 + DAY)).requests
     assert first[0].followup_id == second[0].followup_id
     last = records[-1]
-    assert first[0].followup_id == followup_id("u1", "b", last.ts, f"{last.app}:{last.event_id}")
+    assert first[0].followup_id == followup_id("u1", "b", last.ts, event_key(last.app, last.event_id))
 
 
 def test_state_of_a_silent_pair_is_removed_once_no_late_event_can_need_it():
