@@ -77,6 +77,15 @@ class KafkaLoop(Service):
         await self.consumer.stop()
 
     async def _run(self) -> None:
+        try:
+            await self._consume()
+        except Exception as exc:
+            # Never a silent stall: crash the worker, so that it is restarted and goes on
+            # from the last commit (nothing after it was committed).
+            log.exception("%s loop failed; crashing the worker", self.group)
+            await self.crash(exc)
+
+    async def _consume(self) -> None:
         while not self.should_stop:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
             async with self.lock:
