@@ -1,0 +1,350 @@
+"""What the Kafka benchmarks share: a stack they own, fast producing, group offsets, RSS.
+
+Every benchmark starts its own Kafka and Redis (``LocalStack`` on free ports in a temp
+folder) unless ``--bootstrap`` and ``--redis-url`` name running ones, and stops what it
+started, by pid, on success, on errors and on Ctrl-C or SIGTERM. Worker processes it
+starts are stopped the same way (their process group, by pid).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RELANCE = str(Path(sys.executable).with_name("relance"))
+
+
+# -- the stack ---------------------------------------------------------------------------
+
+def add_stack_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
+    parser.add_argument("--redis-url", help="use this running Redis instead of starting one")
+    parser.add_argument("--keep-dir", action="store_true", help="keep the temp folder (logs) at the end")
+
+
+def _raise_on_sigterm() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def bench_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, Path]]:
+    """(bootstrap, redis_url, work dir): ours, stopped at the end, unless given."""
+    _raise_on_sigterm()
+    work = Path(tempfile.mkdtemp(prefix="relance-bench-"))
+    stack = None
+    try:
+        bootstrap, redis_url = args.bootstrap, args.redis_url
+        if not bootstrap or not redis_url:
+            from relance.localstack import LocalStack, free_port
+            stack = LocalStack(work / "stack", kafka_port=free_port(), redis_port=free_port(),
+                               controller_port=free_port())
+            stack.start()
+            bootstrap = bootstrap or stack.bootstrap
+            redis_url = redis_url or stack.redis_url
+        yield bootstrap, redis_url, work
+    finally:
+        if stack is not None:
+            stack.stop()
+        if args.keep_dir:
+            print(f"# kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def fresh_prefix(tag: str) -> str:
+    return f"bench-{tag}-{uuid.uuid4().hex[:8]}-"
+
+
+# -- workers -----------------------------------------------------------------------------
+
+class Worker:
+    """``relance worker`` in its own process group, with RELANCE_* settings; stopped by pid."""
+
+    def __init__(self, log_dir: Path, roles: list[str], pythonpath: str | Path | None = None,
+                 **settings: object) -> None:
+        from relance.localstack import free_port
+        self.web_port = free_port()
+        self.log_path = Path(log_dir) / f"worker-{self.web_port}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
+        self.env.update({f"RELANCE_{k.upper()}": str(v) for k, v in settings.items()})
+        self.env["RELANCE_WEB_PORT"] = str(self.web_port)
+        self.env.setdefault("RELANCE_REGISTRY", str(ROOT / "deploy" / "bots.toml"))
+        self.roles = roles
+        self.process: subprocess.Popen | None = None
+        if pythonpath:  # a patched copy of the code (a git worktree) before the installed one
+            self.env["PYTHONPATH"] = str(pythonpath)
+        self.cwd = Path(pythonpath) if pythonpath else ROOT
+
+    def start(self) -> "Worker":
+        args = [RELANCE, "worker", "--loglevel", "info"]
+        for role in self.roles:
+            args += ["--role", role]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, cwd=self.cwd)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def check(self) -> None:
+        if not self.alive:
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.alive:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+@contextlib.contextmanager
+def running(workers: list[Worker]) -> Iterator[list[Worker]]:
+    try:
+        for worker in workers:
+            worker.start()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, in MB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- Kafka -------------------------------------------------------------------------------
+
+async def plain_consume(bootstrap: str, topic: str, partitions: int, expected: int) -> tuple[int, float]:
+    """A plain aiokafka consumer, no group: read and orjson-decode ``expected`` records."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+                                fetch_max_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        await consumer.seek_to_beginning()
+        loads = orjson.loads
+        count = 0
+        apps: dict = {}
+        started = None
+        deadline = time.monotonic() + 300
+        while count < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            if started is None and batches:
+                started = time.perf_counter()
+            for messages in batches.values():
+                for message in messages:
+                    if message.value:
+                        record = loads(message.value)
+                        app = record.get("app")
+                        apps[app] = apps.get(app, 0) + 1
+                    count += 1
+        return count, time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+
+
+class GroupWatch:
+    """Committed offsets of a consumer group against the end offsets of its topics."""
+
+    def __init__(self, bootstrap: str, group: str, topics: dict[str, int]) -> None:
+        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+        self.admin = self.consumer = None
+
+    async def __aenter__(self) -> "GroupWatch":
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    def _tps(self):
+        from aiokafka import TopicPartition
+        return [TopicPartition(t, p) for t, n in self.topics.items() for p in range(n)]
+
+    async def ends(self) -> int:
+        ends = await self.consumer.end_offsets(self._tps())
+        return sum(ends.values())
+
+    async def committed(self) -> int | None:
+        """Sum of committed offsets over the topics (None: nothing committed yet)."""
+        offsets = await self.admin.list_consumer_group_offsets(self.group)
+        tps = [tp for tp in self._tps() if tp in offsets]
+        if not tps:
+            return None
+        return sum(offsets[tp].offset for tp in tps)
+
+    async def members(self) -> tuple[str, int]:
+        described = await self.admin.describe_consumer_groups([self.group])
+        group = described[0]
+        # aiokafka returns the raw response: groups -> (error, id, state, protocol_type, protocol, members)
+        for entry in group.groups:
+            return entry[2], len(entry[5])
+        return "Unknown", 0
+
+    async def wait_stable(self, members: int, timeout: float, workers: list[Worker]) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for worker in workers:
+                worker.check()
+            with contextlib.suppress(Exception):
+                state, count = await self.members()
+                if state == "Stable" and count == members:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {self.group} not stable with {members} members after {timeout}s")
+            await asyncio.sleep(0.25)
+
+    async def measure_drain(self, timeout: float, workers: list[Worker], poll: float = 0.1,
+                            end: int | None = None, started: float | None = None) -> tuple[int, float]:
+        """Wait for lag 0; (records, seconds) between the first commit seen and the last.
+
+        Commits come about once a second: when the whole run fits in a few of them (tiny
+        smoke runs), the time from ``started`` (default: the call) to lag 0 is used
+        instead. ``end``: the offsets to reach (default: the end offsets now).
+        """
+        end = end if end is not None else await self.ends()
+        deadline = time.monotonic() + timeout
+        started = started if started is not None else time.perf_counter()
+        first = None
+        while True:
+            for worker in workers:
+                worker.check()
+            committed = await self.committed()
+            now = time.perf_counter()
+            if committed is not None:
+                if first is None:
+                    first = (committed, now)
+                if committed >= end:
+                    records, seconds = committed - first[0], now - first[1]
+                    if records < 0.5 * end or seconds < 2.0:
+                        return end, now - started
+                    return records, seconds
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {self.group}: lag {end - (committed or 0)} after {timeout}s")
+            await asyncio.sleep(poll)
+
+
+# -- output ------------------------------------------------------------------------------
+
+def spread(values: list[float]) -> str:
+    """``median (min-max)`` of repeated measurements."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:,.0f}"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def result(name: str, value: float, unit: str, **extra: object) -> None:
+    """One machine-readable line for run_all: RESULT name value unit k=v..."""
+    tail = " ".join(f"{k}={v}" for k, v in extra.items())
+    print(f"RESULT {name} {value:.6g} {unit} {tail}".rstrip(), flush=True)
+
+
+def canonical_lines(users: int, days: float, seed: int, limit: int | None = None) -> list[bytes]:
+    """Realistic canonical records (messages, controls, ticks) as JSON lines, in arrival order."""
+    from relance.traffic import TrafficShape, generate
+    records = generate(TrafficShape(users=users, days=days), seed=seed)
+    if limit is not None:
+        records = records[:limit]
+    return [orjson.dumps(record) for record in records]
+
+
+def feeder_items(lines: list[bytes], partitions: int) -> list[tuple[bytes | None, bytes, list, int | None]]:
+    """The feeder's records (streams/feeder.py), precomputed: (key, value, headers, partition)."""
+    from schemas.records import Kill, MessageEvent, Tick, control_to_dict, loads, parse_record
+    from streams.app import CLOCK_HEADER
+    clock = -1
+    out = []
+    for line in lines:
+        record = parse_record(loads(line))
+        if isinstance(record, (MessageEvent, Tick)):
+            clock = max(clock, record.ts)
+        headers = [(CLOCK_HEADER, str(clock).encode())]
+        if isinstance(record, MessageEvent):
+            out.append((record.user_id.encode(), record.to_json(), headers, None))
+        elif isinstance(record, (Kill, Tick)):
+            body = orjson.dumps(control_to_dict(record))
+            out.extend((None, body, headers, p) for p in range(partitions))
+        else:
+            out.append((record.user_id.encode(), orjson.dumps(control_to_dict(record)), headers, None))
+    out.extend((None, b"", [(CLOCK_HEADER, str(clock).encode())], p) for p in range(partitions))
+    return out
+
+
+async def produce_items(bootstrap: str, topic: str, items) -> tuple[int, float]:
+    """Like ``produce`` for (key, value, headers, partition) tuples."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
+                                max_request_size=4 * 1024 * 1024, acks=1, request_timeout_ms=60_000)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for key, value, headers, partition in items:
+            pending.append(await producer.send(topic, value, key=key, headers=headers, partition=partition))
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return len(items), time.perf_counter() - started
+
+
+def redis_db(redis_url: str, index: int, flush: bool) -> str:
+    """The URL of db ``index`` of that Redis, emptied first if ``flush`` (only a Redis we own)."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{index % 16}"
+    if flush:
+        import redis
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+    return url

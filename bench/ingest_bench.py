@@ -1,0 +1,144 @@
+"""The ingest pipeline: native webhooks on raw.<app> through ``relance worker --role ingest``.
+
+Canonical messages from ``relance.traffic.generate`` become each platform's webhook
+(``webhook_of``, receiving ids from deploy/bots.toml, as ``relance simulate --format
+webhooks`` posts them). One ingest worker (Faust agents) is started in a fresh group and
+becomes stable; then the webhooks are produced while it consumes, and the drain is
+timed on the group's committed offsets of the three raw topics (first commit seen to lag
+0). Events/s are the canonical events it wrote to ``messages`` over the same time
+(WhatsApp has no webhook for a bot's reply, only a status receipt, which is dropped).
+A plain aiokafka consumer reading and decoding the same raw topics gives the limit.
+
+Run: ``.venv/bin/python -m bench.ingest_bench --webhooks 50000 --repeat 2``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+
+import orjson
+
+from bench.common import (
+    ROOT, GroupWatch, Worker, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, running, spread,
+)
+
+
+def webhooks(count: int, seed: int) -> list[tuple[str, bytes]]:
+    from relance.traffic import TrafficShape, bot_accounts, generate, webhook_of
+    from schemas.registry import BotRegistry
+    accounts = bot_accounts(BotRegistry.load(ROOT / "deploy" / "bots.toml"))
+    users = max(4, count // 90)
+    out = []
+    for record in generate(TrafficShape(users=users, days=14.0, controls=False), seed=seed):
+        if "type" in record:
+            continue
+        posted = webhook_of(record, accounts)
+        if posted is not None:
+            out.append((posted[0], orjson.dumps(posted[1])))
+        if len(out) >= count:
+            break
+    return out
+
+
+async def produce_webhooks(bootstrap: str, prefix: str, documents: list[tuple[str, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+    from streams.topics import RAW_BY_APP, topic_name
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1)
+    await producer.start()
+    try:
+        pending = []
+        for app, body in documents:
+            pending.append(await producer.send(topic_name(RAW_BY_APP[app], prefix), body))
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(t, 0) for t in topics])
+        await consumer.seek_to_beginning()
+        count, started = 0, None
+        while count < expected:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            started = started or time.perf_counter()
+            for messages in batches.values():
+                for message in messages:
+                    orjson.loads(message.value)
+                    count += 1
+        return count / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: int, timeout: float):
+    from relance.localstack import acreate_topics
+    from streams.topics import CATALOG, MESSAGES, RAW_BY_APP, topic_name
+    prefix = fresh_prefix("ing")
+    await acreate_topics(bootstrap, CATALOG, prefix, partitions)
+    app_id = f"ingest-{uuid.uuid4().hex[:6]}"
+    raw = {topic_name(spec, prefix): 1 for spec in RAW_BY_APP.values()}
+    worker = Worker(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+                    partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
+    with running([worker]):
+        async with GroupWatch(bootstrap, prefix + app_id, raw) as watch, \
+                GroupWatch(bootstrap, prefix + app_id, {topic_name(MESSAGES, prefix): partitions}) as out:
+            await watch.wait_stable(1, 120, [worker])
+            await asyncio.sleep(1.0)
+            started = time.perf_counter()
+            producing = asyncio.create_task(produce_webhooks(bootstrap, prefix, documents))
+            try:
+                count, seconds = await watch.measure_drain(timeout, [worker], end=len(documents), started=started)
+            finally:
+                await producing
+            await asyncio.sleep(1.0)  # the last events' acks
+            events = await out.ends()
+    limit = await plain_raw(bootstrap, list(raw), len(documents))
+    return count / seconds, events / len(documents) * count / seconds, limit
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    documents = webhooks(args.webhooks, args.seed)
+    by_app = {app: sum(1 for a, _ in documents if a == app) for app in ("whatsapp", "facebook", "instagram")}
+    print(f"{len(documents)} webhooks ({', '.join(f'{a} {n}' for a, n in by_app.items())}), "
+          f"{args.repeat} run(s), one ingest worker")
+    rates, event_rates, limits = [], [], []
+    with bench_stack(args) as (bootstrap, redis_url, work):
+        for index in range(1, args.repeat + 1):
+            url = redis_db(redis_url, 5 + index, flush=not args.redis_url)
+            rate, event_rate, limit = await one_run(bootstrap, url, work, documents, args.partitions, args.timeout)
+            rates.append(rate)
+            event_rates.append(event_rate)
+            limits.append(limit)
+            print(f"  run {index}: {rate:,.0f} webhooks/s, {event_rate:,.0f} events/s; plain consumer {limit:,.0f}/s",
+                  flush=True)
+    print(f"\n{'what':<40} {'per second median (min-max)':>30} {'vs plain':>9}")
+    for name, values in (("plain aiokafka consumer, raw webhooks", limits), ("ingest worker: webhooks", rates),
+                         ("ingest worker: canonical events out", event_rates)):
+        print(f"{name:<40} {spread(values):>30} {statistics.median(values) / statistics.median(limits):>8.3f}x")
+    result("ingest_plain_consumer", statistics.median(limits), "webhooks/s", spread=spread(limits).replace(" ", ""))
+    result("ingest_webhooks", statistics.median(rates), "webhooks/s", spread=spread(rates).replace(" ", ""))
+    result("ingest_events", statistics.median(event_rates), "events/s", spread=spread(event_rates).replace(" ", ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--webhooks", type=int, default=50_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900)
+    add_stack_flags(parser)
+    asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

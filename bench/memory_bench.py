@@ -1,0 +1,212 @@
+"""Resident memory per tracked pair: the DecisionCore alone, and an engine worker holding it.
+
+- ``core``: a fresh Python process builds ``DecisionCore`` state for P pairs (P/2 users x 2
+  bots, 5 inbound messages each, a due time each) the way a worker restores it
+  (``load_user(UserState.from_dict(orjson.loads(value)))``); RSS delta / pair.
+- ``worker``: the same users' state is written to a fresh ``engine.state`` topic (what the
+  engine keeps there), then ``relance worker --role engine`` starts, restores every
+  partition's core from it, and its RSS is read once the four cores are restored, minus
+  the RSS of the same worker with empty state. Once with ``store=memory://`` and once
+  with ``store=rocksdb://`` (Faust's rocksdb driver, through ``rocksdict``). The users
+  the worker says it restored are shown beside the users written.
+
+Run: ``.venv/bin/python -m bench.memory_bench --pairs 100000,1000000``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from bench.common import Worker, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, rss_mb, running
+
+START = 1_795_856_400_000
+BOTS = ("maestro", "chef-lucie")
+
+
+class StateMaker:
+    """Users' state as the engine writes it (``to_dict`` of a fed DecisionCore), in whatever
+    format agents/rules.py has today: 2 pairs per user, 5 inbound messages each."""
+
+    def __init__(self) -> None:
+        from agents.rules import DecisionCore
+        from relance.settings import Settings
+        from schemas.records import format_ts, parse_message
+        self.core = DecisionCore(Settings.from_mapping({"clock": "event"}))
+        self.parse, self.format_ts = parse_message, format_ts
+
+    def __call__(self, n: int) -> bytes:
+        user = f"u{n:08d}"
+        for b, bot in enumerate(BOTS):
+            for k in range(5):
+                self.core.feed(self.parse({
+                    "event_id": f"wamid.{n:09d}{b}{k}", "app": "whatsapp", "user_id": user, "bot_id": bot,
+                    "direction": "inbound", "ts": self.format_ts(START + k * 30_000 + b), "text": "hello"}))
+        state = self.core.users.pop(user)
+        self.core._due.clear()
+        self.core.drain()
+        return orjson.dumps(state.to_dict())
+
+
+def core_child(pairs: int) -> None:
+    """In this (fresh) process: RSS before and after building the state, as one RESULT line."""
+    from agents.rules import DecisionCore, UserState
+    from relance.settings import Settings
+    core = DecisionCore(Settings.from_mapping({"clock": "event"}))
+    make = StateMaker()
+    make(0)
+    gc.collect()
+    before = _self_rss()
+    started = time.perf_counter()
+    for n in range(pairs // len(BOTS)):
+        core.load_user(f"u{n:08d}", UserState.from_dict(orjson.loads(make(n))))
+    seconds = time.perf_counter() - started
+    gc.collect()
+    after = _self_rss()
+    tracked = core.pairs_tracked()
+    print(f"CORE {tracked} {before:.1f} {after:.1f} {seconds:.2f} {len(core._due)}")
+
+
+def _self_rss() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def core_measure(pairs: int, source: str | None = None) -> tuple[int, float, float, float]:
+    env = dict(os.environ, PYTHONPATH=str(Path(source).resolve())) if source else None
+    out = subprocess.run([sys.executable, "-m", "bench.memory_bench", "--child-core", str(pairs)],
+                         capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(source).resolve() if source else Path(__file__).resolve().parent.parent)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("CORE "))
+    _, tracked, before, after, seconds, _heap = line.split()
+    return int(tracked), float(before), float(after), float(seconds)
+
+
+async def write_state(bootstrap: str, topic: str, users: int, partitions: int) -> float:
+    from aiokafka import AIOKafkaProducer
+    from agents.engine import partition_of
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024, acks=1,
+                                max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    make = StateMaker()
+    try:
+        pending = []
+        for n in range(users):
+            key = f"u{n:08d}".encode()
+            pending.append(await producer.send(topic, make(n), key=key, partition=partition_of(key, partitions)))
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, partitions: int, store: str,
+                     timeout: float, source: str | None = None) -> tuple[float, float, int]:
+    """(RSS MB once restored, seconds from start to restored, users it says it restored)."""
+    from relance.localstack import acreate_topics
+    from streams.topics import CATALOG, ENGINE_STATE, topic_name
+    prefix = fresh_prefix("mem")
+    await acreate_topics(bootstrap, CATALOG, prefix, partitions)
+    if users:
+        await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), users, partitions)
+    app_id = f"mem-{uuid.uuid4().hex[:6]}"
+    worker = Worker(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+                    partitions=partitions, app_id=app_id, store=store, data_dir=work / f"data-{app_id}")
+    with running([worker]):
+        started = time.monotonic()
+        while True:
+            worker.check()
+            if worker.log_path.exists() and worker.log_path.read_text(errors="replace").count("decision core restored") >= partitions:
+                break
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"worker not restored after {timeout}s:\n{worker.log_tail()}")
+            await asyncio.sleep(0.5)
+        restored = time.monotonic() - started
+        # A restore that blocks the loop past the session timeout (10 s) costs the worker its
+        # partitions: it is revoked and restores again. Wait until no restore has started
+        # for 12 s, then read RSS; the rounds are reported.
+        count, quiet_since, settling = -1, time.monotonic(), time.monotonic()
+        while time.monotonic() - quiet_since < 12 and time.monotonic() - settling < 90:
+            worker.check()
+            now_count = worker.log_path.read_text(errors="replace").count("decision core restored")
+            if now_count != count:
+                count, quiet_since = now_count, time.monotonic()
+            await asyncio.sleep(1.0)
+        text = worker.log_path.read_text(errors="replace")
+        lines = re.findall(r"decision core restored with (\d+) users", text)
+        restored_users = sum(int(n) for n in lines[-partitions:])
+        rounds = len(lines) / partitions
+        if rounds > 1:
+            print(f"  note: the worker restored {rounds:g} times in {time.monotonic() - started:.0f}s (revoked while "
+                  "restoring: the restore runs in the rebalance callback, past the 10 s session timeout)", flush=True)
+        return rss_mb(worker.pid), restored, restored_users
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    sizes = [int(p) for p in args.pairs.split(",") if p]
+    stores = [s for s in args.stores.split(",") if s]
+    print(f"pairs {sizes}: {len(BOTS)} bots per user, 5 inbound messages per pair, {args.partitions} partitions")
+    print(f"\n{'DecisionCore in a fresh process':<40} {'pairs':>10} {'RSS delta MB':>13} {'bytes/pair':>11} {'build s':>8}")
+    print(f"(state made by feeding a DecisionCore and taking to_dict(): {len(StateMaker()(0))} bytes of JSON per user)")
+    for pairs in sizes:
+        tracked, before, after, seconds = core_measure(pairs, args.source)
+        per_pair = (after - before) * 1024 * 1024 / tracked
+        print(f"{'load_user(from_dict(json))':<40} {tracked:>10,} {after - before:>13,.1f} {per_pair:>11,.0f} {seconds:>8.1f}")
+        result(f"core_bytes_per_pair_{pairs}", per_pair, "bytes", rss_delta_mb=f"{after - before:.0f}")
+    if args.core_only:
+        return
+    print(f"\n{'engine worker (restored from engine.state)':<40} {'pairs':>10} {'RSS MB':>9} {'over empty':>11} "
+          f"{'bytes/pair':>11} {'restore s':>10}")
+    with bench_stack(args) as (bootstrap, redis_url, work):
+        url = redis_db(redis_url, 14, flush=not args.redis_url)
+        for store in stores:
+            empty, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, store, args.timeout, args.source)
+            print(f"{'store ' + store:<40} {0:>10,} {empty:>9,.0f} {0:>11,.0f} {'-':>11} {'-':>10}", flush=True)
+            for pairs in sizes:
+                users = pairs // len(BOTS)
+                rss, seconds, restored = await worker_rss(bootstrap, url, work, users, args.partitions, store,
+                                                          args.timeout, args.source)
+                per_pair = (rss - empty) * 1024 * 1024 / pairs
+                print(f"{'store ' + store:<40} {pairs:>10,} {rss:>9,.0f} {rss - empty:>11,.0f} {per_pair:>11,.0f} "
+                      f"{seconds:>10.1f}  restored {restored:,} of {users:,} users", flush=True)
+                name = store.split(":")[0]
+                result(f"worker_rss_mb_{name}_{pairs}", rss, "MB", over_empty=f"{rss - empty:.0f}",
+                       bytes_per_pair=f"{per_pair:.0f}", restore_s=f"{seconds:.1f}",
+                       restored_users=restored, users=users)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", default="100000,1000000", help="pair counts, comma-separated")
+    parser.add_argument("--stores", default="memory://,rocksdb://", help="worker table stores to try")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--core-only", action="store_true", help="only the in-process DecisionCore figure")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--source", help="run the workers from this copy of the code (a worktree with a patch)")
+    parser.add_argument("--child-core", type=int, help=argparse.SUPPRESS)
+    add_stack_flags(parser)
+    args = parser.parse_args(argv)
+    if args.child_core:
+        core_child(args.child_core)
+        return
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The engine pipeline against its limits, side by side, on the same records.
+
+N realistic canonical records (``relance.traffic.generate``, event mode: the feeder's
+``relance-clock`` header on each) go to a fresh ``messages`` topic with a fast producer,
+then, per repetition:
+
+- ``plain``: a plain aiokafka consumer (no group) reads and orjson-decodes them: the limit;
+- ``core``: the pure ``DecisionCore`` on the same records in this process, no Kafka:
+  parse only, feed only (pre-parsed), parse + feed, and that plus what the engine encodes
+  per batch (decision and request JSON, ``orjson.dumps(user.to_dict())`` of the users
+  changed in the batch, each partition's meta), batches of 5000 records;
+- ``engine xK``: K ``relance worker --role engine`` processes (event mode, memory store)
+  in a fresh consumer group with a fresh changelog, measured from the group's committed
+  offsets: records committed between the first commit seen (group stable) and lag 0.
+
+Run: ``.venv/bin/python -m bench.pipeline_bench --events 200000 --repeat 2 --workers 1,2``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+import orjson
+
+from bench.common import (
+    GroupWatch, Worker, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
+    plain_consume, produce_items, redis_db, result, running, spread,
+)
+
+RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
+         "unknown_age": "allow"}
+
+
+# -- the pure core -------------------------------------------------------------------------
+
+def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
+    """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
+    from agents.engine import partition_of
+    from agents.rules import DecisionCore
+    from relance.settings import Settings
+    from schemas.records import Kill, MessageEvent, Tick, loads, parse_record
+
+    settings = Settings.from_mapping(RULES)
+    items = feeder_items(lines, partitions)
+    keyed = [(key, value, headers, partition if partition is not None else partition_of(key, partitions))
+             for key, value, headers, partition in items]
+    n = len(keyed)
+    rates = {}
+
+    started = time.perf_counter()
+    parsed = [parse_record(loads(value)) if value else None for _, value, _, _ in keyed]
+    rates["parse"] = n / (time.perf_counter() - started)
+
+    def run(with_parse: bool, encode: bool, batch: int = 5000) -> float:
+        # As the engine does: records fed one by one, outputs drained per batch, dirty
+        # users and each partition's meta encoded once per batch (a flush).
+        cores = {p: DecisionCore(settings) for p in range(partitions)}
+        dumps = orjson.dumps
+        started = time.perf_counter()
+        for first in range(0, n, batch):
+            for (key, value, headers, partition), record in zip(keyed[first:first + batch], parsed[first:first + batch]):
+                core = cores[partition]
+                core.advance(int(headers[0][1]), inclusive=False)
+                if value:
+                    if with_parse:
+                        record = parse_record(loads(value))
+                    core.feed(record, None)
+            for core in cores.values():
+                requests, decisions, erased, dirty = core.drain()
+                if encode:
+                    for decision in decisions:
+                        decision.to_json()
+                    for request in requests:
+                        request.to_json()
+                    for user_id in dirty:
+                        user = core.users.get(user_id)
+                        if user is not None:
+                            dumps(user.to_dict())
+                    dumps(core.export_meta())
+        return n / (time.perf_counter() - started)
+
+    rates["feed"] = run(with_parse=False, encode=False)
+    rates["parse+feed"] = run(with_parse=True, encode=False)
+    rates["parse+feed+encode"] = run(with_parse=True, encode=True)
+    return rates
+
+
+# -- through Kafka -------------------------------------------------------------------------
+
+async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
+                     store: str, timeout: float, pythonpath=None) -> tuple[str, int, float]:
+    """K engine workers on a fresh prefix, started and in a stable group first; then the
+    records are produced (the workers consume while they arrive) and the drain is timed
+    from the first commit seen to lag 0."""
+    from relance.localstack import acreate_topics
+    from streams.topics import CATALOG, MESSAGES, topic_name
+    prefix = fresh_prefix("pipe")
+    await acreate_topics(bootstrap, CATALOG, prefix, partitions)
+    topic = topic_name(MESSAGES, prefix)
+    app_id = f"engine-{uuid.uuid4().hex[:6]}"
+    settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
+                    app_id=app_id, store=store, data_dir=work / f"data-{app_id}")
+    procs = [Worker(work, ["engine"], pythonpath=pythonpath, **settings) for _ in range(workers)]
+    for index, proc in enumerate(procs):
+        proc.env["RELANCE_DATA_DIR"] = str(work / f"data-{app_id}-{index}")
+    with running(procs):
+        async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: partitions}) as watch:
+            await watch.wait_stable(workers, 120, procs)
+            await asyncio.sleep(1.0)  # cores restored (empty state) after the assignment
+            started = time.perf_counter()
+            producing = asyncio.create_task(produce_items(bootstrap, topic, items))
+            try:
+                records, seconds = await watch.measure_drain(timeout, procs, end=len(items), started=started)
+            finally:
+                await producing
+            return topic, records, seconds
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    users = max(4, args.events // 98)  # about 98 records per user over 14 days
+    lines = canonical_lines(users, 14.0, args.seed, limit=args.events)
+    worker_counts = [int(k) for k in args.workers.split(",") if k]
+    print(f"{len(lines)} records ({users} users, 14 days, seed {args.seed}), {args.partitions} partitions, "
+          f"{args.repeat} repetition(s), store {args.store}")
+
+    core = [core_rates(lines, args.partitions) for _ in range(args.repeat)]
+    plain: list[float] = []
+    engine: dict[int, list[float]] = {k: [] for k in worker_counts}
+    with bench_stack(args) as (bootstrap, redis_url, work):
+        own_redis = not args.redis_url
+        run = 0
+        items = feeder_items(lines, args.partitions)
+        for repetition in range(args.repeat):
+            topic = None
+            for k in worker_counts:
+                run += 1
+                url = redis_db(redis_url, run, flush=own_redis)
+                topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
+                                                           args.store, args.timeout)
+                engine[k].append(records / seconds)
+                print(f"  rep {repetition + 1}: engine x{k}: {records:,} records committed in {seconds:.2f}s "
+                      f"({records / seconds:,.0f}/s)", flush=True)
+            count, seconds = await plain_consume(bootstrap, topic, args.partitions, len(items))
+            plain.append(count / seconds)
+            print(f"  rep {repetition + 1}: plain consumer {count:,} in {seconds:.2f}s ({count / seconds:,.0f}/s)",
+                  flush=True)
+
+    print()
+    limit = max(plain)
+    print(f"{'what':<40} {'events/s median (min-max)':>30} {'vs plain':>9}")
+    rows = [("plain aiokafka consumer + orjson", plain)]
+    for name in ("parse", "feed", "parse+feed", "parse+feed+encode"):
+        rows.append((f"DecisionCore in-process: {name}", [c[name] for c in core]))
+    for k in worker_counts:
+        rows.append((f"engine worker x{k} (relance worker)", engine[k]))
+    for name, values in rows:
+        median = sorted(values)[len(values) // 2]
+        print(f"{name:<40} {spread(values):>30} {median / limit:>8.3f}x")
+    import statistics
+    result("plain_consumer", statistics.median(plain), "events/s", spread=spread(plain).replace(" ", ""))
+    for name in ("parse", "feed", "parse+feed", "parse+feed+encode"):
+        values = [c[name] for c in core]
+        result(f"core_{name.replace('+', '_')}", statistics.median(values), "events/s", spread=spread(values).replace(" ", ""))
+    for k in worker_counts:
+        result(f"engine_x{k}", statistics.median(engine[k]), "events/s", spread=spread(engine[k]).replace(" ", ""),
+               ratio_plain=f"{statistics.median(engine[k]) / statistics.median(plain):.4f}")
+    if 1 in engine and 2 in engine:
+        result("engine_x2_over_x1", statistics.median(engine[2]) / statistics.median(engine[1]), "ratio")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="records on messages (default 200000)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="repetitions; the spread is shown")
+    parser.add_argument("--workers", default="1,2", help="engine worker counts to run, comma-separated")
+    parser.add_argument("--store", default="memory://", help="table store of the workers")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
+    add_stack_flags(parser)
+    asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

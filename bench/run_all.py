@@ -1,0 +1,120 @@
+"""Every benchmark in one run, on one stack, and one summary table with the issue's targets.
+
+Starts one LocalStack (unless ``--bootstrap``/``--redis-url``), runs each bench script as a
+child process against it (their ``RESULT`` lines are collected), stops the stack, and
+prints the summary. ``--quick`` uses small sizes (a smoke run, numbers not meaningful).
+
+Run: ``.venv/bin/python -m bench.run_all`` (about 10 minutes on 2 cores)
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from bench.common import ROOT, add_stack_flags, bench_stack
+
+
+def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    if args.quick:
+        return [
+            ("pipeline", ["bench.pipeline_bench", "--events", "2000", "--repeat", "1", "--workers", "1"]),
+            ("ingest", ["bench.ingest_bench", "--webhooks", "500", "--repeat", "1"]),
+            ("latency", ["bench.latency_bench", "--pairs", "50", "--spread", "0.5", "--delay", "1", "--repeat", "1"]),
+            ("memory", ["bench.memory_bench", "--pairs", "2000", "--stores", "memory://"]),
+        ]
+    return [
+        ("pipeline", ["bench.pipeline_bench", "--events", str(args.events), "--repeat", str(args.repeat),
+                      "--workers", "1,2"]),
+        ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]),
+        ("latency", ["bench.latency_bench", "--pairs", "2000", "--repeat", str(args.repeat)]),
+        ("memory", ["bench.memory_bench", "--pairs", args.pairs] + (["--source", args.source] if args.source else [])),
+    ]
+
+
+def parse_results(text: str) -> dict[str, tuple[float, str, dict]]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("RESULT "):
+            _, name, value, unit, *rest = line.split()
+            out[name] = (float(value), unit, dict(item.split("=", 1) for item in rest if "=" in item))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--webhooks", type=int, default=50_000)
+    parser.add_argument("--pairs", default="100000,1000000")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,latency,memory")
+    parser.add_argument("--source", help="memory bench workers run from this copy of the code")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    add_stack_flags(parser)
+    args = parser.parse_args(argv)
+    results: dict[str, tuple[float, str, dict]] = {}
+    failed = []
+    with bench_stack(args) as (bootstrap, redis_url, _):
+        for name, command in scripts(args):
+            if args.only and name not in args.only.split(","):
+                continue
+            started = time.monotonic()
+            print(f"== {name}: {' '.join(command)}", flush=True)
+            done = subprocess.run([sys.executable, "-m", *command, "--bootstrap", bootstrap, "--redis-url", redis_url],
+                                  capture_output=True, text=True, cwd=ROOT)
+            shown = [line for line in done.stdout.splitlines() if not line.startswith("RESULT ")]
+            print("\n".join(shown))
+            if done.returncode != 0:
+                failed.append(name)
+                print(f"!! {name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+            results.update(parse_results(done.stdout))
+            print(f"   ({time.monotonic() - started:.0f}s)\n", flush=True)
+    summary(results)
+    return 1 if failed else 0
+
+
+def summary(results: dict[str, tuple[float, str, dict]]) -> None:
+    def get(name: str) -> float | None:
+        return results[name][0] if name in results else None
+
+    def extra(name: str, key: str) -> str:
+        return results[name][2].get(key, "") if name in results else ""
+
+    plain = get("plain_consumer")
+    rows = [
+        ("plain aiokafka consumer (limit)", "plain_consumer", "events/s", None, "-"),
+        ("DecisionCore in-process, parse+feed", "core_parse_feed", "events/s", None, "-"),
+        ("DecisionCore + encode (our per-event cost)", "core_parse_feed_encode", "events/s", None, "-"),
+        ("engine worker x1", "engine_x1", "events/s", lambda v: v >= 100_000 and plain and v / plain >= 0.2,
+         ">=100k/s and >=0.2x plain"),
+        ("engine worker x2 (same group)", "engine_x2", "events/s", None, "-"),
+        ("ingest worker: webhooks", "ingest_webhooks", "webhooks/s", None, "-"),
+        ("ingest worker: canonical events", "ingest_events", "events/s", None, "-"),
+        ("decision latency p50 (wall mode)", "latency_p50", "ms", None, "-"),
+        ("decision latency p99 (wall mode)", "latency_p99", "ms", lambda v: v <= 1000, "<=1000 ms"),
+        ("DecisionCore bytes/pair at 1M", "core_bytes_per_pair_1000000", "bytes", lambda v: v * 1e6 <= 512 * 2**20,
+         "1M pairs <=512 MB"),
+        ("worker RSS at 1M pairs, memory://", "worker_rss_mb_memory_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
+        ("worker RSS at 1M pairs, rocksdb://", "worker_rss_mb_rocksdb_1000000", "MB", None, "flat"),
+    ]
+    print(f"{'measure':<44} {'value':>12} {'unit':<11} {'spread / ratio':<34} {'target':<26} {'met':<4}")
+    for label, name, unit, check, target in rows:
+        value = get(name)
+        if value is None:
+            continue
+        note = extra(name, "spread")
+        if name.startswith("engine_") and plain:
+            note = f"{note} {value / plain:.3f}x plain"
+        if name == "engine_x2" and get("engine_x1"):
+            note += f", {value / get('engine_x1'):.2f}x of x1"
+        if name.startswith("latency") and extra(name, "runs"):
+            note = "runs " + extra(name, "runs")
+        if name.startswith("worker_rss"):
+            note = f"{extra(name, 'bytes_per_pair')} B/pair over empty, restored {extra(name, 'restored_users')}/{extra(name, 'users')} users"
+        met = "-" if check is None else ("yes" if check(value) else "NO")
+        print(f"{label:<44} {value:>12,.0f} {unit:<11} {note:<34} {target:<26} {met:<4}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end on tiny sizes and print their figures."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(stack, *args: str, timeout: float = 60) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", *args, "--bootstrap", stack.bootstrap, "--redis-url", stack.redis_url],
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"RESULT (\S+) (\S+) ", line + " ")
+        if match:
+            results[match[1]] = float(match[2])
+    return results
+
+
+def test_pipeline_bench_prints_positive_rates(stack):
+    results = run_bench(stack, "bench.pipeline_bench", "--events", "2000", "--repeat", "1", "--workers", "1")
+    for name in ("plain_consumer", "core_parse", "core_feed", "core_parse_feed", "core_parse_feed_encode", "engine_x1"):
+        assert results.get(name, 0) > 0, (name, results)
+
+
+def test_ingest_bench_prints_positive_rates(stack):
+    results = run_bench(stack, "bench.ingest_bench", "--webhooks", "300", "--repeat", "1")
+    for name in ("ingest_plain_consumer", "ingest_webhooks", "ingest_events"):
+        assert results.get(name, 0) > 0, (name, results)
+
+
+def test_latency_bench_measures_every_followup(stack):
+    results = run_bench(stack, "bench.latency_bench", "--pairs", "40", "--spread", "0.2", "--delay", "1",
+                        "--repeat", "1")
+    assert 0 <= results["latency_p50"] <= results["latency_p99"] < 10_000
+
+
+def test_memory_bench_core_figure(stack):
+    results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only")
+    assert results["core_bytes_per_pair_2000"] > 0
