@@ -27,11 +27,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from agents.rules import DecisionCore, UserState
-from schemas.records import (
-    DeadLetter, DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record,
-)
-from streams.app import CLOCK_HEADER, Wiring, wall_ms
-from streams.kafkaloop import KafkaLoop, new_producer, read_partition_to_end
+from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
+from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, wall_ms
+from streams.kafkaloop import KafkaLoop, read_partition_to_end
 from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from streams.userdata import ledger_key
 
@@ -198,11 +196,9 @@ class Engine:
             listener(decision)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        letter = DeadLetter(reason=reason, source_topic=record.topic, partition=record.partition,
-                            offset=record.offset, original=record.value, stage="engine")
         self.metrics.dead_letters.labels(stage="engine", reason=reason_label(reason)).inc()
         log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
-        await self._send(self._deadletter_topic, letter.to_json(), None)
+        await self._send(self._deadletter_topic, dead_letter_for("engine", reason, record), None)
 
     async def _send(self, topic: str, value: bytes, key: bytes | None, partition: int | None = None) -> None:
         # Awaited one by one: the producer queues them in this order, per partition.
@@ -249,10 +245,9 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_engine_loop() -> None:
-        engine.producer = new_producer(settings.broker)
-        await engine.producer.start()
+        engine.producer = await wiring.producer()
         engine.loop = KafkaLoop(
-            bootstrap=settings.broker, topic=topic_name(MESSAGES, settings.topic_prefix),
+            bootstrap=settings.broker, topics=[topic_name(MESSAGES, settings.topic_prefix)],
             group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,
         )
         engine.loop.on_commit = lambda: wiring.metrics.last_commit.set_to_current_time()
@@ -261,8 +256,5 @@ def install(wiring: Wiring) -> None:
 
     @app.timer(interval=5.0)
     async def engine_lag() -> None:
-        if engine.loop is None:
-            return
-        topic = topic_name(MESSAGES, settings.topic_prefix)
-        for partition, lag in engine.loop.lag().items():
-            wiring.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if engine.loop is not None:
+            wiring.observe_lag(engine.loop)

@@ -1,6 +1,7 @@
 """The ingest agents: native webhooks and control events into the one ordered stream.
 
-- ``raw.<app>`` webhooks become canonical events on ``messages``, keyed by ``user_id``.
+- ``raw.<app>`` webhooks become canonical events on ``messages``, keyed by ``user_id``,
+  in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``).
 - ``control`` events join the same stream, so each partition's engine sees messages and
   controls in one order: per-user events go to their user's partition, global ones
   (kill switches, ticks) to every partition. Kill switches are also mirrored in Redis,
@@ -8,46 +9,98 @@
 """
 from __future__ import annotations
 
+import asyncio
+import collections
+
 import orjson
+from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.normalize import normalize_webhook
 from schemas.records import InvalidRecord, Kill, Tick, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
-from streams.app import Wiring
-from streams.topics import CONTROL, MESSAGES, RAW_BY_APP
+from streams.app import Wiring, dead_letter_for
+from streams.kafkaloop import KafkaLoop
+from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
 from streams.userdata import KILLS_KEY
 
 
-def _unknown_bot(reason: str) -> bool:
-    return "no bot in the registry" in reason
+def _reason_label(reason: str) -> str:
+    if reason.startswith("not JSON"):
+        return "not_json"
+    return "unknown_bot" if "no bot in the registry" in reason else "invalid_field"
+
+
+class WebhookIngest:
+    """Native webhooks of the three apps to canonical events: a batch stage, no state."""
+
+    def __init__(self, wiring: Wiring, registry: RegistryFile) -> None:
+        self.wiring, self.registry, self.metrics = wiring, registry, wiring.metrics
+        prefix = wiring.settings.topic_prefix
+        self.app_of_topic = {topic_name(spec, prefix): app for app, spec in RAW_BY_APP.items()}
+        self._messages = topic_name(MESSAGES, prefix)
+        self._deadletter = topic_name(DEADLETTER, prefix)
+        self.producer = None
+        self.loop: KafkaLoop | None = None
+        self._pending: list = []
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        """Stateless: nothing to restore when partitions come, nothing to drop when they go."""
+
+    on_revoked = on_assigned
+
+    async def idle(self) -> None:
+        """Nothing here depends on the time between batches."""
+
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        registry = self.registry.current()
+        webhooks, receipts, events = collections.Counter(), collections.Counter(), collections.Counter()
+        for tp, records in batch.items():
+            app = self.app_of_topic[tp.topic]
+            webhooks[app] += len(records)
+            for record in records:
+                try:
+                    result = normalize_webhook(app, record.value or b"", registry)
+                except InvalidRecord as exc:
+                    await self._dead_letter(record, str(exc))
+                    continue
+                receipts[app] += result.dropped
+                events[app] += len(result.events)
+                for event in result.events:
+                    self._pending.append(await self.producer.send(self._messages, event.to_json(), key=event.user_id.encode()))
+                for reason in result.errors:
+                    await self._dead_letter(record, reason)
+        for app, count in webhooks.items():
+            self.metrics.webhooks_in.labels(app=app).inc(count)
+        for app, count in receipts.items():
+            self.metrics.receipts_dropped.labels(app=app).inc(count)
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        self.metrics.dead_letters.labels(stage="ingest", reason=_reason_label(reason)).inc()
+        self._pending.append(await self.producer.send(self._deadletter, dead_letter_for("ingest", reason, record)))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
 
 
 def install(wiring: Wiring) -> None:
-    app, metrics = wiring.app, wiring.metrics
-    registry = RegistryFile(wiring.settings.registry)
+    app, settings = wiring.app, wiring.settings
     messages = wiring.topic(MESSAGES)
+    ingest = WebhookIngest(wiring, RegistryFile(settings.registry))
 
-    def make_webhook_agent(app_name: str):
-        async def ingest(stream):
-            async for event in stream.events():
-                metrics.webhooks_in.labels(app=app_name).inc()
-                try:
-                    result = normalize_webhook(app_name, event.value, registry.current())
-                except InvalidRecord as exc:
-                    reason = str(exc)
-                    await wiring.dead_letter("ingest", "not_json" if reason.startswith("not JSON") else "invalid_field", reason, event)
-                    continue
-                if result.dropped:
-                    metrics.receipts_dropped.labels(app=app_name).inc(result.dropped)
-                for canonical in result.events:
-                    await messages.send(key=canonical.user_id.encode(), value=canonical.to_json())
-                for reason in result.errors:
-                    await wiring.dead_letter("ingest", "unknown_bot" if _unknown_bot(reason) else "invalid_field", reason, event)
-        ingest.__name__ = f"ingest_{app_name}"
-        return ingest
+    @app.task
+    async def start_ingest_loop() -> None:
+        ingest.producer = await wiring.producer()
+        ingest.loop = KafkaLoop(
+            bootstrap=settings.broker, topics=list(ingest.app_of_topic),
+            group=f"{settings.topic_prefix}{settings.app_id}.ingest", stage=ingest,
+        )
+        await app.add_runtime_dependency(ingest.loop)
 
-    for app_name, spec in RAW_BY_APP.items():
-        app.agent(wiring.topic(spec), name=f"ingest-{app_name}")(make_webhook_agent(app_name))
+    @app.timer(interval=5.0)
+    async def ingest_lag() -> None:
+        if ingest.loop is not None:
+            wiring.observe_lag(ingest.loop)
 
     @app.agent(wiring.topic(CONTROL), name="control")
     async def control(stream):

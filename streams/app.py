@@ -43,6 +43,7 @@ class Wiring:
     metrics: Metrics
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
     _redis: aioredis.Redis | None = None
+    _producer: Any = None
     ready: bool = False
     engine: Any = None  # the engine role's state, for the explain endpoint
 
@@ -56,6 +57,19 @@ class Wiring:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url)
         return self._redis
 
+    async def producer(self) -> Any:
+        """The aiokafka producer the batch stages share, started on first use."""
+        if self._producer is None:
+            from streams.kafkaloop import new_producer
+            self._producer = new_producer(self.settings.broker)
+            await self._producer.start()
+        return self._producer
+
+    def observe_lag(self, loop: Any) -> None:
+        """Consumer lag of a KafkaLoop, per topic and partition, into the metrics."""
+        for tp, lag in loop.lag().items():
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+
     async def dead_letter(self, stage: str, reason_label: str, reason: str, event: Any) -> None:
         """Keep an unusable record whole, with where it came from and why."""
         message = event.message
@@ -68,6 +82,12 @@ class Wiring:
         log.warning("dead letter", extra={"stage": stage, "reason": reason, "topic": message.topic,
                                           "partition": message.partition, "offset": message.offset})
         await self.topic(DEADLETTER).send(value=letter.to_json())
+
+
+def dead_letter_for(stage: str, reason: str, record: Any) -> bytes:
+    """The dead letter of a record a batch stage could not use (an aiokafka record)."""
+    return DeadLetter(reason=reason, source_topic=record.topic, partition=record.partition,
+                      offset=record.offset, original=record.value or b"", stage=stage).to_json()
 
 
 def faust_app(settings: Settings) -> faust.App:

@@ -45,17 +45,24 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class KafkaLoop(Service):
-    """Consume ``topic`` as group ``group``, feed batches to ``stage``, commit after flush."""
+    """Consume ``topics`` as group ``group``, feed batches to ``stage``, commit after flush.
 
-    def __init__(self, *, bootstrap: str, topic: str, group: str, stage: Stage,
+    The stage's partition callbacks speak of the first topic's partitions (its state, if
+    it keeps any, is partitioned like it).
+    """
+
+    def __init__(self, *, bootstrap: str, topics: list[str], group: str, stage: Stage,
                  commit_interval: float = 1.0, max_records: int = 20_000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.bootstrap, self.topic, self.group, self.stage = bootstrap, topic, group, stage
+        self.bootstrap, self.topics, self.group, self.stage = bootstrap, topics, group, stage
+        self.topic = topics[0]
         self.commit_interval, self.max_records = commit_interval, max_records
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()        # one batch, flush or rebalance at a time
         self._processed: dict[TopicPartition, int] = {}   # offsets to commit
         self._next: dict[TopicPartition, int] = {}        # next offset to read, for lag
+        self._to_restore: set[TopicPartition] = set()     # assigned, paused until restored
+        self._failed = False
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
 
@@ -66,7 +73,7 @@ class KafkaLoop(Service):
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         self.add_future(self._run())
 
     async def on_stop(self) -> None:
@@ -81,12 +88,17 @@ class KafkaLoop(Service):
             await self._consume()
         except Exception as exc:
             # Never a silent stall: crash the worker, so that it is restarted and goes on
-            # from the last commit (nothing after it was committed).
+            # from the last commit. The stage's memory may now be ahead of what it
+            # published, so nothing of it may be flushed or committed any more.
+            self._failed = True
             log.exception("%s loop failed; crashing the worker", self.group)
             await self.crash(exc)
 
     async def _consume(self) -> None:
         while not self.should_stop:
+            if self._to_restore:
+                async with self.lock:
+                    await self._restore_assigned()
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
             async with self.lock:
                 if batch:
@@ -98,6 +110,8 @@ class KafkaLoop(Service):
                     await self._flush_and_commit()
 
     async def _flush_and_commit(self) -> None:
+        if self._failed:
+            return
         await self.stage.flush()
         if self._processed:
             await self.consumer.commit(dict(self._processed))
@@ -106,32 +120,47 @@ class KafkaLoop(Service):
         self._last_commit = time.monotonic()
 
     async def revoke(self, revoked) -> None:
+        self._to_restore.difference_update(revoked)
         async with self.lock:
             await self._flush_and_commit()
             await self.stage.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == self.topic))
 
     async def assign(self, assigned) -> None:
-        async with self.lock:
-            await self.stage.on_assigned(sorted(tp.partition for tp in assigned if tp.topic == self.topic))
+        # Restoring a million users takes longer than a session timeout: not inside the
+        # rebalance callback. The new partitions wait, paused, until the loop restores them.
+        new = [tp for tp in assigned if tp.topic == self.topic]
+        if new:
+            self.consumer.pause(*new)
+            self._to_restore.update(new)
+
+    async def _restore_assigned(self) -> None:
+        owned = set(self.consumer.assignment())
+        ready = sorted((tp for tp in self._to_restore if tp in owned), key=lambda tp: tp.partition)
+        self._to_restore.clear()
+        if ready:
+            await self.stage.on_assigned([tp.partition for tp in ready])
+            self.consumer.resume(*ready)
 
     def owned(self) -> list[int]:
         if self.consumer is None:
             return []
         return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic)
 
-    def lag(self) -> dict[int, int]:
+    def lag(self) -> dict[TopicPartition, int]:
         """Records not yet consumed, per owned partition, from the fetcher's high water."""
         lags = {}
         for tp in self.consumer.assignment() if self.consumer else ():
             highwater = self.consumer.highwater(tp)
             if highwater is not None and tp in self._next:
-                lags[tp.partition] = max(0, highwater - self._next[tp])
+                lags[tp] = max(0, highwater - self._next[tp])
         return lags
 
 
 async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord]:
     """Every record of one partition, from the beginning to its end now (for restores)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # earliest: assign() starts a position reset with the consumer's policy, which can win
+    # the race with seek_to_beginning; with the default (latest) nothing would be read back.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
