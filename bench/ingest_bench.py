@@ -2,7 +2,7 @@
 
 Canonical messages from ``relance.traffic.generate`` become each platform's webhook
 (``webhook_of``, receiving ids from deploy/bots.toml, as ``relance simulate --format
-webhooks`` posts them). One ingest worker (Faust agents) is started in a fresh group and
+webhooks`` posts them). One ingest worker (its batch loop, group ``<prefix><app_id>.ingest``) is started in a fresh group and
 becomes stable; then the webhooks are produced while it consumes, and the drain is
 timed on the group's committed offsets of the three raw topics (first commit seen to lag
 0). Events/s are the canonical events it wrote to ``messages`` over the same time
@@ -89,7 +89,7 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     worker = Worker(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
     with running([worker]):
-        async with GroupWatch(bootstrap, prefix + app_id, raw) as watch, \
+        async with GroupWatch(bootstrap, prefix + app_id + ".ingest", raw) as watch, \
                 GroupWatch(bootstrap, prefix + app_id, {topic_name(MESSAGES, prefix): partitions}) as out:
             await watch.wait_stable(1, 120, [worker])
             await asyncio.sleep(1.0)
