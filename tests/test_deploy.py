@@ -24,13 +24,20 @@ import yaml
 from relance.localstack import KAFKA_VERSION
 from relance.metrics import Metrics, new_metrics
 from relance.settings import ENV_PREFIX, Settings
+from streams.app import ROLES as ALL_ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "relance.json"
 K8S = DEPLOY / "k8s"
-ROLES = ("ingest", "engine", "generator")
+ROLES = ("ingest", "engine", "generator")  # the worker services / Deployments, by their first role
+
+
+def _roles_run(command: list[str]) -> set[str]:
+    """The roles a ``relance worker --role A --role B`` command runs."""
+    assert command[:2] == ["worker", "--role"]
+    return {command[i + 1] for i, word in enumerate(command) if word == "--role"}
 WEB_PORT = Settings().web_port
 # Labels Prometheus adds at scrape time (prometheus.yml adds role): valid in any selector.
 TARGET_LABELS = {"job", "instance", "role"}
@@ -142,9 +149,11 @@ def test_compose_runs_each_worker_role_against_the_compose_kafka_and_redis():
     assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
     assert services["redis"]["image"].startswith("redis:7")
     assert services["topics"]["command"] == ["topics", "create"]
+    run: set[str] = set()
     for role in ROLES:
         service = services[role]
-        assert service["command"] == ["worker", "--role", role]
+        assert service["command"][2] == role
+        run |= _roles_run(service["command"])
         env = service["environment"]
         assert env["RELANCE_BROKER"] == "kafka:9092"
         assert env["RELANCE_REDIS_URL"] == "redis://redis:6379/0"
@@ -154,6 +163,8 @@ def test_compose_runs_each_worker_role_against_the_compose_kafka_and_redis():
         assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         health = " ".join(service["healthcheck"]["test"])
         assert "/health" in health and "RELANCE_WEB_PORT" in health
+    # every stage of the pipeline runs somewhere (a missing one breaks it silently)
+    assert run == set(ALL_ROLES)
 
 
 def test_compose_environment_holds_only_real_settings_with_valid_values():
@@ -378,10 +389,11 @@ def _container(deployment: dict) -> dict:
 def test_k8s_deploys_each_role_with_probes_resources_and_scrape_annotations():
     deployments = _by_kind("Deployment")
     roles = {}
+    run: set[str] = set()
     for deployment in deployments:
         container = _container(deployment)
         args = container["args"]
-        assert args[:2] == ["worker", "--role"]
+        run |= _roles_run(args)
         roles[args[2]] = deployment
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"http": WEB_PORT}
@@ -405,6 +417,7 @@ def test_k8s_deploys_each_role_with_probes_resources_and_scrape_annotations():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert sorted(roles) == sorted(ROLES)
+    assert run == set(ALL_ROLES)
 
 
 def test_k8s_services_select_the_pods_of_their_role():
