@@ -6,8 +6,8 @@
 - ``worker``: the same users' state is written to a fresh ``engine.state`` topic (what the
   engine keeps there), then ``relance worker --role engine`` starts, restores every
   partition's core from it, and its RSS is read once the four cores are restored, minus
-  the RSS of the same worker with empty state. Once with ``store=memory://`` and once
-  with ``store=rocksdb://`` (Faust's rocksdb driver, through ``rocksdict``). The users
+  the RSS of the same worker with empty state. The engine keeps its state in its cores
+  and the ``engine.state`` topic, not in a Faust table, so no table store applies. The users
   the worker says it restored are shown beside the users written.
 
 Run: ``.venv/bin/python -m bench.memory_bench --pairs 100000,1000000``
@@ -116,7 +116,7 @@ async def write_state(bootstrap: str, topic: str, users: int, partitions: int) -
     return time.perf_counter() - started
 
 
-async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, partitions: int, store: str,
+async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, partitions: int,
                      timeout: float, source: str | None = None) -> tuple[float, float, int]:
     """(RSS MB once restored, seconds from start to restored, users it says it restored)."""
     from relance.localstack import acreate_topics
@@ -127,7 +127,7 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
         await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), users, partitions)
     app_id = f"mem-{uuid.uuid4().hex[:6]}"
     worker = Worker(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
-                    partitions=partitions, app_id=app_id, store=store, data_dir=work / f"data-{app_id}")
+                    partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
     with running([worker]):
         started = time.monotonic()
         while True:
@@ -160,7 +160,6 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
 
 async def main_async(args: argparse.Namespace) -> None:
     sizes = [int(p) for p in args.pairs.split(",") if p]
-    stores = [s for s in args.stores.split(",") if s]
     print(f"pairs {sizes}: {len(BOTS)} bots per user, 5 inbound messages per pair, {args.partitions} partitions")
     print(f"\n{'DecisionCore in a fresh process':<40} {'pairs':>10} {'RSS delta MB':>13} {'bytes/pair':>11} {'build s':>8}")
     print(f"(state made by feeding a DecisionCore and taking to_dict(): {len(StateMaker()(0))} bytes of JSON per user)")
@@ -175,26 +174,23 @@ async def main_async(args: argparse.Namespace) -> None:
           f"{'bytes/pair':>11} {'restore s':>10}")
     with bench_stack(args) as (bootstrap, redis_url, work):
         url = redis_db(redis_url, 14, flush=not args.redis_url)
-        for store in stores:
-            empty, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, store, args.timeout, args.source)
-            print(f"{'store ' + store:<40} {0:>10,} {empty:>9,.0f} {0:>11,.0f} {'-':>11} {'-':>10}", flush=True)
-            for pairs in sizes:
-                users = pairs // len(BOTS)
-                rss, seconds, restored = await worker_rss(bootstrap, url, work, users, args.partitions, store,
-                                                          args.timeout, args.source)
-                per_pair = (rss - empty) * 1024 * 1024 / pairs
-                print(f"{'store ' + store:<40} {pairs:>10,} {rss:>9,.0f} {rss - empty:>11,.0f} {per_pair:>11,.0f} "
-                      f"{seconds:>10.1f}  restored {restored:,} of {users:,} users", flush=True)
-                name = store.split(":")[0]
-                result(f"worker_rss_mb_{name}_{pairs}", rss, "MB", over_empty=f"{rss - empty:.0f}",
-                       bytes_per_pair=f"{per_pair:.0f}", restore_s=f"{seconds:.1f}",
-                       restored_users=restored, users=users)
+        empty, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, args.timeout, args.source)
+        print(f"{'engine worker':<40} {0:>10,} {empty:>9,.0f} {0:>11,.0f} {'-':>11} {'-':>10}", flush=True)
+        for pairs in sizes:
+            users = pairs // len(BOTS)
+            rss, seconds, restored = await worker_rss(bootstrap, url, work, users, args.partitions,
+                                                      args.timeout, args.source)
+            per_pair = (rss - empty) * 1024 * 1024 / pairs
+            print(f"{'engine worker':<40} {pairs:>10,} {rss:>9,.0f} {rss - empty:>11,.0f} {per_pair:>11,.0f} "
+                  f"{seconds:>10.1f}  restored {restored:,} of {users:,} users", flush=True)
+            result(f"worker_rss_mb_{pairs}", rss, "MB", over_empty=f"{rss - empty:.0f}",
+                   bytes_per_pair=f"{per_pair:.0f}", restore_s=f"{seconds:.1f}",
+                   restored_users=restored, users=users)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default="100000,1000000", help="pair counts, comma-separated")
-    parser.add_argument("--stores", default="memory://,rocksdb://", help="worker table stores to try")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--core-only", action="store_true", help="only the in-process DecisionCore figure")
     parser.add_argument("--timeout", type=float, default=600)

@@ -9,7 +9,7 @@ then, per repetition:
   parse only, feed only (pre-parsed), parse + feed, and that plus what the engine encodes
   per batch (decision and request JSON, ``orjson.dumps(user.to_dict())`` of the users
   changed in the batch, each partition's meta), batches of 5000 records;
-- ``engine xK``: K ``relance worker --role engine`` processes (event mode, memory store)
+- ``engine xK``: K ``relance worker --role engine`` processes (event mode)
   in a fresh consumer group with a fresh changelog, measured from the group's committed
   offsets: records committed between the first commit seen (group stable) and lag 0.
 
@@ -90,7 +90,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
 # -- through Kafka -------------------------------------------------------------------------
 
 async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
-                     store: str, timeout: float, pythonpath=None) -> tuple[str, int, float]:
+                     timeout: float, pythonpath=None) -> tuple[str, int, float]:
     """K engine workers on a fresh prefix, started and in a stable group first; then the
     records are produced (the workers consume while they arrive) and the drain is timed
     from the first commit seen to lag 0."""
@@ -101,7 +101,7 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     topic = topic_name(MESSAGES, prefix)
     app_id = f"engine-{uuid.uuid4().hex[:6]}"
     settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
-                    app_id=app_id, store=store, data_dir=work / f"data-{app_id}")
+                    app_id=app_id, data_dir=work / f"data-{app_id}")
     procs = [Worker(work, ["engine"], pythonpath=pythonpath, **settings) for _ in range(workers)]
     for index, proc in enumerate(procs):
         proc.env["RELANCE_DATA_DIR"] = str(work / f"data-{app_id}-{index}")
@@ -123,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> None:
     lines = canonical_lines(users, 14.0, args.seed, limit=args.events)
     worker_counts = [int(k) for k in args.workers.split(",") if k]
     print(f"{len(lines)} records ({users} users, 14 days, seed {args.seed}), {args.partitions} partitions, "
-          f"{args.repeat} repetition(s), store {args.store}")
+          f"{args.repeat} repetition(s)")
 
     core = [core_rates(lines, args.partitions) for _ in range(args.repeat)]
     plain: list[float] = []
@@ -138,7 +138,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 run += 1
                 url = redis_db(redis_url, run, flush=own_redis)
                 topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
-                                                           args.store, args.timeout)
+                                                           args.timeout)
                 engine[k].append(records / seconds)
                 print(f"  rep {repetition + 1}: engine x{k}: {records:,} records committed in {seconds:.2f}s "
                       f"({records / seconds:,.0f}/s)", flush=True)
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="repetitions; the spread is shown")
     parser.add_argument("--workers", default="1,2", help="engine worker counts to run, comma-separated")
-    parser.add_argument("--store", default="memory://", help="table store of the workers")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
     add_stack_flags(parser)

@@ -142,7 +142,7 @@ async def main_async(args: argparse.Namespace) -> None:
         app_id = f"engine-{uuid.uuid4().hex[:6]}"
         worker = Worker(work, ["engine"], pythonpath=args.source, **dict(
             RULES, broker=bootstrap, redis_url=redis_db(redis_url, 9, flush=not args.redis_url),
-            topic_prefix=prefix, partitions=args.partitions, app_id=app_id, store="memory://",
+            topic_prefix=prefix, partitions=args.partitions, app_id=app_id,
             data_dir=work / "data"))
         with running([worker]):
             async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: args.partitions}) as watch:

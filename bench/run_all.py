@@ -22,7 +22,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
             ("pipeline", ["bench.pipeline_bench", "--events", "2000", "--repeat", "1", "--workers", "1"]),
             ("ingest", ["bench.ingest_bench", "--webhooks", "500", "--repeat", "1"]),
             ("latency", ["bench.latency_bench", "--pairs", "50", "--spread", "0.5", "--delay", "1", "--repeat", "1"]),
-            ("memory", ["bench.memory_bench", "--pairs", "2000", "--stores", "memory://"]),
+            ("memory", ["bench.memory_bench", "--pairs", "2000"]),
         ]
     return [
         ("pipeline", ["bench.pipeline_bench", "--events", str(args.events), "--repeat", str(args.repeat),
@@ -95,8 +95,7 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
         ("decision latency p99 (wall mode)", "latency_p99", "ms", lambda v: v <= 1000, "<=1000 ms"),
         ("DecisionCore bytes/pair at 1M", "core_bytes_per_pair_1000000", "bytes", lambda v: v * 1e6 <= 512 * 2**20,
          "1M pairs <=512 MB"),
-        ("worker RSS at 1M pairs, memory://", "worker_rss_mb_memory_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
-        ("worker RSS at 1M pairs, rocksdb://", "worker_rss_mb_rocksdb_1000000", "MB", None, "flat"),
+        ("engine worker RSS at 1M pairs", "worker_rss_mb_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
     ]
     print(f"{'measure':<44} {'value':>12} {'unit':<11} {'spread / ratio':<34} {'target':<26} {'met':<4}")
     for label, name, unit, check, target in rows:

@@ -94,7 +94,6 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.topic_prefix + settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
-        store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
