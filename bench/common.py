@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
+from relance.processes import WorkerProcess
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,73 +71,6 @@ def fresh_prefix(tag: str) -> str:
 
 
 # -- workers -----------------------------------------------------------------------------
-
-class Worker:
-    """``relance worker`` in its own process group, with RELANCE_* settings; stopped by pid."""
-
-    def __init__(self, log_dir: Path, roles: list[str], pythonpath: str | Path | None = None,
-                 **settings: object) -> None:
-        from relance.localstack import free_port
-        self.web_port = free_port()
-        self.log_path = Path(log_dir) / f"worker-{self.web_port}.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
-        self.env.update({f"RELANCE_{k.upper()}": str(v) for k, v in settings.items()})
-        self.env["RELANCE_WEB_PORT"] = str(self.web_port)
-        self.env.setdefault("RELANCE_REGISTRY", str(ROOT / "deploy" / "bots.toml"))
-        self.roles = roles
-        self.process: subprocess.Popen | None = None
-        if pythonpath:  # a patched copy of the code (a git worktree) before the installed one
-            self.env["PYTHONPATH"] = str(pythonpath)
-        self.cwd = Path(pythonpath) if pythonpath else ROOT
-
-    def start(self) -> "Worker":
-        args = [RELANCE, "worker", "--loglevel", "info"]
-        for role in self.roles:
-            args += ["--role", role]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, cwd=self.cwd)
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def check(self) -> None:
-        if not self.alive:
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 30) -> None:
-        if not self.alive:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-
-@contextlib.contextmanager
-def running(workers: list[Worker]) -> Iterator[list[Worker]]:
-    try:
-        for worker in workers:
-            worker.start()
-        yield workers
-    finally:
-        for worker in workers:
-            worker.stop()
-
 
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, in MB (from /proc)."""
@@ -225,11 +157,11 @@ class GroupWatch:
             return entry[2], len(entry[5])
         return "Unknown", 0
 
-    async def wait_stable(self, members: int, timeout: float, workers: list[Worker]) -> None:
+    async def wait_stable(self, members: int, timeout: float, workers: list[WorkerProcess]) -> None:
         deadline = time.monotonic() + timeout
         while True:
             for worker in workers:
-                worker.check()
+                worker.check_alive()
             with contextlib.suppress(Exception):
                 state, count = await self.members()
                 if state == "Stable" and count == members:
@@ -238,7 +170,7 @@ class GroupWatch:
                 raise RuntimeError(f"group {self.group} not stable with {members} members after {timeout}s")
             await asyncio.sleep(0.25)
 
-    async def measure_drain(self, timeout: float, workers: list[Worker], poll: float = 0.1,
+    async def measure_drain(self, timeout: float, workers: list[WorkerProcess], poll: float = 0.1,
                             end: int | None = None, started: float | None = None) -> tuple[int, float]:
         """Wait for lag 0; (records, seconds) between the first commit seen and the last.
 
@@ -252,7 +184,7 @@ class GroupWatch:
         first = None
         while True:
             for worker in workers:
-                worker.check()
+                worker.check_alive()
             committed = await self.committed()
             now = time.perf_counter()
             if committed is not None:

@@ -21,8 +21,9 @@ import uuid
 
 import orjson
 
+from relance.processes import WorkerProcess, running
 from bench.common import (
-    ROOT, GroupWatch, Worker, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, running, spread,
+    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, spread,
 )
 
 
@@ -86,7 +87,7 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     app_id = f"ingest-{uuid.uuid4().hex[:6]}"
     raw = {topic_name(spec, prefix): 1 for spec in RAW_BY_APP.values()}
-    worker = Worker(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+    worker = WorkerProcess(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
     with running([worker]):
         async with GroupWatch(bootstrap, prefix + app_id + ".ingest", raw) as watch, \

@@ -18,8 +18,9 @@ import uuid
 
 import orjson
 
+from relance.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, Worker, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, running,
+    GroupWatch, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, 
 )
 
 
@@ -46,7 +47,7 @@ async def one_run(bootstrap: str, redis_url: str, work, args, index: int) -> lis
         await admin.close()
     await acreate_topics(bootstrap, CATALOG, prefix, args.partitions)
     app_id = f"lat-{uuid.uuid4().hex[:6]}"
-    worker = Worker(work, ["engine"], clock="wall", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+    worker = WorkerProcess(work, ["engine"], clock="wall", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=args.partitions, app_id=app_id, data_dir=work / f"data-{app_id}",
                     idle_delay=f"{args.delay}s", quiet_hours="off", user_cap_day=0, user_cap_week=0,
                     min_inbound=1, timer_interval=f"{args.timer_ms}ms")
@@ -79,7 +80,7 @@ async def one_run(bootstrap: str, redis_url: str, work, args, index: int) -> lis
             latencies: list[float] = []
             deadline = time.monotonic() + args.delay + args.spread + 60
             while len(latencies) < args.pairs and time.monotonic() < deadline:
-                worker.check()
+                worker.check_alive()
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     for message in messages:
                         due = parse_ts(orjson.loads(message.value)["due_ts"])

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import Worker, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, rss_mb, running
+from relance.processes import WorkerProcess, running
+from bench.common import add_stack_flags, bench_stack, fresh_prefix, redis_db, result, rss_mb
 
 START = 1_795_856_400_000
 BOTS = ("maestro", "chef-lucie")
@@ -126,12 +127,12 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
     if users:
         await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), users, partitions)
     app_id = f"mem-{uuid.uuid4().hex[:6]}"
-    worker = Worker(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+    worker = WorkerProcess(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
     with running([worker]):
         started = time.monotonic()
         while True:
-            worker.check()
+            worker.check_alive()
             if worker.log_path.exists() and worker.log_path.read_text(errors="replace").count("decision core restored") >= partitions:
                 break
             if time.monotonic() - started > timeout:
@@ -143,7 +144,7 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
         # for 12 s, then read RSS; the rounds are reported.
         count, quiet_since, settling = -1, time.monotonic(), time.monotonic()
         while time.monotonic() - quiet_since < 12 and time.monotonic() - settling < 90:
-            worker.check()
+            worker.check_alive()
             now_count = worker.log_path.read_text(errors="replace").count("decision core restored")
             if now_count != count:
                 count, quiet_since = now_count, time.monotonic()

@@ -24,9 +24,10 @@ import uuid
 
 import orjson
 
+from relance.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, Worker, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    plain_consume, produce_items, redis_db, result, running, spread,
+    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
+    plain_consume, produce_items, redis_db, result, spread,
 )
 
 RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
@@ -40,7 +41,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     from agents.engine import partition_of
     from agents.rules import DecisionCore
     from relance.settings import Settings
-    from schemas.records import Kill, MessageEvent, Tick, loads, parse_record
+    from schemas.records import loads, parse_record
 
     settings = Settings.from_mapping(RULES)
     items = feeder_items(lines, partitions)
@@ -102,7 +103,7 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     app_id = f"engine-{uuid.uuid4().hex[:6]}"
     settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
                     app_id=app_id, data_dir=work / f"data-{app_id}")
-    procs = [Worker(work, ["engine"], pythonpath=pythonpath, **settings) for _ in range(workers)]
+    procs = [WorkerProcess(work, ["engine"], pythonpath=pythonpath, **settings) for _ in range(workers)]
     for index, proc in enumerate(procs):
         proc.env["RELANCE_DATA_DIR"] = str(work / f"data-{app_id}-{index}")
     with running(procs):

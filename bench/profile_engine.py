@@ -24,14 +24,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
+from relance.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, ROOT, Worker, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    produce_items, redis_db, result, running,
+    GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
+    produce_items, redis_db, result, 
 )
 from bench.pipeline_bench import RULES
 
@@ -140,7 +140,7 @@ async def main_async(args: argparse.Namespace) -> None:
         topic = topic_name(MESSAGES, prefix)
         sent, _ = await produce_items(bootstrap, topic, feeder_items(lines, args.partitions))
         app_id = f"engine-{uuid.uuid4().hex[:6]}"
-        worker = Worker(work, ["engine"], pythonpath=args.source, **dict(
+        worker = WorkerProcess(work, ["engine"], pythonpath=args.source, **dict(
             RULES, broker=bootstrap, redis_url=redis_db(redis_url, 9, flush=not args.redis_url),
             topic_prefix=prefix, partitions=args.partitions, app_id=app_id,
             data_dir=work / "data"))

@@ -33,7 +33,7 @@ def test_demo_delivers_followups_and_stops_everything_it_started(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert f"kafka up in" in output and "redis up in" in output  # it started its own stack
+    assert "kafka up in" in output and "redis up in" in output  # it started its own stack
     assert re.search(r"^follow-up delivered ", result.stdout, re.M), output[-4000:]
     delivered = int(re.search(r"summary: (\d+) follow-ups delivered", result.stdout).group(1))
     assert delivered >= 1

@@ -10,7 +10,7 @@ from streams.topics import FOLLOWUPS_REQUESTED, topic_name
 from tests.kafkaread import TopicReader
 from tests.rulebook import HOUR, MINUTE, at
 from tests.waiting import async_wait_for
-from tests.workers import WorkerProcess
+from relance.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

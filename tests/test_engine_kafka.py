@@ -10,7 +10,7 @@ from relance.traffic import TrafficShape, generate
 from streams.feeder import feed
 from streams.topics import DECISIONS, FOLLOWUPS_REQUESTED, topic_name
 from tests.kafkaread import TopicReader
-from tests.workers import WorkerProcess
+from relance.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

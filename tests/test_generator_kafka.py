@@ -25,7 +25,7 @@ from streams.userdata import KILLS_KEY, last_inbound_key, ledger_key
 from tests.fake_llm import OK_TEXT
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
-from tests.workers import WorkerProcess
+from relance.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

@@ -12,7 +12,7 @@ from schemas.records import parse_message
 from schemas.registry import BotRegistry
 from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
 from tests.kafkaread import TopicReader
-from tests.workers import WorkerProcess
+from relance.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.records import format_ts
 from streams.feeder import feed
-from tests.workers import WorkerProcess
+from relance.processes import WorkerProcess
 from waiting import wait_for
 
 pytestmark = pytest.mark.kafka

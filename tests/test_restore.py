@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import urllib.request
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families

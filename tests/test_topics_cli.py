@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.topics import CATALOG, MESSAGES, topic_name
-from tests.workers import RELANCE
+from relance.processes import RELANCE
 
 pytestmark = pytest.mark.kafka
 
