@@ -267,7 +267,7 @@ class DecisionCore:
 
     def _apply_message(self, event: MessageEvent) -> None:
         settings = self.settings
-        if event.ts <= self.clock - settings.window:
+        if event.ts < self.clock - settings.window:  # "older than the clock minus W"
             self.stats["too_old"] += 1
             return
         # Interned: the users dict, the pairs dicts and the heap share one string each.
@@ -454,12 +454,13 @@ class DecisionCore:
     def _expiry(self, pair: PairState) -> int:
         """When a silent pair can be forgotten without changing any later decision.
 
-        A late event may still arrive with ts > clock - W, and its decision (at ts + D or
-        later) counts inbound messages back to ts + D - W. Past L + max(2W - D, W + D),
-        every message of the pair is below that horizon and before any follow-up sent.
+        A late event may still arrive with ts >= clock - W, and its decision (at ts + D or
+        later) counts inbound messages after ts + D - W. Once the clock is past
+        L + max(2W - D, W + D), every message of the pair is at or below that horizon, and
+        such an event comes after any follow-up sent.
         """
         window, delay = self.settings.window, self.settings.idle_delay
-        return pair.last_ts + max(2 * window - delay, window + delay)
+        return pair.last_ts + max(2 * window - delay, window + delay) + 1
 
     def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
         del user.pairs[bot_id]

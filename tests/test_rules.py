@@ -174,6 +174,14 @@ def test_event_older_than_clock_minus_window_changes_nothing():
     assert "u1" not in r.core.users
 
 
+def test_an_event_exactly_at_clock_minus_window_still_counts():
+    # Only events *older* than clock - W change nothing (spec section 4).
+    r = run(window="2d", min_inbound=1).feed(tick(T0 + 2 * DAY), msg("u1", "b", T0))
+    assert r.core.stats["too_old"] == 0 and r.core.pairs_tracked() == 1
+    r.feed(msg("u2", "b", T0 - 1))
+    assert r.core.stats["too_old"] == 1
+
+
 def test_clock_never_moves_backwards():
     r = run().feed(tick(T0 + DAY), msg("u1", "b", T0))
     assert r.core.clock == T0 + DAY
@@ -201,9 +209,9 @@ def test_followup_id_is_deterministic_across_runs():
 def test_state_of_a_silent_pair_is_removed_once_no_late_event_can_need_it():
     r = run().feed(burst("u1", "b", T0, 5), tick(T0 + 13 * HOUR))
     last = T0 + 4 * MINUTE
-    r.feed(tick(last + 28 * DAY - 12 * HOUR - 1))   # L + 2W - D
+    r.feed(tick(last + 28 * DAY - 12 * HOUR))   # L + 2W - D: a late event could still need it
     assert r.core.pairs_tracked() == 1
-    r.feed(tick(last + 28 * DAY - 12 * HOUR))
+    r.feed(tick(last + 28 * DAY - 12 * HOUR + 1))
     assert r.core.pairs_tracked() == 0 and "u1" not in r.core.users
 
 

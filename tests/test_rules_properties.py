@@ -125,7 +125,7 @@ def counted_inbound(before: list, request, config: Settings) -> int:
         clock = max(clock, record.ts)
         if (record.user_id, record.bot_id) != (request.user_id, request.bot_id) or record.direction != "inbound":
             continue
-        if record.ts <= clock - config.window or (record.app, record.event_id) in seen:
+        if record.ts < clock - config.window or (record.app, record.event_id) in seen:
             continue
         seen.add((record.app, record.event_id))
         times.append(record.ts)
