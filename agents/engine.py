@@ -28,7 +28,7 @@ from aiokafka.partitioner import murmur2
 
 from agents.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
-from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, wall_ms
+from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, dead_letter_label, wall_ms
 from streams.kafkaloop import KafkaLoop, read_partition_to_end
 from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from streams.userdata import ledger_key
@@ -40,16 +40,6 @@ log = logging.getLogger("relance.engine")
 def partition_of(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), as every producer of ``messages`` uses."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def reason_label(reason: str) -> str:
-    """A bounded metric label for a dead-letter reason."""
-    text = reason.lower()
-    for needle, name in (("not json", "not_json"), ("missing field", "missing_field"),
-                         ("must be a json object", "not_object"), ("ahead of the clock", "future_ts")):
-        if needle in text:
-            return name
-    return "invalid_field"
 
 
 class Engine:
@@ -196,7 +186,7 @@ class Engine:
             listener(decision)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self.metrics.dead_letters.labels(stage="engine", reason=reason_label(reason)).inc()
+        self.metrics.dead_letters.labels(stage="engine", reason=dead_letter_label(reason)).inc()
         log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
         await self._send(self._deadletter_topic, dead_letter_for("engine", reason, record), None)
 

@@ -41,7 +41,7 @@ from relance.metrics import label
 from relance.settings import Settings
 from schemas.records import DeliveryRecord, FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
 from schemas.registry import Bot, RegistryFile
-from streams.app import Wiring, wall_ms
+from streams.app import Wiring, dead_letter_label, wall_ms
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
 from streams.userdata import KILLS_KEY, last_inbound_key, ledger_key
 
@@ -227,7 +227,7 @@ class Generator:
             attempt = parse_attempt(loads(event.value))
         except InvalidRecord as exc:
             reason = str(exc)
-            await self.wiring.dead_letter(STAGE, "not_json" if reason.startswith("not JSON") else "invalid_field", reason, event)
+            await self.wiring.dead_letter(STAGE, dead_letter_label(reason), reason, event)
             return
         if from_retry:
             await asyncio.sleep(wait_ms(attempt.not_before, wall_ms()) / 1000)

@@ -18,16 +18,10 @@ from aiokafka import ConsumerRecord, TopicPartition
 from agents.normalize import normalize_webhook
 from schemas.records import InvalidRecord, Kill, Tick, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
-from streams.app import Wiring, dead_letter_for
+from streams.app import Wiring, dead_letter_for, dead_letter_label
 from streams.kafkaloop import KafkaLoop
 from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
 from streams.userdata import KILLS_KEY
-
-
-def _reason_label(reason: str) -> str:
-    if reason.startswith("not JSON"):
-        return "not_json"
-    return "unknown_bot" if "no bot in the registry" in reason else "invalid_field"
 
 
 class WebhookIngest:
@@ -75,7 +69,7 @@ class WebhookIngest:
             self.metrics.receipts_dropped.labels(app=app).inc(count)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self.metrics.dead_letters.labels(stage="ingest", reason=_reason_label(reason)).inc()
+        self.metrics.dead_letters.labels(stage="ingest", reason=dead_letter_label(reason)).inc()
         self._pending.append(await self.producer.send(self._deadletter, dead_letter_for("ingest", reason, record)))
 
     async def flush(self) -> None:
@@ -108,7 +102,7 @@ def install(wiring: Wiring) -> None:
             try:
                 record = parse_control(loads(event.value))
             except InvalidRecord as exc:
-                await wiring.dead_letter("ingest", "invalid_field", str(exc), event)
+                await wiring.dead_letter("ingest", dead_letter_label(str(exc)), str(exc), event)
                 continue
             body = orjson.dumps(control_to_dict(record))
             if isinstance(record, Kill):

@@ -84,6 +84,18 @@ class Wiring:
         await self.topic(DEADLETTER).send(value=letter.to_json())
 
 
+_REASON_LABELS = (
+    ("not json", "not_json"), ("missing field", "missing_field"), ("must be a json object", "not_object"),
+    ("ahead of the clock", "future_ts"), ("no bot in the registry", "unknown_bot"),
+)
+
+
+def dead_letter_label(reason: str) -> str:
+    """The bounded metric label of a readable dead-letter reason (relance/metrics.py)."""
+    text = reason.lower()
+    return next((name for needle, name in _REASON_LABELS if needle in text), "invalid_field")
+
+
 def dead_letter_for(stage: str, reason: str, record: Any) -> bytes:
     """The dead letter of a record a batch stage could not use (an aiokafka record)."""
     return DeadLetter(reason=reason, source_topic=record.topic, partition=record.partition,

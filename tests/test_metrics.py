@@ -7,8 +7,12 @@ so such a change must be made here on purpose, not by accident.
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relance import metrics
+from streams.app import dead_letter_label
 from relance.metrics import (
     LLM_SECONDS_BUCKETS,
     TIMER_LAG_SECONDS_BUCKETS,
@@ -172,3 +176,16 @@ def test_label_keeps_short_words_and_bounds_everything_else():
     assert label("") == "other"
     assert label(None) == "other"
     assert label("??", fallback="unknown") == "unknown"
+
+
+@pytest.mark.parametrize("reason,label", [
+    ("not JSON: unexpected character", "not_json"),
+    ("missing field text", "missing_field"),
+    ("a record must be a JSON object, got list", "not_object"),
+    ("ts is more than 5 minutes ahead of the clock (400000 ms)", "future_ts"),
+    ("entry[0].changes[0].value.messages[0]: no bot in the registry owns whatsapp phone_number_id 1", "unknown_bot"),
+    ("tz 'Mars/Olympus' is not a known IANA time zone", "invalid_field"),
+])
+def test_every_stage_labels_a_dead_letter_reason_the_same_bounded_way(reason, label):
+    assert dead_letter_label(reason) == label
+    assert label in metrics.DEAD_LETTER_REASONS
