@@ -249,16 +249,17 @@ def feeder_items(lines: list[bytes], partitions: int) -> list[tuple[bytes | None
 
 
 async def produce_items(bootstrap: str, topic: str, items) -> tuple[int, float]:
-    """Like ``produce`` for (key, value, headers, partition) tuples."""
+    """Like ``produce`` for (key, value, headers, partition) tuples, from any iterable."""
     from aiokafka import AIOKafkaProducer
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
                                 max_request_size=4 * 1024 * 1024, acks=1, request_timeout_ms=60_000)
     await producer.start()
     started = time.perf_counter()
     try:
-        pending = []
+        pending, sent = [], 0
         for key, value, headers, partition in items:
             pending.append(await producer.send(topic, value, key=key, headers=headers, partition=partition))
+            sent += 1
             if len(pending) >= 50_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -266,7 +267,7 @@ async def produce_items(bootstrap: str, topic: str, items) -> tuple[int, float]:
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return len(items), time.perf_counter() - started
+    return sent, time.perf_counter() - started
 
 
 def redis_db(redis_url: str, index: int, flush: bool) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 
 from relance.processes import WorkerProcess, running
-from bench.common import add_stack_flags, bench_stack, fresh_prefix, redis_db, result, rss_mb
+from bench.common import add_stack_flags, bench_stack, fresh_prefix, produce_items, redis_db, result, rss_mb
 
 START = 1_795_856_400_000
 BOTS = ("maestro", "chef-lucie")
@@ -95,26 +95,13 @@ def core_measure(pairs: int, source: str | None = None) -> tuple[int, float, flo
 
 
 async def write_state(bootstrap: str, topic: str, users: int, partitions: int) -> float:
-    from aiokafka import AIOKafkaProducer
+    """The engine.state records of ``users`` users, on their partitions; seconds taken."""
     from agents.engine import partition_of
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024, acks=1,
-                                max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    started = time.perf_counter()
     make = StateMaker()
-    try:
-        pending = []
-        for n in range(users):
-            key = f"u{n:08d}".encode()
-            pending.append(await producer.send(topic, make(n), key=key, partition=partition_of(key, partitions)))
-            if len(pending) >= 50_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await producer.flush()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
+    keys = (f"u{n:08d}".encode() for n in range(users))
+    items = ((key, make(n), None, partition_of(key, partitions)) for n, key in enumerate(keys))
+    _, seconds = await produce_items(bootstrap, topic, items)
+    return seconds
 
 
 async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, partitions: int,
