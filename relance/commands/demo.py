@@ -194,9 +194,9 @@ class Demo:
             if port_in_use(web_port):
                 raise DemoError(f"web port {web_port} for the {name} is in use; choose others with --web-port")
             args = ["worker"] + [item for role in roles for item in ("--role", role)]
-            # One consumer group per kind of worker: Faust gives a worker with tables its own
-            # assignment protocol and one without tables round-robin, and Kafka refuses to mix
-            # the two in one group (InconsistentGroupProtocolError).
+            # One app id (so consumer groups) per kind of worker: should a role ever hold a
+            # Faust table, Faust would give its workers another assignment protocol, and
+            # Kafka refuses to mix two in one group (InconsistentGroupProtocolError).
             env = self.worker_env(web_port, app_id="relance-" + "-".join(roles))
             child = start_child(name, args, env, self.run_dir / f"worker-{web_port}.log", web_port)
             self.workers.append(child)
