@@ -191,6 +191,12 @@ class MessageEvent:
 
 def parse_message(obj: Any) -> MessageEvent:
     """Validate a decoded canonical message event; raises InvalidRecord with the reason."""
+    event = _common_message(obj)
+    return event if event is not None else _checked_message(obj)
+
+
+def _checked_message(obj: Any) -> MessageEvent:
+    """Every field checked one by one: the reason for anything invalid, and the rare shapes."""
     obj = _object(obj)
     event_id = _identifier(obj, "event_id")
     text = obj.get("text", None)
@@ -213,6 +219,54 @@ def parse_message(obj: Any) -> MessageEvent:
         text=text,
         extra=extra,
     )
+
+
+def _common_message(obj: Any) -> MessageEvent | None:
+    """The shape nearly every record has, checked in a few comparisons; None for the rest.
+
+    Accepts only what the full validation accepts, with the same result (a property test
+    holds the two together): the seven fields, nothing else, and ``ts`` written as the
+    producers write it, ``YYYY-MM-DDTHH:MM:SS.mmmZ``. Anything else, including every
+    invalid record, takes the full path, which says what is wrong.
+    """
+    if type(obj) is not dict or len(obj) != 7:
+        return None
+    get = obj.get
+    event_id, app, user_id, bot_id = get("event_id"), get("app"), get("user_id"), get("bot_id")
+    direction, ts, text = get("direction"), get("ts"), get("text")
+    if not (type(event_id) is str and type(user_id) is str and type(bot_id) is str and type(text) is str
+            and 0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user_id) <= MAX_ID_LENGTH
+            and 0 < len(bot_id) <= MAX_ID_LENGTH and len(text) <= MAX_TEXT_LENGTH
+            and type(app) is str and app in _APP_SET and type(direction) is str and direction in _DIRECTION_SET
+            and type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[19] == "."):
+        return None
+    day = _day_ms(ts[:10])
+    hour, minute, second = _HOURS.get(ts[11:13]), _TWO_DIGITS.get(ts[14:16]), _TWO_DIGITS.get(ts[17:19])
+    millis = _THREE_DIGITS.get(ts[20:23])
+    if (day is None or hour is None or minute is None or second is None or millis is None
+            or ts[10] != "T" or ts[13] != ":" or ts[16] != ":"):
+        return None
+    ms = day + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis
+    return MessageEvent(event_id, app, user_id, bot_id, direction, ms, text, {})
+
+
+_APP_SET = frozenset(APPS)
+_DIRECTION_SET = frozenset(DIRECTIONS)
+_THREE_DIGITS = {f"{n:03d}": n for n in range(1000)}
+_HOURS = {f"{n:02d}": n for n in range(24)}
+_DATE = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])")
+
+
+@lru_cache(maxsize=1024)
+def _day_ms(text: str) -> int | None:
+    """``YYYY-MM-DD`` from 1970 on as epoch milliseconds; None for anything else."""
+    if _DATE.fullmatch(text) is None:
+        return None
+    try:
+        days = date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
+    except ValueError:  # a day its month does not have
+        return None
+    return days * 86_400_000 if days >= 0 else None
 
 
 # -- control events --------------------------------------------------------------------
@@ -324,8 +378,11 @@ def control_to_dict(event: ControlEvent) -> dict:
 
 def parse_record(obj: Any) -> MessageEvent | ControlEvent:
     """A replay line: a record with ``type`` is a control event or tick, else a message."""
+    event = _common_message(obj)
+    if event is not None:
+        return event
     obj = _object(obj)
-    return parse_control(obj) if "type" in obj else parse_message(obj)
+    return parse_control(obj) if "type" in obj else _checked_message(obj)
 
 
 # -- outputs of the engine -------------------------------------------------------------

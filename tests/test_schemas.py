@@ -361,3 +361,38 @@ def test_send_bodies_built_by_the_delivery_stage_validate():
         decoded = orjson.loads(record.to_json())
         assert [e.message for e in VALIDATORS["delivery"].iter_errors(decoded)] == []
         assert parser_accepts("delivery", decoded)
+
+
+# -- the common-shape fast path ----------------------------------------------------------
+
+_TS_TEXT = st.one_of(
+    st.datetimes(min_value=datetime(1960, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"),
+    st.text(alphabet="0123456789-T:.Zz+ t", min_size=20, max_size=26),
+    st.sampled_from(["2026-02-29T10:00:00.000Z", "2026-11-28T24:00:00.000Z", "2026-11-28T09:60:00.000Z",
+                     "2026-11-28T09:30:60.000Z", "2026-11-28t09:30:00.000Z", "2026-11-28T09:30:00.000z",
+                     "2026-11-28T09:30:00,000Z", "1969-12-31T23:59:59.999Z", "2026-11-28T09:30:00.0000"]),
+)
+_FIELD = st.one_of(st.text(max_size=3), st.none(), st.integers(), st.just(""), st.just("x" * 257))
+
+
+@given(
+    ts=_TS_TEXT,
+    app=st.one_of(st.sampled_from(["whatsapp", "facebook", "instagram", "telegram"]), _FIELD),
+    direction=st.one_of(st.sampled_from(["inbound", "outbound", "Inbound"]), _FIELD),
+    user_id=st.one_of(st.just("u1"), _FIELD), text=st.one_of(st.just("hello"), st.just("y" * 8193), _FIELD),
+    extra=st.dictionaries(st.sampled_from(["type", "lang", "event_id"]), st.just("z"), max_size=1),
+)
+def test_the_common_shape_fast_path_agrees_with_the_full_validation(ts, app, direction, user_id, text, extra):
+    from schemas.records import _checked_message, _common_message
+    obj = {"event_id": "e1", "app": app, "user_id": user_id, "bot_id": "b", "direction": direction, "ts": ts, "text": text}
+    obj.update(extra)
+    fast = _common_message(obj)
+    try:
+        checked = _checked_message(obj)
+    except InvalidRecord:
+        checked = None
+    if fast is not None:  # never accepts more, never reads a field differently
+        assert fast == checked
+    elif len(obj) == 7 and checked is not None and isinstance(ts, str) and len(ts) == 24 and ts.endswith("Z") and ts[10] == "T":
+        pytest.fail(f"fast path refused a record in the producers' format: {obj}")
