@@ -115,13 +115,13 @@ def quiet_hours_end(ts_ms: int, tz: str | None, quiet_hours: tuple[int, int] | N
     if quiet_hours is None:
         return None
     start, end = quiet_hours
-    zone = _zone(tz)
-    local = datetime.fromtimestamp(ts_ms / 1000, tz=zone)
-    minute = local.hour * 60 + local.minute
+    minute = (ts_ms + _utc_offset_ms(tz, ts_ms)) // 60_000 % 1440
     wraps = start > end
     inside = (minute >= start or minute < end) if wraps else (start <= minute < end)
     if not inside:
         return None
+    zone = _zone(tz)
+    local = datetime.fromtimestamp(ts_ms / 1000, tz=zone)
     end_day = local.date()
     if wraps and minute >= start:
         end_day += timedelta(days=1)
@@ -129,3 +129,26 @@ def quiet_hours_end(ts_ms: int, tz: str | None, quiet_hours: tuple[int, int] | N
     local_end = naive_end.replace(tzinfo=zone)
     # A DST gap can swallow the end time; round-tripping through UTC lands just after it.
     return int(local_end.astimezone(timezone.utc).timestamp() * 1000)
+
+
+_QUARTER_MS = 15 * 60_000
+
+
+def _utc_offset_ms(tz: str | None, ts_ms: int) -> int:
+    """How far ahead of UTC zone ``tz`` is at ``ts_ms``: every decision asks, so it is cached."""
+    if tz is None:
+        return 0
+    offset = _quarter_offset_ms(tz, ts_ms // _QUARTER_MS)
+    return offset if offset is not None else _offset_at(tz, ts_ms)
+
+
+@lru_cache(maxsize=65_536)
+def _quarter_offset_ms(tz: str, quarter: int) -> int | None:
+    """The zone's offset over one quarter hour of UTC, or None if it changes inside it."""
+    first = _offset_at(tz, quarter * _QUARTER_MS)
+    return first if first == _offset_at(tz, (quarter + 1) * _QUARTER_MS - 1) else None
+
+
+def _offset_at(tz: str, ts_ms: int) -> int:
+    local = datetime.fromtimestamp(ts_ms // 1000, tz=_zone(tz))
+    return int(local.utcoffset().total_seconds() * 1000)

@@ -238,3 +238,23 @@ def test_every_decision_records_every_rule():
     r = run().feed(burst("u1", "b", T0, 5), tick(T0 + DAY))
     from agents.rules import RULES
     assert tuple(check.rule for check in r.decisions[0].checks) == RULES
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Chatham"])
+def test_cached_zone_offsets_give_the_local_minute_across_every_transition(zone):
+    # The offset is cached per quarter hour of UTC; Lord Howe moves by 30 minutes,
+    # St John's sits at -3:30, Chatham at +12:45: around each transition the local time
+    # must be the one the calendar gives.
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from agents.safety import _utc_offset_ms
+    tz = ZoneInfo(zone)
+    start = at("01-01 00:00")
+    transitions = [ts for ts in range(start, start + 366 * DAY, HOUR)
+                   if tz.utcoffset(datetime.fromtimestamp(ts / 1000, tz)) != tz.utcoffset(datetime.fromtimestamp((ts + HOUR) / 1000, tz))]
+    assert transitions, "the zone changes its offset in the year"
+    for transition in transitions:
+        for ts in range(transition - 2 * HOUR, transition + 3 * HOUR, 7 * 1000):
+            local = datetime.fromtimestamp(ts / 1000, tz)
+            assert (ts + _utc_offset_ms(zone, ts)) // MINUTE % 1440 == local.hour * 60 + local.minute, ts
