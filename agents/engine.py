@@ -17,10 +17,11 @@ publication; a crash before it re-publishes, and downstream drops the duplicate 
 """
 from __future__ import annotations
 
-import asyncio
 import collections
+import gc
 import logging
-from typing import Callable
+from pathlib import Path
+from typing import Awaitable, Callable
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
@@ -30,6 +31,8 @@ from agents.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, dead_letter_label, wall_ms
 from streams.kafkaloop import KafkaLoop, read_partition_to_end
+from streams.idlestore import RocksIdleStore
+from streams.outbox import Outbox
 from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from streams.userdata import ledger_key
 
@@ -51,11 +54,11 @@ class Engine:
         self.metrics = wiring.metrics
         self.cores: dict[int, DecisionCore] = {}
         self.loop: KafkaLoop | None = None
-        self.producer = None
-        self.decision_listeners: list[Callable[[DecisionRecord], None]] = []
+        self.outbox: Outbox | None = None
+        # Each listener gets a decision and its JSON, encoded once for everyone.
+        self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
         self._meta_changed: set[int] = set()
-        self._pending: list[asyncio.Future] = []
         self._wall = self.settings.clock == "wall"
         self._window_s = self.settings.window // 1000
         prefix = self.settings.topic_prefix
@@ -77,10 +80,19 @@ class Engine:
 
     async def on_revoked(self, partitions: list[int]) -> None:
         for partition in partitions:
-            self.cores.pop(partition, None)
+            core = self.cores.pop(partition, None)
+            if core is not None and isinstance(core.idle, RocksIdleStore):
+                core.idle.close()
+
+    def _idle_store(self, partition: int) -> RocksIdleStore | None:
+        """None: the core keeps idle users in a dict."""
+        if self.settings.store != "rocksdb":
+            return None
+        folder = f"{self.settings.topic_prefix}{self.settings.app_id}-engine-idle"
+        return RocksIdleStore(Path(self.settings.data_dir) / folder / str(partition))
 
     async def _restore(self, partition: int) -> DecisionCore:
-        core = DecisionCore(self.settings)
+        core = DecisionCore(self.settings, idle=self._idle_store(partition))
         latest: dict[bytes, bytes] = {}
         for record in await read_partition_to_end(self.settings.broker, self._state_topic, partition):
             latest[record.key] = record.value
@@ -90,7 +102,10 @@ class Engine:
         for key, value in latest.items():
             if value:
                 core.load_user(key.decode(), UserState.from_dict(orjson.loads(value)))
-        log.info("partition %d: decision core restored with %d users", partition, len(core.users))
+        log.info("partition %d: decision core restored with %d pairs", partition, core.pairs_tracked())
+        # Pair state is long-lived and holds no cycles: out of the collector's sight, a
+        # full collection does not walk a million pairs (see relance/commands/worker.py).
+        gc.freeze()
         return core
 
     # -- input ---------------------------------------------------------------------
@@ -101,33 +116,33 @@ class Engine:
         for tp, records in batch.items():
             core = self.cores[tp.partition]  # restored in on_assigned
             kills_before = core.kills.to_dict()
-            for record in records:
-                reason = self._feed(core, record, now)
-                if reason is not None:
-                    invalid.append((record, reason))
+            self._feed(core, records, now, invalid)
             if core.kills.to_dict() != kills_before:
                 self._meta_changed.add(tp.partition)
         for record, reason in invalid:
-            await self._dead_letter(record, reason)
+            self._dead_letter(record, reason)
         await self._emit(batch_partitions=[tp.partition for tp in batch])
         self._count_events()
 
-    def _feed(self, core: DecisionCore, record: ConsumerRecord, now: int | None) -> str | None:
-        """Apply one record; the reason if it is invalid."""
-        if not self._wall:
-            for name, value in record.headers or ():
-                if name == CLOCK_HEADER:
-                    core.advance(int(value), inclusive=False)
-        if not record.value:  # an empty value only carries the stream clock
-            return None
-        try:
-            parsed = parse_record(loads(record.value))
-            core.feed(parsed, now=now)
-        except InvalidRecord as exc:
-            return str(exc)
-        if isinstance(parsed, MessageEvent):
-            self._events_in[parsed.app] += 1
-        return None
+    def _feed(self, core: DecisionCore, records: list[ConsumerRecord], now: int | None,
+              invalid: list[tuple[ConsumerRecord, str]]) -> None:
+        """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
+        event_mode, feed, advance, events_in = not self._wall, core.feed, core.advance, self._events_in
+        for record in records:
+            if event_mode:
+                for name, value in record.headers or ():
+                    if name == CLOCK_HEADER:
+                        advance(int(value), inclusive=False)
+            if not record.value:  # an empty value only carries the stream clock
+                continue
+            try:
+                parsed = parse_record(loads(record.value))
+                feed(parsed, now)
+            except InvalidRecord as exc:
+                invalid.append((record, str(exc)))
+                continue
+            if type(parsed) is MessageEvent:
+                events_in[parsed.app] += 1
 
     async def idle(self) -> None:
         """Between batches: in wall mode, the decisions now due in every owned partition."""
@@ -149,25 +164,32 @@ class Engine:
             core_requests, decisions, core_erased, dirty = core.drain()
             requests += core_requests
             erased += core_erased
-            for decision in decisions:
-                await self._record_decision(core, decision)
+            if decisions:
+                self._record_decisions(core, decisions)
             self._unsaved[partition] |= dirty
             self._count(core)
         if requests:
             await self._publish_requests(requests)
         if erased:
             await self.wiring.redis.delete(*(ledger_key(user_id) for user_id in erased))
+        await self.outbox.send()  # on their way now; acknowledged before the next commit
 
     async def _publish_requests(self, requests: list[FollowupRequest]) -> None:
+        """Publish the requests not in the ledger, then record them there once acknowledged.
+
+        Inline, not in the background: the ledger write must follow the acknowledgement
+        at once, as a crash in between publishes the follow-up again after the restart
+        (the generator drops the copy by id, but none should be made).
+        """
         redis = self.wiring.redis
         async with redis.pipeline(transaction=False) as pipe:
             for request in requests:
                 pipe.hexists(ledger_key(request.user_id), request.followup_id)
             published = await pipe.execute()
         fresh = [request for request, seen in zip(requests, published) if not seen]
-        sent = [await self.producer.send(self._requests_topic, request.to_json(), key=request.user_id.encode())
-                for request in fresh]
-        await asyncio.gather(*sent)  # acknowledged by Kafka before the ledger says so
+        for request in fresh:
+            self.outbox.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
+        await self.outbox.flush()
         async with redis.pipeline(transaction=False) as pipe:
             for request in fresh:
                 pipe.hset(ledger_key(request.user_id), request.followup_id, request.due_ts)
@@ -177,42 +199,56 @@ class Engine:
             self.metrics.followups_generated.labels(app=request.app).inc()
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
-    async def _record_decision(self, core: DecisionCore, decision: DecisionRecord) -> None:
-        self.metrics.decisions.labels(outcome=decision.outcome, reason=decision.stopped_by or "none").inc()
-        if self._wall:
-            self.metrics.timer_lag.observe(max(0, core.clock - decision.due_ts) / 1000)
-        await self._send(self._decisions_topic, decision.to_json(), decision.user_id.encode())
-        for listener in self.decision_listeners:
-            listener(decision)
+    def _record_decisions(self, core: DecisionCore, decisions: list[DecisionRecord]) -> None:
+        outcomes: collections.Counter = collections.Counter()
+        for decision in decisions:
+            encoded = decision.to_json()
+            self.outbox.add(self._decisions_topic, encoded, key=decision.user_id.encode())
+            outcomes[decision.outcome, decision.stopped_by or "none"] += 1
+            if self._wall:
+                self.metrics.timer_lag.observe(max(0, core.clock - decision.due_ts) / 1000)
+            for listener in self.decision_listeners:
+                listener(decision, encoded)
+        for (outcome, reason), count in outcomes.items():
+            self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self.metrics.dead_letters.labels(stage="engine", reason=dead_letter_label(reason)).inc()
         log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
-        await self._send(self._deadletter_topic, dead_letter_for("engine", reason, record), None)
+        self.outbox.add(self._deadletter_topic, dead_letter_for("engine", reason, record), key=record.key)
 
-    async def _send(self, topic: str, value: bytes, key: bytes | None, partition: int | None = None) -> None:
-        # Awaited one by one: the producer queues them in this order, per partition.
-        self._pending.append(await self.producer.send(topic, value, key=key, partition=partition))
+    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+        """The changed users and each clock as they are now, to be written once every
+        follow-up decided so far is acknowledged and in the ledger.
 
-    async def flush(self) -> None:
-        """Before a commit: the changed users and the clock written, everything acknowledged."""
+        The order is what makes a crash safe: state that records a follow-up as sent is
+        only written once the ledger holds it, which ``_publish_requests`` made so before
+        this snapshot. Encoded now, written later: batches processed meanwhile change the
+        cores, not this snapshot.
+        """
+        state: list[tuple[bytes, bytes, int]] = []
         for partition, users in self._unsaved.items():
             core = self.cores.get(partition)
             if core is None:
                 continue
             for user_id in users:
-                user = core.users.get(user_id)
-                value = orjson.dumps(user.to_dict()) if user is not None else b""
-                await self._send(self._state_topic, value, user_id.encode(), partition)
+                user = core.user(user_id)
+                state.append((orjson.dumps(user.to_dict()) if user is not None else b"", user_id.encode(), partition))
             self._meta_changed.add(partition)
         self._unsaved.clear()
+        for core in self.cores.values():
+            core.pack_idle()
         for partition in self._meta_changed:
             if partition in self.cores:
-                await self._send(self._state_topic, orjson.dumps(self.cores[partition].export_meta()), META_KEY, partition)
+                state.append((orjson.dumps(self.cores[partition].export_meta()), META_KEY, partition))
         self._meta_changed.clear()
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
         self.metrics.pairs_tracked.set(sum(core.pairs_tracked() for core in self.cores.values()))
+
+        async def write() -> None:
+            for value, key, partition in state:
+                self.outbox.add(self._state_topic, value, key, partition)
+            await self.outbox.flush()
+        return write
 
     def _count(self, core: DecisionCore) -> None:
         for language in core.distress_languages:
@@ -235,7 +271,8 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_engine_loop() -> None:
-        engine.producer = await wiring.producer()
+        engine.outbox = Outbox(await wiring.producer())
+        await engine.outbox.know(engine._decisions_topic, engine._requests_topic, engine._deadletter_topic)
         engine.loop = KafkaLoop(
             bootstrap=settings.broker, topics=[topic_name(MESSAGES, settings.topic_prefix)],
             group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,

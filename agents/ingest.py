@@ -9,8 +9,8 @@
 """
 from __future__ import annotations
 
-import asyncio
 import collections
+from typing import Awaitable, Callable
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
@@ -20,6 +20,7 @@ from schemas.records import InvalidRecord, Kill, Tick, control_to_dict, loads, p
 from schemas.registry import RegistryFile
 from streams.app import Wiring, dead_letter_for, dead_letter_label
 from streams.kafkaloop import KafkaLoop
+from streams.outbox import Outbox
 from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
 from streams.userdata import KILLS_KEY
 
@@ -33,9 +34,8 @@ class WebhookIngest:
         self.app_of_topic = {topic_name(spec, prefix): app for app, spec in RAW_BY_APP.items()}
         self._messages = topic_name(MESSAGES, prefix)
         self._deadletter = topic_name(DEADLETTER, prefix)
-        self.producer = None
+        self.outbox: Outbox | None = None
         self.loop: KafkaLoop | None = None
-        self._pending: list = []
 
     async def on_assigned(self, partitions: list[int]) -> None:
         """Stateless: nothing to restore when partitions come, nothing to drop when they go."""
@@ -47,7 +47,7 @@ class WebhookIngest:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         registry = self.registry.current()
-        webhooks, receipts, events = collections.Counter(), collections.Counter(), collections.Counter()
+        webhooks, receipts = collections.Counter(), collections.Counter()
         for tp, records in batch.items():
             app = self.app_of_topic[tp.topic]
             webhooks[app] += len(records)
@@ -55,26 +55,26 @@ class WebhookIngest:
                 try:
                     result = normalize_webhook(app, record.value or b"", registry)
                 except InvalidRecord as exc:
-                    await self._dead_letter(record, str(exc))
+                    self._dead_letter(record, str(exc))
                     continue
                 receipts[app] += result.dropped
-                events[app] += len(result.events)
                 for event in result.events:
-                    self._pending.append(await self.producer.send(self._messages, event.to_json(), key=event.user_id.encode()))
+                    self.outbox.add(self._messages, event.to_json(), key=event.user_id.encode())
                 for reason in result.errors:
-                    await self._dead_letter(record, reason)
+                    self._dead_letter(record, reason)
         for app, count in webhooks.items():
             self.metrics.webhooks_in.labels(app=app).inc(count)
         for app, count in receipts.items():
             self.metrics.receipts_dropped.labels(app=app).inc(count)
+        await self.outbox.send()
 
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self.metrics.dead_letters.labels(stage="ingest", reason=dead_letter_label(reason)).inc()
-        self._pending.append(await self.producer.send(self._deadletter, dead_letter_for("ingest", reason, record)))
+        self.outbox.add(self._deadletter, dead_letter_for("ingest", reason, record), key=record.key)
 
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
+    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+        """Every event of the batches so far acknowledged: the outbox holds them in order."""
+        return self.outbox.flush
 
 
 def install(wiring: Wiring) -> None:
@@ -84,7 +84,8 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_ingest_loop() -> None:
-        ingest.producer = await wiring.producer()
+        ingest.outbox = Outbox(await wiring.producer())
+        await ingest.outbox.know(ingest._messages, ingest._deadletter)
         ingest.loop = KafkaLoop(
             bootstrap=settings.broker, topics=list(ingest.app_of_topic),
             group=f"{settings.topic_prefix}{settings.app_id}.ingest", stage=ingest,

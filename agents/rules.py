@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import sys
-from array import array
-from dataclasses import dataclass, field
+from typing import MutableMapping
 
 from agents.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
+from agents.state import APP_NAMES, NOBODY, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
 from relance.settings import Settings
 from schemas.records import (
-    APPS, Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
+    Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
     MessageEvent, OptIn, OptOut, Profile, Tick,
 )
 
@@ -35,148 +35,12 @@ RULES = (
 )
 
 EMITTED, SUPPRESSED, DEFERRED = "emitted", "suppressed", "deferred"
-_APP_NAMES = {app: app for app in APPS}  # one string object per app, not one per pair
 
 
 def event_key(app: str, event_id: str) -> int:
     """A message's identity, ``(app, event_id)``, as a signed 64-bit hash: 8 bytes, not 100."""
     digest = hashlib.blake2b(f"{app}:{event_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-@dataclass(slots=True)
-class PairState:
-    """What the rule needs of one (user, bot): the last N inbound messages, not all.
-
-    ``inbound`` is packed as ``[ts, key, ts, key, ...]`` in ascending ``ts``: a million
-    pairs must fit in a worker's memory.
-    """
-
-    inbound: array = field(default_factory=lambda: array("q"))
-    last_ts: int = -1                 # L: latest message either way
-    last_inbound_ts: int = -1         # I: latest inbound message
-    last_inbound_key: int = 0         # event_key of the latest inbound message
-    app: str = ""                     # app of the latest inbound (of any message before one)
-    due: int | None = None            # next decision: L + D, or the end of quiet hours
-    emitted_at: int | None = None     # send time of the last follow-up emitted
-    queued: int | None = field(default=None, compare=False)  # its one due-heap entry; not saved
-
-    def inbound_times(self) -> list[int]:
-        return list(self.inbound[0::2])
-
-    def add_inbound(self, ts: int, key: int, keep: int) -> bool:
-        """Insert in time order and keep the last ``keep``; False for a duplicate."""
-        packed = self.inbound
-        if key in packed[1::2]:
-            return False
-        at = len(packed)
-        while at >= 2 and packed[at - 2] > ts:
-            at -= 2
-        packed.insert(at, key)
-        packed.insert(at, ts)
-        if len(packed) > 2 * keep:
-            del packed[0:2]
-        return True
-
-    def to_dict(self) -> dict:
-        return {
-            "inbound": self.inbound.tolist(), "last_ts": self.last_ts,
-            "last_inbound_ts": self.last_inbound_ts, "last_inbound_key": self.last_inbound_key,
-            "app": self.app, "due": self.due, "emitted_at": self.emitted_at,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PairState":
-        return cls(
-            inbound=array("q", data["inbound"]), last_ts=data["last_ts"],
-            last_inbound_ts=data["last_inbound_ts"], last_inbound_key=data["last_inbound_key"],
-            app=_APP_NAMES.get(data["app"], data["app"]), due=data["due"], emitted_at=data["emitted_at"],
-        )
-
-
-_NOBODY: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class UserState:
-    """One user across every bot and app: profile, opt-outs, cap history and pairs.
-
-    Rarely set fields hold shared immutable empties, replaced on write, so a user
-    costs little more than its pairs.
-    """
-
-    tz: str | None = None
-    minor: bool | None = None
-    opt_out_all: bool = False
-    opt_out_bots: frozenset[str] = _NOBODY
-    opt_in_bots: frozenset[str] = _NOBODY       # exceptions to opt_out_all
-    opt_in_at: dict[str, int] | None = None     # bot ("*" for all) -> clock of the opt-in
-    distress_until: int = -1
-    sends: tuple[int, ...] = ()                 # send times of recent follow-ups
-    pairs: dict[str, PairState] = field(default_factory=dict)
-
-    def opted_out(self, bot_id: str) -> bool:
-        if bot_id in self.opt_out_bots:
-            return True
-        return self.opt_out_all and bot_id not in self.opt_in_bots
-
-    def opted_in_at(self, bot_id: str) -> int:
-        if self.opt_in_at is None:
-            return -1
-        return max(self.opt_in_at.get(bot_id, -1), self.opt_in_at.get("*", -1))
-
-    def is_empty(self) -> bool:
-        return (not self.pairs and self.tz is None and self.minor is None
-                and not self.opt_out_all and not self.opt_out_bots and not self.opt_in_bots
-                and not self.sends)
-
-    def to_dict(self) -> dict:
-        return {
-            "tz": self.tz, "minor": self.minor, "opt_out_all": self.opt_out_all,
-            "opt_out_bots": sorted(self.opt_out_bots), "opt_in_bots": sorted(self.opt_in_bots),
-            "opt_in_at": self.opt_in_at or {}, "distress_until": self.distress_until,
-            "sends": list(self.sends), "pairs": {bot: pair.to_dict() for bot, pair in self.pairs.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "UserState":
-        return cls(
-            tz=data["tz"], minor=data["minor"], opt_out_all=data["opt_out_all"],
-            opt_out_bots=frozenset(data["opt_out_bots"]), opt_in_bots=frozenset(data["opt_in_bots"]),
-            opt_in_at=dict(data["opt_in_at"]) or None, distress_until=data["distress_until"],
-            sends=tuple(data["sends"]),
-            pairs={sys.intern(bot): PairState.from_dict(pair) for bot, pair in data["pairs"].items()},
-        )
-
-
-@dataclass(slots=True)
-class KillSwitches:
-    everything: bool = False
-    bots: set[str] = field(default_factory=set)
-    apps: set[str] = field(default_factory=set)
-
-    def stops(self, bot_id: str, app: str) -> str | None:
-        if self.everything:
-            return "all follow-ups are killed"
-        if bot_id in self.bots:
-            return f"bot {bot_id} is killed"
-        if app in self.apps:
-            return f"app {app} is killed"
-        return None
-
-    def apply(self, kill: Kill) -> None:
-        if kill.scope == "all":
-            self.everything = kill.on
-            return
-        target = self.bots if kill.scope == "bot" else self.apps
-        (target.add if kill.on else target.discard)(kill.id)
-
-    def to_dict(self) -> dict:
-        return {"everything": self.everything, "bots": sorted(self.bots), "apps": sorted(self.apps)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "KillSwitches":
-        return cls(everything=data["everything"], bots=set(data["bots"]), apps=set(data["apps"]))
 
 
 def followup_id(user_id: str, bot_id: str, last_inbound_ts: int, last_inbound_key: int) -> str:
@@ -196,12 +60,22 @@ def in_holdout(user_id: str, bot_id: str, share: float) -> bool:
 class DecisionCore:
     """Pair state, the due-time index and the rule, for the users of one partition."""
 
-    def __init__(self, settings: Settings, classifier: DistressClassifier | None = None) -> None:
+    def __init__(self, settings: Settings, classifier: DistressClassifier | None = None,
+                 idle: MutableMapping[str, bytes] | None = None) -> None:
         self.settings = settings
+        # Read on every message: plain attributes, not settings lookups.
+        self._wall = settings.clock == "wall"
+        self._window, self._idle_delay, self._min_inbound = settings.window, settings.idle_delay, settings.min_inbound
         self.classifier = classifier or PhraseListClassifier()
+        self._engaged: dict[int, Check] = {}
         self.clock = -1
         self.kills = KillSwitches()
+        # Users as objects while they change; idle ones packed (bytes) in ``idle``, a dict
+        # or any mapping the caller gives (on disk, say), until next needed: see pack_idle.
         self.users: dict[str, UserState] = {}
+        self.idle: MutableMapping[str, bytes] = {} if idle is None else idle
+        self._touched: set[str] = set()    # users changed since the last pack_idle
+        self._pairs = 0
         self._due: list[tuple[int, str, str]] = []   # (time, user, bot): one entry per pair
         # What the last steps produced, drained by the caller.
         self.requests: list[FollowupRequest] = []
@@ -217,16 +91,16 @@ class DecisionCore:
 
     def feed(self, record: MessageEvent | ControlEvent, now: int | None = None) -> None:
         """Apply one record. ``now`` is the wall clock in wall mode, None in event mode."""
-        wall = self.settings.clock == "wall"
-        if isinstance(record, Tick):
-            self.advance(now if wall else record.ts, inclusive=True)
-            return
-        if isinstance(record, MessageEvent):
+        wall = self._wall
+        if type(record) is MessageEvent:  # nearly every record: checked first
             target = now if wall else record.ts
             if wall and record.ts > target + FUTURE_TOLERANCE_MS:
                 raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({record.ts - target} ms)")
             self.advance(target, inclusive=False)
             self._apply_message(record)
+            return
+        if isinstance(record, Tick):
+            self.advance(now if wall else record.ts, inclusive=True)
             return
         self.advance(now if wall else self.clock, inclusive=False)
         self._apply_control(record)
@@ -235,9 +109,12 @@ class DecisionCore:
         """Move the clock (never backwards) and make every decision now due."""
         if to is not None and to > self.clock:
             self.clock = to
-        while self._due and (self._due[0][0] < self.clock or (inclusive and self._due[0][0] == self.clock)):
-            time, user_id, bot_id = heapq.heappop(self._due)
-            user = self.users.get(user_id)
+        due = self._due
+        if not due or due[0][0] > self.clock or (due[0][0] == self.clock and not inclusive):
+            return  # the common case: nothing due yet
+        while due and (due[0][0] < self.clock or (inclusive and due[0][0] == self.clock)):
+            time, user_id, bot_id = heapq.heappop(due)
+            user = self.user(user_id)
             pair = user.pairs.get(bot_id) if user else None
             if pair is None or pair.queued != time:
                 continue  # the pair was erased or forgotten, or queued again since
@@ -255,43 +132,71 @@ class DecisionCore:
         """Make sure the pair comes up by ``time``: one heap entry per pair, not per message."""
         if pair.queued is None or time < pair.queued:
             pair.queued = time
-            heapq.heappush(self._due, (time, user_id, bot_id))
+            # Interned: the users dict, the pairs dicts and the heap share one string each.
+            heapq.heappush(self._due, (time, sys.intern(user_id), sys.intern(bot_id)))
 
     def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
         """Take what the steps since the last drain produced."""
         out = (self.requests, self.decisions, self.erased, self.dirty)
+        self._touched |= self.dirty
         self.requests, self.decisions, self.erased, self.dirty = [], [], [], set()
         return out
+
+    def user(self, user_id: str) -> UserState | None:
+        """A user's state as objects, unpacked if it was idle."""
+        user = self.users.get(user_id)
+        if user is not None:
+            return user
+        packed = self.idle.pop(user_id, None)
+        if packed is None:
+            return None
+        user = self.users[sys.intern(user_id)] = unpack_user(packed)
+        return user
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id in self.users or user_id in self.idle
+
+    def pack_idle(self) -> int:
+        """Pack the users unchanged since the last call into ``idle``: bytes instead of
+        objects, a fifth of the memory. Users that keep changing stay objects. Returns
+        how many were packed."""
+        keep = self._touched | self.dirty
+        idle = [user_id for user_id in self.users if user_id not in keep]
+        for user_id in idle:
+            self.idle[user_id] = pack_user(self.users.pop(user_id))
+        self._touched = set()
+        return len(idle)
 
     # -- messages ----------------------------------------------------------------------
 
     def _apply_message(self, event: MessageEvent) -> None:
-        settings = self.settings
-        if event.ts < self.clock - settings.window:  # "older than the clock minus W"
+        ts = event.ts
+        if ts < self.clock - self._window:  # "older than the clock minus W"
             self.stats["too_old"] += 1
             return
-        # Interned: the users dict, the pairs dicts and the heap share one string each.
-        user_id, bot_id = sys.intern(event.user_id), sys.intern(event.bot_id)
+        user_id, bot_id = event.user_id, event.bot_id
         user = self.users.get(user_id)
         if user is None:
-            user = self.users[user_id] = UserState()
+            user = self.user(user_id) or self._new_user(user_id)
         pair = user.pairs.get(bot_id)
         if pair is None:
-            pair = user.pairs[bot_id] = PairState()
-        app = _APP_NAMES[event.app]
-        if event.inbound:
+            pair = user.pairs[sys.intern(bot_id)] = PairState()
+            self._pairs += 1
+        app = APP_NAMES[event.app]
+        if event.direction == "inbound":
             key = event_key(app, event.event_id)
-            if not pair.add_inbound(event.ts, key, settings.min_inbound):
+            if not pair.add_inbound(ts, key, self._min_inbound):
                 self.stats["duplicates"] += 1
                 self.duplicates_by_app[app] = self.duplicates_by_app.get(app, 0) + 1
                 return
             self._record_inbound(event, key, app, user, pair)
-        elif pair.last_inbound_ts < 0 and event.ts >= pair.last_ts:
+        elif pair.last_inbound_ts < 0 and ts >= pair.last_ts:
             pair.app = app
-        if event.ts > pair.last_ts:
-            pair.last_ts = event.ts
-            pair.due = event.ts + settings.idle_delay
-            self._schedule(user_id, bot_id, pair, pair.due)
+        if ts > pair.last_ts:
+            pair.last_ts = ts
+            pair.due = ts + self._idle_delay
+            if pair.queued is None or pair.due < pair.queued:
+                self._schedule(user_id, bot_id, pair, pair.due)
         self.dirty.add(user_id)
 
     def _record_inbound(self, event: MessageEvent, key: int, app: str, user: UserState, pair: PairState) -> None:
@@ -316,13 +221,11 @@ class DecisionCore:
             self.kills.apply(event)
             return
         if isinstance(event, Erase):
-            self.users.pop(event.user_id, None)
+            self._forget(event.user_id)
             self.erased.append(event.user_id)
             self.dirty.add(event.user_id)
             return
-        user = self.users.get(event.user_id)
-        if user is None:
-            user = self.users[event.user_id] = UserState()
+        user = self.user(event.user_id) or self._new_user(event.user_id)
         if isinstance(event, Profile):
             user.tz, user.minor = event.tz, event.minor
         elif isinstance(event, OptOut):
@@ -335,7 +238,7 @@ class DecisionCore:
     def _opt_out(user: UserState, bot_id: str | None) -> None:
         if bot_id is None:
             user.opt_out_all = True
-            user.opt_in_bots = _NOBODY
+            user.opt_in_bots = NOBODY
             return
         user.opt_out_bots = user.opt_out_bots | {bot_id}
         user.opt_in_bots = user.opt_in_bots - {bot_id}
@@ -345,7 +248,7 @@ class DecisionCore:
         user.opt_in_at = {**(user.opt_in_at or {}), bot_id or "*": self.clock}
         if bot_id is None:
             user.opt_out_all = False
-            user.opt_out_bots = user.opt_in_bots = _NOBODY
+            user.opt_out_bots = user.opt_in_bots = NOBODY
             return
         user.opt_out_bots = user.opt_out_bots - {bot_id}
         if user.opt_out_all:
@@ -357,22 +260,29 @@ class DecisionCore:
         settings = self.settings
         send_at = quiet_hours_end(due, user.tz, settings.quiet_hours)
         at = send_at if send_at is not None else due
-        inbound_in_window = sum(1 for ts in pair.inbound[0::2] if at - settings.window < ts <= at)
+        since = at - self._window
+        inbound_in_window = 0
+        for ts in pair.inbound[0::2]:
+            if since < ts <= at:
+                inbound_in_window += 1
+        kill = self.kills.stops(bot_id, pair.app)
         checks = (
             self._check_engaged(inbound_in_window),
             self._check_one_per_silence(pair),
             self._check_messaging_window(pair, due),
-            Check("kill_switch", *_passes(self.kills.stops(bot_id, pair.app))),
-            Check("opt_out", *_passes("the user opted out" if user.opted_out(bot_id) else None)),
+            _PASSED["kill_switch"] if kill is None else Check("kill_switch", False, kill),
+            _OPTED_OUT if user.opted_out(bot_id) else _PASSED["opt_out"],
             self._check_age(user),
-            Check("distress", *_passes(
-                "signs of distress, cooling off" if at < user.distress_until else None)),
-            Check("holdout", *_passes(
-                "pair is in the holdout" if in_holdout(user_id, bot_id, settings.holdout) else None)),
+            _DISTRESSED if at < user.distress_until else _PASSED["distress"],
+            _IN_HOLDOUT if in_holdout(user_id, bot_id, settings.holdout) else _PASSED["holdout"],
             self._check_quiet_hours(pair, send_at),
             self._check_cap(user, at),
         )
-        failed = next((check.rule for check in checks if not check.passed), None)
+        failed = None
+        for check in checks:
+            if not check.passed:
+                failed = check.rule
+                break
         if failed is not None:
             outcome = SUPPRESSED
             pair.due = None
@@ -389,49 +299,49 @@ class DecisionCore:
             self._schedule(user_id, bot_id, pair, self._expiry(pair))
         fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_key)
         self.decisions.append(DecisionRecord(
-            followup_id=fid, user_id=user_id, bot_id=bot_id, app=pair.app, due_ts=due,
-            send_ts=at, decided_at=self.clock, outcome=outcome, stopped_by=failed,
-            inbound_in_window=inbound_in_window, last_inbound_ts=max(pair.last_inbound_ts, 0),
-            checks=checks,
+            fid, user_id, bot_id, pair.app, due, at, self.clock, outcome, failed,
+            inbound_in_window, max(pair.last_inbound_ts, 0), checks,
         ))
         if outcome == EMITTED:
             self.requests.append(FollowupRequest(
-                followup_id=fid, user_id=user_id, bot_id=bot_id, app=pair.app, due_ts=due,
-                last_inbound_ts=pair.last_inbound_ts, inbound_in_window=inbound_in_window,
+                fid, user_id, bot_id, pair.app, due, pair.last_inbound_ts, inbound_in_window,
             ))
         self.dirty.add(user_id)
 
     def _check_engaged(self, inbound_in_window: int) -> Check:
-        needed = self.settings.min_inbound
-        detail = f"{inbound_in_window} of {needed} inbound messages in the window"
-        return Check("engaged", inbound_in_window >= needed, detail)
+        check = self._engaged.get(inbound_in_window)
+        if check is None:  # a handful of counts: each Check is made once
+            needed = self.settings.min_inbound
+            detail = f"{inbound_in_window} of {needed} inbound messages in the window"
+            check = self._engaged[inbound_in_window] = Check("engaged", inbound_in_window >= needed, detail)
+        return check
 
     @staticmethod
     def _check_one_per_silence(pair: PairState) -> Check:
         if pair.emitted_at is None or pair.last_inbound_ts > pair.emitted_at:
-            return Check("one_per_silence", True)
-        return Check("one_per_silence", False, "a follow-up was already sent since the last inbound message")
+            return _PASSED["one_per_silence"]
+        return _ALREADY_SENT
 
     def _check_messaging_window(self, pair: PairState, due: int) -> Check:
         if pair.last_inbound_ts < 0:
-            return Check("messaging_window", False, "the user never wrote")
+            return _NEVER_WROTE
         waited = due - pair.last_inbound_ts
         detail = f"{waited // 60_000} min after the last inbound message, limit {self.settings.messaging_window // 60_000} min"
         return Check("messaging_window", waited <= self.settings.messaging_window, detail)
 
     def _check_age(self, user: UserState) -> Check:
         if user.minor:
-            return Check("age", False, "the user is a minor")
+            return _MINOR
         if user.minor is None and self.settings.unknown_age == "deny":
-            return Check("age", False, "the user's age is unknown and unknown_age is deny")
-        return Check("age", True)
+            return _AGE_UNKNOWN
+        return _PASSED["age"]
 
     def _check_quiet_hours(self, pair: PairState, send_at: int | None) -> Check:
         if send_at is None:
-            return Check("quiet_hours", True)
+            return _PASSED["quiet_hours"]
         if send_at - pair.last_inbound_ts > self.settings.messaging_window:
-            return Check("quiet_hours", False, "quiet hours end outside the messaging window")
-        return Check("quiet_hours", True, "held back to the end of quiet hours")
+            return _QUIET_PAST_WINDOW
+        return _QUIET_HELD_BACK
 
     def _check_cap(self, user: UserState, at: int) -> Check:
         settings = self.settings
@@ -464,19 +374,35 @@ class DecisionCore:
 
     def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
         del user.pairs[bot_id]
+        self._pairs -= 1
         self._prune_sends(user)
         if user.is_empty():
-            del self.users[user_id]
+            self._forget(user_id)
         self.dirty.add(user_id)
 
     # -- state -------------------------------------------------------------------------
 
     def load_user(self, user_id: str, user: UserState) -> None:
-        """Install a user's state (recovered from a changelog) and index its due times."""
+        """Install a user's state (recovered from a changelog) and index its due times.
+        Packed at once: most users of a restored partition are idle."""
         user_id = sys.intern(user_id)
-        self.users[user_id] = user
         for bot_id, pair in user.pairs.items():
             self._schedule(user_id, bot_id, pair, pair.due if pair.due is not None else self._expiry(pair))
+        self.idle[user_id] = pack_user(user)
+        self._pairs += len(user.pairs)
+
+    def _new_user(self, user_id: str) -> UserState:
+        user_id = sys.intern(user_id)
+        user = self.users[user_id] = UserState()
+        return user
+
+    def _forget(self, user_id: str) -> None:
+        user = self.users.pop(user_id, None)
+        if user is not None:
+            self._pairs -= len(user.pairs)
+        packed = self.idle.pop(user_id, None)
+        if packed is not None:
+            self._pairs -= packed_pairs(packed)
 
     def export_meta(self) -> dict:
         """What this core holds beyond its users: the clock and the kill switches."""
@@ -487,8 +413,17 @@ class DecisionCore:
         self.kills = KillSwitches.from_dict(meta["kills"])
 
     def pairs_tracked(self) -> int:
-        return sum(len(user.pairs) for user in self.users.values())
+        return self._pairs
 
 
-def _passes(reason: str | None) -> tuple[bool, str]:
-    return (reason is None, reason or "")
+# Most checks of most decisions come out the same: each such Check is made once.
+_PASSED = {rule: Check(rule, True) for rule in RULES}
+_ALREADY_SENT = Check("one_per_silence", False, "a follow-up was already sent since the last inbound message")
+_NEVER_WROTE = Check("messaging_window", False, "the user never wrote")
+_OPTED_OUT = Check("opt_out", False, "the user opted out")
+_MINOR = Check("age", False, "the user is a minor")
+_AGE_UNKNOWN = Check("age", False, "the user's age is unknown and unknown_age is deny")
+_DISTRESSED = Check("distress", False, "signs of distress, cooling off")
+_IN_HOLDOUT = Check("holdout", False, "pair is in the holdout")
+_QUIET_PAST_WINDOW = Check("quiet_hours", False, "quiet hours end outside the messaging window")
+_QUIET_HELD_BACK = Check("quiet_hours", True, "held back to the end of quiet hours")

@@ -62,7 +62,7 @@ def install_explain(wiring: Wiring) -> RecentDecisions:
     recent = RecentDecisions()
     if wiring.engine is not None:  # a worker without the engine role answers 404
         wiring.engine.decision_listeners.append(
-            lambda decision: recent.add(decision.user_id, decision.bot_id, decision.to_json()))
+            lambda decision, encoded: recent.add(decision.user_id, decision.bot_id, encoded))
 
     @app.page("/explain")
     async def explain_page(web, request):
@@ -76,7 +76,7 @@ def install_explain(wiring: Wiring) -> RecentDecisions:
     async def forget_users_the_engine_dropped():
         engine = wiring.engine
         if engine is not None:
-            recent.forget_users(lambda user_id: any(user_id in core.users for core in engine.cores.values()))
+            recent.forget_users(lambda user_id: any(core.has_user(user_id) for core in engine.cores.values()))
 
     return recent
 
@@ -96,7 +96,7 @@ def explain(wiring: Wiring, recent: RecentDecisions, user_id: str, bot_id: str) 
         return 404, {**where, "owned_partitions": owned,
                      "error": f"partition {partition} of messages is owned by another worker"}
     core = engine.cores.get(partition)
-    user = core.users.get(user_id) if core is not None else None
+    user = core.user(user_id) if core is not None else None
     if user is None:
         recent.forget_users(lambda held: held != user_id)  # erased or expired: nothing may remain
         return 200, {**where, "clock": _ts(core.clock if core else None), "rules": _rules(settings),

@@ -6,15 +6,21 @@ this loop inside the worker (a Faust service: same process, lifecycle, web serve
 metrics): records arrive in batches, and a stage's ``process`` sees a whole batch.
 
 At-least-once, exactly like Faust's own commits: before offsets are committed, the
-stage's ``flush`` has written its outputs and state and the producer has had them all
+stage's checkpoint has written its outputs and state and the producer has had them all
 acknowledged. A crash can make a stage see records again, never skip them.
+
+Commits are pipelined: a checkpoint is captured between two batches (cheap, in memory),
+and made durable in the background while the next batches are processed; its offsets
+are committed once it is. Waiting for the broker's acknowledgements then costs no
+processing time. One checkpoint is in flight at a time; a rebalance or a stop waits for
+it, then makes a last one before giving partitions up.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -30,7 +36,10 @@ class Stage(Protocol):
     async def on_revoked(self, partitions: list[int]) -> None: ...
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None: ...
     async def idle(self) -> None: ...
-    async def flush(self) -> None: ...
+
+    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+        """Capture, between two batches, what must be durable before the offsets of every
+        batch so far are committed; return what makes it durable (run in the background)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -62,6 +71,7 @@ class KafkaLoop(Service):
         self._processed: dict[TopicPartition, int] = {}   # offsets to commit
         self._next: dict[TopicPartition, int] = {}        # next offset to read, for lag
         self._to_restore: set[TopicPartition] = set()     # assigned, paused until restored
+        self._committing: asyncio.Future | None = None    # the checkpoint in flight
         self._failed = False
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
@@ -80,7 +90,7 @@ class KafkaLoop(Service):
         if self.consumer is None:
             return
         async with self.lock:
-            await self._flush_and_commit()
+            await self._commit_now()
         await self.consumer.stop()
 
     async def _run(self) -> None:
@@ -96,6 +106,8 @@ class KafkaLoop(Service):
 
     async def _consume(self) -> None:
         while not self.should_stop:
+            if self._failed:  # a checkpoint failed during a rebalance
+                raise RuntimeError(f"{self.group}: a checkpoint failed; nothing more is committed")
             if self._to_restore:
                 async with self.lock:
                     await self._restore_assigned()
@@ -107,22 +119,46 @@ class KafkaLoop(Service):
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                 await self.stage.idle()
                 if time.monotonic() - self._last_commit >= self.commit_interval:
-                    await self._flush_and_commit()
+                    self._commit_in_background()
 
-    async def _flush_and_commit(self) -> None:
+    def _commit_in_background(self) -> None:
+        if self._committing is not None and not self._committing.done():
+            return  # the last one is still on its way: this one waits for the next round
+        self._settled()
+        self._committing = asyncio.ensure_future(self._commit(self.stage.checkpoint(), self._take_offsets()))
+        self._last_commit = time.monotonic()
+
+    async def _commit_now(self) -> None:
+        """The checkpoint in flight, then one of everything so far, committed before returning."""
         if self._failed:
             return
-        await self.stage.flush()
-        if self._processed:
-            await self.consumer.commit(dict(self._processed))
-            self._processed.clear()
-            self.on_commit()
+        if self._committing is not None:
+            await asyncio.wait([self._committing])
+        self._settled()
+        await self._commit(self.stage.checkpoint(), self._take_offsets())
         self._last_commit = time.monotonic()
+
+    def _settled(self) -> None:
+        """Raise if the last checkpoint failed: nothing may be committed after it."""
+        committing, self._committing = self._committing, None
+        if committing is not None and committing.exception() is not None:
+            self._failed = True
+            raise committing.exception()
+
+    def _take_offsets(self) -> dict[TopicPartition, int]:
+        offsets, self._processed = self._processed, {}
+        return offsets
+
+    async def _commit(self, make_durable: Callable[[], Awaitable[None]], offsets: dict[TopicPartition, int]) -> None:
+        await make_durable()
+        if offsets:
+            await self.consumer.commit(offsets)
+            self.on_commit()
 
     async def revoke(self, revoked) -> None:
         self._to_restore.difference_update(revoked)
         async with self.lock:
-            await self._flush_and_commit()
+            await self._commit_now()
             await self.stage.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == self.topic))
 
     async def assign(self, assigned) -> None:

@@ -38,10 +38,10 @@ def by_id(requests: list[dict]) -> list[dict]:
     return sorted(requests, key=lambda r: (r["followup_id"], r["due_ts"]))
 
 
-def engine_worker(stack, prefix, redis_url, tmp_path) -> WorkerProcess:
+def engine_worker(stack, prefix, redis_url, tmp_path, store: str = "memory") -> WorkerProcess:
     return WorkerProcess(
         tmp_path, ["engine"], broker=stack.bootstrap, redis_url=redis_url, topic_prefix=prefix,
-        partitions=4, clock="event", data_dir=tmp_path / "data", **RULES,
+        partitions=4, clock="event", data_dir=tmp_path / "data", store=store, **RULES,
     )
 
 

@@ -32,17 +32,20 @@ async def assert_exactly_the_replays_followups(stack, prefix, reader, want, work
     assert [fid for fid, n in published.items() if n > 1] == [], "a follow-up was published twice"
 
 
-async def test_sigkill_mid_stream_then_restart_gives_exactly_the_same_followups(stack, topic_prefix, redis_db, tmp_path):
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_sigkill_mid_stream_then_restart_gives_exactly_the_same_followups(stack, topic_prefix, redis_db, tmp_path, store):
+    # Idle users are packed at each checkpoint (in a dict, or in RocksDB) and the restart
+    # restores every user packed: both paths are on the way to the same follow-ups.
     lines = stream_lines(users=150, seed=23)
     want, _ = expected(lines)
     reader = await TopicReader(stack.bootstrap, topic_name(FOLLOWUPS_REQUESTED, topic_prefix), 4).start()
-    first = engine_worker(stack, topic_prefix, redis_db, tmp_path).start()
+    first = engine_worker(stack, topic_prefix, redis_db, tmp_path, store).start()
     second = None
     try:
         await feed(lines, stack.bootstrap, topic_prefix)
         await reader.wait_for(lambda got: first.check_alive() and len(got) >= len(want) // 3, 120, "a third of the follow-ups")
         first.kill()
-        second = engine_worker(stack, topic_prefix, redis_db, tmp_path).start()
+        second = engine_worker(stack, topic_prefix, redis_db, tmp_path, store).start()
         await assert_exactly_the_replays_followups(stack, topic_prefix, reader, want, [second])
     finally:
         await reader.stop()

@@ -177,3 +177,20 @@ def test_restoring_state_mid_stream_changes_nothing(config, records, cut):
 @given(settings_strategy, streams())
 def test_the_same_stream_gives_the_same_followups(config, records):
     assert feed_all(DecisionCore(config), records) == feed_all(DecisionCore(config), records)
+
+
+@PROPERTY
+@given(settings_strategy, streams(), st.lists(st.integers(0, 120), max_size=40))
+def test_packing_idle_users_at_any_point_changes_nothing(config, records, pack_after):
+    """A worker packs idle users at each checkpoint; nothing it decides may change."""
+    plain, packing = DecisionCore(config), DecisionCore(config)
+    for index, record in enumerate(records):
+        plain.feed(record)
+        packing.feed(record)
+        assert packing.drain()[:3] == plain.drain()[:3]
+        for _ in range(pack_after.count(index)):  # twice in a row packs even the last touched
+            packing.pack_idle()
+        assert packing.pairs_tracked() == sum(len(user.pairs) for user in plain.users.values())
+    assert set(packing.users) == set(plain.users)
+    for user_id, user in plain.users.items():
+        assert packing.user(user_id).to_dict() == user.to_dict()

@@ -7,7 +7,7 @@ import logging.config
 from relance.cliflags import add_setting_flags, load_settings
 
 WORKER_SETTINGS = (
-    "clock", "broker", "redis_url", "topic_prefix", "partitions", "app_id", "data_dir",
+    "clock", "broker", "redis_url", "topic_prefix", "partitions", "app_id", "data_dir", "store",
     "web_port", "registry", "llm_base_url", "llm_model",
 )
 

@@ -1,0 +1,59 @@
+"""The two encodings of a user's state: JSON for the changelog, packed bytes in memory."""
+from __future__ import annotations
+
+from array import array
+
+from hypothesis import given, strategies as st
+
+from agents.state import PairState, UserState, pack_user, packed_pairs, unpack_user
+
+_INT = st.integers(-(1 << 63) + 1, (1 << 63) - 1)  # -2**63 itself marks None when packed
+_MAYBE = st.one_of(st.none(), st.integers(0, 1 << 50))
+
+
+@st.composite
+def pairs(draw) -> PairState:
+    inbound = draw(st.lists(st.tuples(st.integers(0, 1 << 50), _INT), max_size=8))
+    return PairState(
+        inbound=array("q", [value for message in sorted(inbound) for value in message]),
+        last_ts=draw(st.integers(-1, 1 << 50)), last_inbound_ts=draw(st.integers(-1, 1 << 50)),
+        last_inbound_key=draw(_INT), app=draw(st.sampled_from(["", "whatsapp", "facebook", "instagram"])),
+        due=draw(_MAYBE), emitted_at=draw(_MAYBE), queued=draw(_MAYBE),
+    )
+
+
+bots = st.text(min_size=1, max_size=20)  # any Unicode: packed as UTF-8 with its length
+users = st.builds(
+    UserState,
+    tz=st.sampled_from([None, "Europe/Paris", "America/St_Johns"]),
+    minor=st.sampled_from([None, False, True]),
+    opt_out_all=st.booleans(),
+    opt_out_bots=st.frozensets(bots, max_size=3), opt_in_bots=st.frozensets(bots, max_size=3),
+    opt_in_at=st.one_of(st.none(), st.dictionaries(st.one_of(bots, st.just("*")), st.integers(0, 1 << 50), min_size=1, max_size=3)),
+    distress_until=st.integers(-1, 1 << 50),
+    sends=st.lists(st.integers(0, 1 << 50), max_size=4).map(tuple),
+    pairs=st.dictionaries(bots, pairs(), max_size=4),
+)
+
+
+@given(users)
+def test_a_packed_user_unpacks_to_the_same_state_queue_position_included(user):
+    packed = pack_user(user)
+    again = unpack_user(packed)
+    assert again == user
+    assert {bot: pair.queued for bot, pair in again.pairs.items()} == {bot: pair.queued for bot, pair in user.pairs.items()}
+    assert packed_pairs(packed) == len(user.pairs)
+
+
+@given(users)
+def test_the_changelog_encoding_round_trips(user):
+    assert UserState.from_dict(user.to_dict()) == user
+
+
+def test_a_packed_user_is_several_times_smaller_than_its_objects():
+    import sys
+    user = UserState(pairs={"maestro": PairState(inbound=array("q", range(10)), last_ts=5, last_inbound_ts=5, app="whatsapp", due=9)})
+    pair = user.pairs["maestro"]
+    as_objects = (sys.getsizeof(user) + sys.getsizeof(user.pairs) + sys.getsizeof(pair) + sys.getsizeof(pair.inbound)
+                  + sum(sys.getsizeof(getattr(pair, name)) for name in ("last_ts", "last_inbound_ts", "last_inbound_key", "due")))
+    assert sys.getsizeof(pack_user(user)) * 3 < as_objects
