@@ -200,6 +200,47 @@ class GroupWatch:
             await asyncio.sleep(poll)
 
 
+async def metric_sum(port: int, name: str) -> float:
+    """A counter of one worker's /metrics, summed over its labels."""
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and (line[len(name)] in " {"))
+
+
+async def measure_progress(workers: list[WorkerProcess], name: str, total: int, timeout: float,
+                           poll: float = 0.05) -> tuple[float, float]:
+    """(count, seconds) of counter ``name`` summed over the workers, up to ``total``: the
+    work as it is done (committed offsets lag it by the checkpoint in flight, which would
+    bias a rate taken from them). Timed from the first moment every worker has done some,
+    so that several workers are measured together, not the first one alone while the
+    others join; a run too short for that is timed from the first worker's start, and one
+    done between two polls from the call."""
+    deadline = time.monotonic() + timeout
+    called = time.perf_counter()
+    first = any_first = None
+    while True:
+        for worker in workers:
+            worker.check_alive()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            each = [await metric_sum(worker.web_port, name) for worker in workers]
+            done, now = sum(each), time.perf_counter()
+            if any_first is None and done > 0:
+                any_first = (done, now)
+            if first is None and all(each) and done < total:
+                first = (done, now)
+            if done >= total:
+                start = first or any_first
+                if start[1] == now:  # all of it between two polls: a smoke run, timed from the call
+                    return done, now - called
+                return done - start[0], now - start[1]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: not at {total} after {timeout}s")
+        await asyncio.sleep(poll)
+
+
 # -- output ------------------------------------------------------------------------------
 
 def spread(values: list[float]) -> str:

@@ -9,9 +9,10 @@ then, per repetition:
   parse only, feed only (pre-parsed), parse + feed, and that plus what the engine encodes
   per batch (decision and request JSON, ``orjson.dumps(user.to_dict())`` of the users
   changed in the batch, each partition's meta), batches of 5000 records;
-- ``engine xK``: K ``relance worker --role engine`` processes (event mode)
-  in a fresh consumer group with a fresh changelog, measured from the group's committed
-  offsets: records committed between the first commit seen (group stable) and lag 0.
+- ``engine xK``: K ``relance worker --role engine`` processes (event mode) in a fresh
+  consumer group with a fresh changelog, on the records already produced: from the
+  moment all K are processing to the last message event processed, by the workers' own
+  ``relance_events_in_total``; then the bench also waits for every offset committed.
 
 Run: ``.venv/bin/python -m bench.pipeline_bench --events 200000 --repeat 2 --workers 1,2``
 """
@@ -27,7 +28,7 @@ import orjson
 from relance.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    plain_consume, produce_items, redis_db, result, spread,
+    measure_progress, plain_consume, produce_items, redis_db, result, spread,
 )
 
 RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
@@ -92,31 +93,28 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
 
 async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
                      timeout: float, pythonpath=None) -> tuple[str, int, float]:
-    """K engine workers on a fresh prefix, started and in a stable group first; then the
-    records are produced (the workers consume while they arrive) and the drain is timed
-    from the first commit seen to lag 0."""
+    """K engine workers on a fresh prefix whose ``messages`` already hold every record, as
+    the plain consumer reads them. Timed by the workers' own counters, from the moment
+    all K are processing to the last message event."""
     from relance.localstack import acreate_topics
     from streams.topics import CATALOG, MESSAGES, topic_name
     prefix = fresh_prefix("pipe")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     topic = topic_name(MESSAGES, prefix)
+    await produce_items(bootstrap, topic, items)
     app_id = f"engine-{uuid.uuid4().hex[:6]}"
     settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
                     app_id=app_id, data_dir=work / f"data-{app_id}")
     procs = [WorkerProcess(work, ["engine"], pythonpath=pythonpath, **settings) for _ in range(workers)]
     for index, proc in enumerate(procs):
         proc.env["RELANCE_DATA_DIR"] = str(work / f"data-{app_id}-{index}")
+    events = sum(1 for _, value, _, _ in items if value and "type" not in orjson.loads(value))
     with running(procs):
         async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: partitions}) as watch:
-            await watch.wait_stable(workers, 120, procs)
-            await asyncio.sleep(1.0)  # cores restored (empty state) after the assignment
-            started = time.perf_counter()
-            producing = asyncio.create_task(produce_items(bootstrap, topic, items))
-            try:
-                records, seconds = await watch.measure_drain(timeout, procs, end=len(items), started=started)
-            finally:
-                await producing
-            return topic, records, seconds
+            counted, seconds = await measure_progress(procs, "relance_events_in_total", events, timeout)
+            await watch.measure_drain(timeout, procs, end=len(items))  # and every offset committed
+    # Rates are of records, as the plain consumer's: the few control records ride along.
+    return topic, int(counted * len(items) / events), seconds
 
 
 async def main_async(args: argparse.Namespace) -> None:
