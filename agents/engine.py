@@ -30,7 +30,7 @@ from aiokafka.partitioner import murmur2
 from agents.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, dead_letter_label, wall_ms
-from streams.kafkaloop import KafkaLoop, read_partition_to_end
+from streams.kafkaloop import KafkaLoop, read_partition
 from streams.idlestore import RocksIdleStore
 from streams.outbox import Outbox
 from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
@@ -92,19 +92,24 @@ class Engine:
         return RocksIdleStore(Path(self.settings.data_dir) / folder / str(partition))
 
     async def _restore(self, partition: int) -> DecisionCore:
+        """The partition's core from ``engine.state``, record by record: a later record of
+        a user replaces an earlier one, an empty one deletes it (compaction may not have
+        run yet)."""
         core = DecisionCore(self.settings, idle=self._idle_store(partition))
-        latest: dict[bytes, bytes] = {}
-        for record in await read_partition_to_end(self.settings.broker, self._state_topic, partition):
-            latest[record.key] = record.value
-        meta = latest.pop(META_KEY, None)
+        meta = None
+        async for records in read_partition(self.settings.broker, self._state_topic, partition):
+            for record in records:
+                if record.key == META_KEY:
+                    meta = record.value
+                elif record.value:
+                    core.load_user(record.key.decode(), UserState.from_dict(orjson.loads(record.value)))
+                else:
+                    core.forget_user(record.key.decode())
         if meta:
             core.import_meta(orjson.loads(meta))
-        for key, value in latest.items():
-            if value:
-                core.load_user(key.decode(), UserState.from_dict(orjson.loads(value)))
         log.info("partition %d: decision core restored with %d pairs", partition, core.pairs_tracked())
         # Pair state is long-lived and holds no cycles: out of the collector's sight, a
-        # full collection does not walk a million pairs (see relance/commands/worker.py).
+        # full collection does not walk a million pairs.
         gc.freeze()
         return core
 

@@ -221,7 +221,7 @@ class DecisionCore:
             self.kills.apply(event)
             return
         if isinstance(event, Erase):
-            self._forget(event.user_id)
+            self.forget_user(event.user_id)
             self.erased.append(event.user_id)
             self.dirty.add(event.user_id)
             return
@@ -377,14 +377,15 @@ class DecisionCore:
         self._pairs -= 1
         self._prune_sends(user)
         if user.is_empty():
-            self._forget(user_id)
+            self.forget_user(user_id)
         self.dirty.add(user_id)
 
     # -- state -------------------------------------------------------------------------
 
     def load_user(self, user_id: str, user: UserState) -> None:
-        """Install a user's state (recovered from a changelog) and index its due times.
-        Packed at once: most users of a restored partition are idle."""
+        """Install a user's state (recovered from a changelog), in place of any before,
+        and index its due times. Packed at once: most users of a restored partition are idle."""
+        self.forget_user(user_id)
         user_id = sys.intern(user_id)
         for bot_id, pair in user.pairs.items():
             self._schedule(user_id, bot_id, pair, pair.due if pair.due is not None else self._expiry(pair))
@@ -396,7 +397,8 @@ class DecisionCore:
         user = self.users[user_id] = UserState()
         return user
 
-    def _forget(self, user_id: str) -> None:
+    def forget_user(self, user_id: str) -> None:
+        """Drop a user's state (erased, or replaced while restoring); its due times lapse."""
         user = self.users.pop(user_id, None)
         if user is not None:
             self._pairs -= len(user.pairs)

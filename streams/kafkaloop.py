@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -192,8 +192,9 @@ class KafkaLoop(Service):
         return lags
 
 
-async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord]:
-    """Every record of one partition, from the beginning to its end now (for restores)."""
+async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIterator[list[ConsumerRecord]]:
+    """Every record of one partition, from the beginning to its end now, batch by batch:
+    a restore holds one batch at a time, not a million records."""
     # earliest: assign() starts a position reset with the consumer's policy, which can win
     # the race with seek_to_beginning; with the default (latest) nothing would be read back.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
@@ -203,13 +204,17 @@ async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> l
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
-        records: list[ConsumerRecord] = []
         while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=50_000)
-            records.extend(batch.get(tp, ()))
-        return records
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            if batch.get(tp):
+                yield batch[tp]
     finally:
         await consumer.stop()
+
+
+async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord]:
+    """Every record of one partition, from the beginning to its end now, in one list."""
+    return [record async for batch in read_partition(bootstrap, topic, partition) for record in batch]
 
 
 def new_producer(bootstrap: str) -> AIOKafkaProducer:

@@ -238,3 +238,19 @@ def test_state_round_trips_through_its_serialised_form():
     r = run().feed(burst("u1", "b", T0, 5), OptOut("u1", None))
     state = r.core.users["u1"]
     assert UserState.from_dict(state.to_dict()) == state
+
+
+def test_a_later_changelog_record_of_a_user_replaces_the_earlier_one():
+    # A restore reads engine.state in order, before compaction has removed old versions.
+    from agents.state import UserState
+    early = run().feed(burst("u1", "b", T0, 5), burst("u1", "c", T0, 5)).core.users["u1"]
+    late = run().feed(burst("u1", "b", T0, 2)).core.users["u1"]
+    core = DecisionCore(Settings.from_mapping({"clock": "event", "quiet_hours": "off"}))
+    core.load_user("u1", UserState.from_dict(early.to_dict()))
+    core.load_user("u1", UserState.from_dict(late.to_dict()))
+    assert core.pairs_tracked() == 1
+    core.feed(tick(T0 + DAY))
+    requests, decisions, _, _ = core.drain()
+    assert requests == [] and [d.stopped_by for d in decisions] == ["engaged"]
+    core.forget_user("u1")
+    assert core.pairs_tracked() == 0 and not core.has_user("u1")
