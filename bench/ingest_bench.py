@@ -2,11 +2,12 @@
 
 Canonical messages from ``relance.traffic.generate`` become each platform's webhook
 (``webhook_of``, receiving ids from deploy/bots.toml, as ``relance simulate --format
-webhooks`` posts them). One ingest worker (its batch loop, group ``<prefix><app_id>.ingest``) is started in a fresh group and
-becomes stable; then the webhooks are produced while it consumes, and the drain is
-timed on the group's committed offsets of the three raw topics (first commit seen to lag
-0). Events/s are the canonical events it wrote to ``messages`` over the same time
-(WhatsApp has no webhook for a bot's reply, only a status receipt, which is dropped).
+webhooks`` posts them) and are produced first; then one ingest worker (its batch loop,
+group ``<prefix><app_id>.ingest``) starts in a fresh group and is timed by its own
+``relance_webhooks_in_total``, from its first webhook to the last (committed offsets lag
+the work by the checkpoint in flight). Events/s are the canonical events it wrote to
+``messages`` over the same time (WhatsApp has no webhook for a bot's reply, only a
+status receipt, which is dropped).
 A plain aiokafka consumer reading and decoding the same raw topics gives the limit.
 
 Run: ``.venv/bin/python -m bench.ingest_bench --webhooks 50000 --repeat 2``
@@ -23,7 +24,7 @@ import orjson
 
 from relance.processes import WorkerProcess, running
 from bench.common import (
-    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, spread,
+    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, measure_progress, redis_db, result, spread,
 )
 
 
@@ -85,6 +86,7 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     from streams.topics import CATALOG, MESSAGES, RAW_BY_APP, topic_name
     prefix = fresh_prefix("ing")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
+    await produce_webhooks(bootstrap, prefix, documents)
     app_id = f"ingest-{uuid.uuid4().hex[:6]}"
     raw = {topic_name(spec, prefix): 1 for spec in RAW_BY_APP.values()}
     worker = WorkerProcess(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
@@ -92,16 +94,9 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     with running([worker]):
         async with GroupWatch(bootstrap, prefix + app_id + ".ingest", raw) as watch, \
                 GroupWatch(bootstrap, prefix + app_id, {topic_name(MESSAGES, prefix): partitions}) as out:
-            await watch.wait_stable(1, 120, [worker])
-            await asyncio.sleep(1.0)
-            started = time.perf_counter()
-            producing = asyncio.create_task(produce_webhooks(bootstrap, prefix, documents))
-            try:
-                count, seconds = await watch.measure_drain(timeout, [worker], end=len(documents), started=started)
-            finally:
-                await producing
-            await asyncio.sleep(1.0)  # the last events' acks
-            events = await out.ends()
+            count, seconds = await measure_progress([worker], "relance_webhooks_in_total", len(documents), timeout)
+            await watch.measure_drain(timeout, [worker], end=len(documents))  # every offset committed
+            events = await out.ends()  # committed only after its events were acknowledged
     limit = await plain_raw(bootstrap, list(raw), len(documents))
     return count / seconds, events / len(documents) * count / seconds, limit
 

@@ -2,15 +2,16 @@
 
 - ``core``: a fresh Python process builds ``DecisionCore`` state for P pairs (P/2 users x 2
   bots, 5 inbound messages each, a due time each) the way a worker restores it
-  (``load_user(UserState.from_dict(orjson.loads(value)))``); RSS delta / pair.
+  (``load_user(UserState.from_dict(orjson.loads(value)))``: restored users are idle, so
+  packed); RSS delta / pair.
 - ``worker``: the same users' state is written to a fresh ``engine.state`` topic (what the
   engine keeps there), then ``relance worker --role engine`` starts, restores every
   partition's core from it, and its RSS is read once the four cores are restored, minus
-  the RSS of the same worker with empty state. The engine keeps its state in its cores
-  and the ``engine.state`` topic, not in a Faust table, so no table store applies. The users
-  the worker says it restored are shown beside the users written.
+  the RSS of the same worker with empty state; once per ``--stores``: ``memory`` (idle
+  users packed in a dict) and ``rocksdb`` (packed in RocksDB on local disk; its folder's
+  size is shown). The pairs the worker says it restored are shown beside those written.
 
-Run: ``.venv/bin/python -m bench.memory_bench --pairs 100000,1000000``
+Run: ``.venv/bin/python -m bench.memory_bench --pairs 100000,1000000 --stores memory,rocksdb``
 """
 from __future__ import annotations
 
@@ -105,8 +106,9 @@ async def write_state(bootstrap: str, topic: str, users: int, partitions: int) -
 
 
 async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, partitions: int,
-                     timeout: float, source: str | None = None) -> tuple[float, float, int]:
-    """(RSS MB once restored, seconds from start to restored, users it says it restored)."""
+                     timeout: float, store: str, source: str | None = None) -> tuple[float, float, int, float]:
+    """(RSS MB once restored, seconds from start to restored, pairs it says it restored,
+    MB of its data folder)."""
     from relance.localstack import acreate_topics
     from streams.topics import CATALOG, ENGINE_STATE, topic_name
     prefix = fresh_prefix("mem")
@@ -114,8 +116,9 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
     if users:
         await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), users, partitions)
     app_id = f"mem-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
-                    partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
+    data_dir = work / f"data-{app_id}"
+    worker = WorkerProcess(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url,
+                           topic_prefix=prefix, partitions=partitions, app_id=app_id, data_dir=data_dir, store=store)
     with running([worker]):
         started = time.monotonic()
         while True:
@@ -137,13 +140,14 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
                 count, quiet_since = now_count, time.monotonic()
             await asyncio.sleep(1.0)
         text = worker.log_path.read_text(errors="replace")
-        lines = re.findall(r"decision core restored with (\d+) users", text)
-        restored_users = sum(int(n) for n in lines[-partitions:])
+        lines = re.findall(r"decision core restored with (\d+) pairs", text)
+        restored_pairs = sum(int(n) for n in lines[-partitions:])
         rounds = len(lines) / partitions
         if rounds > 1:
             print(f"  note: the worker restored {rounds:g} times in {time.monotonic() - started:.0f}s (revoked while "
                   "restoring: the restore runs in the rebalance callback, past the 10 s session timeout)", flush=True)
-        return rss_mb(worker.pid), restored, restored_users
+        on_disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file()) / 1024 / 1024
+        return rss_mb(worker.pid), restored, restored_pairs, on_disk
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -159,27 +163,30 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.core_only:
         return
     print(f"\n{'engine worker (restored from engine.state)':<40} {'pairs':>10} {'RSS MB':>9} {'over empty':>11} "
-          f"{'bytes/pair':>11} {'restore s':>10}")
+          f"{'bytes/pair':>11} {'restore s':>10} {'disk MB':>8}")
     with bench_stack(args) as (bootstrap, redis_url, work):
         url = redis_db(redis_url, 14, flush=not args.redis_url)
-        empty, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, args.timeout, args.source)
-        print(f"{'engine worker':<40} {0:>10,} {empty:>9,.0f} {0:>11,.0f} {'-':>11} {'-':>10}", flush=True)
-        for pairs in sizes:
-            users = pairs // len(BOTS)
-            rss, seconds, restored = await worker_rss(bootstrap, url, work, users, args.partitions,
-                                                      args.timeout, args.source)
-            per_pair = (rss - empty) * 1024 * 1024 / pairs
-            print(f"{'engine worker':<40} {pairs:>10,} {rss:>9,.0f} {rss - empty:>11,.0f} {per_pair:>11,.0f} "
-                  f"{seconds:>10.1f}  restored {restored:,} of {users:,} users", flush=True)
-            result(f"worker_rss_mb_{pairs}", rss, "MB", over_empty=f"{rss - empty:.0f}",
-                   bytes_per_pair=f"{per_pair:.0f}", restore_s=f"{seconds:.1f}",
-                   restored_users=restored, users=users)
+        for store in [name for name in args.stores.split(",") if name]:
+            empty, _, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, args.timeout, store, args.source)
+            name = f"engine worker, store {store}"
+            print(f"{name:<40} {0:>10,} {empty:>9,.0f} {0:>11,.0f} {'-':>11} {'-':>10}", flush=True)
+            for pairs in sizes:
+                users = pairs // len(BOTS)
+                rss, seconds, restored, disk = await worker_rss(bootstrap, url, work, users, args.partitions,
+                                                                args.timeout, store, args.source)
+                per_pair = (rss - empty) * 1024 * 1024 / pairs
+                print(f"{name:<40} {pairs:>10,} {rss:>9,.0f} {rss - empty:>11,.0f} {per_pair:>11,.0f} "
+                      f"{seconds:>10.1f} {disk:>8,.0f}  restored {restored:,} of {pairs:,} pairs", flush=True)
+                result(f"worker_{store}_rss_mb_{pairs}", rss, "MB", over_empty=f"{rss - empty:.0f}",
+                       bytes_per_pair=f"{per_pair:.0f}", restore_s=f"{seconds:.1f}", disk_mb=f"{disk:.0f}",
+                       restored_pairs=restored, pairs=pairs)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default="100000,1000000", help="pair counts, comma-separated")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--stores", default="memory,rocksdb", help="engine stores to measure, comma-separated")
     parser.add_argument("--core-only", action="store_true", help="only the in-process DecisionCore figure")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--source", help="run the workers from this copy of the code (a worktree with a patch)")

@@ -95,7 +95,8 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
         ("decision latency p99 (wall mode)", "latency_p99", "ms", lambda v: v <= 1000, "<=1000 ms"),
         ("DecisionCore bytes/pair at 1M", "core_bytes_per_pair_1000000", "bytes", lambda v: v * 1e6 <= 512 * 2**20,
          "1M pairs <=512 MB"),
-        ("engine worker RSS at 1M pairs", "worker_rss_mb_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
+        ("engine worker RSS at 1M pairs, store memory", "worker_memory_rss_mb_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
+        ("engine worker RSS at 1M pairs, store rocksdb", "worker_rocksdb_rss_mb_1000000", "MB", None, "flat"),
     ]
     print(f"{'measure':<44} {'value':>12} {'unit':<11} {'spread / ratio':<34} {'target':<26} {'met':<4}")
     for label, name, unit, check, target in rows:
@@ -110,7 +111,7 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
         if name.startswith("latency") and extra(name, "runs"):
             note = "runs " + extra(name, "runs")
         if name.startswith("worker_rss"):
-            note = f"{extra(name, 'bytes_per_pair')} B/pair over empty, restored {extra(name, 'restored_users')}/{extra(name, 'users')} users"
+            note = f"{extra(name, 'bytes_per_pair')} B/pair over empty, restored {extra(name, 'restored_pairs')}/{extra(name, 'pairs')} pairs"
         met = "-" if check is None else ("yes" if check(value) else "NO")
         print(f"{label:<44} {value:>12,.0f} {unit:<11} {note:<34} {target:<26} {met:<4}")
 
