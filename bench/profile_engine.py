@@ -28,10 +28,12 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import orjson
+
 from relance.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    produce_items, redis_db, result, 
+    measure_progress, produce_items, redis_db, result,
 )
 from bench.pipeline_bench import RULES
 
@@ -152,7 +154,9 @@ async def main_async(args: argparse.Namespace) -> None:
                                         "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
-                    records, seconds = await watch.measure_drain(args.timeout, [worker])
+                    events = sum(1 for line in lines if "type" not in orjson.loads(line))
+                    counted, seconds = await measure_progress([worker], "relance_events_in_total", events, args.timeout)
+                    records = int(counted * sent / events)  # records, as the plain consumer counts them
                 finally:
                     spy.send_signal(2)  # SIGINT: py-spy writes what it has and exits
                     try:
