@@ -54,7 +54,10 @@ class Engine:
         self.metrics = wiring.metrics
         self.cores: dict[int, DecisionCore] = {}
         self.loop: KafkaLoop | None = None
-        self.outbox: Outbox | None = None
+        self.outbox: Outbox | None = None     # decisions, dead letters, state
+        # Requests apart: their acknowledgement is awaited inline, and should not wait
+        # behind a batch's worth of decision records.
+        self.requests_out: Outbox | None = None
         # Each listener gets a decision and its JSON, encoded once for everyone.
         self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
@@ -193,8 +196,8 @@ class Engine:
             published = await pipe.execute()
         fresh = [request for request, seen in zip(requests, published) if not seen]
         for request in fresh:
-            self.outbox.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
-        await self.outbox.flush()
+            self.requests_out.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
+        await self.requests_out.flush()
         async with redis.pipeline(transaction=False) as pipe:
             for request in fresh:
                 pipe.hset(ledger_key(request.user_id), request.followup_id, request.due_ts)
@@ -276,8 +279,10 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_engine_loop() -> None:
-        engine.outbox = Outbox(await wiring.producer())
-        await engine.outbox.know(engine._decisions_topic, engine._requests_topic, engine._deadletter_topic)
+        producer = await wiring.producer()
+        engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
+        await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)
+        await engine.requests_out.know(engine._requests_topic)
         engine.loop = KafkaLoop(
             bootstrap=settings.broker, topics=[topic_name(MESSAGES, settings.topic_prefix)],
             group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,
