@@ -31,7 +31,7 @@ from agents.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, dead_letter_label, wall_ms
 from streams.kafkaloop import KafkaLoop, read_partition
-from streams.idlestore import RocksIdleStore
+from streams.idlestore import RocksDueTimes, RocksIdleStore
 from streams.outbox import Outbox
 from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from streams.userdata import ledger_key
@@ -86,19 +86,21 @@ class Engine:
             core = self.cores.pop(partition, None)
             if core is not None and isinstance(core.idle, RocksIdleStore):
                 core.idle.close()
+                core.due_times.close()
 
-    def _idle_store(self, partition: int) -> RocksIdleStore | None:
-        """None: the core keeps idle users in a dict."""
+    def _new_core(self, partition: int) -> DecisionCore:
+        """With store = memory, idle users in a dict and due times in a heap; with
+        rocksdb, both on local disk."""
         if self.settings.store != "rocksdb":
-            return None
-        folder = f"{self.settings.topic_prefix}{self.settings.app_id}-engine-idle"
-        return RocksIdleStore(Path(self.settings.data_dir) / folder / str(partition))
+            return DecisionCore(self.settings)
+        folder = Path(self.settings.data_dir) / f"{self.settings.topic_prefix}{self.settings.app_id}-engine" / str(partition)
+        return DecisionCore(self.settings, idle=RocksIdleStore(folder / "idle"), due=RocksDueTimes(folder / "due"))
 
     async def _restore(self, partition: int) -> DecisionCore:
         """The partition's core from ``engine.state``, record by record: a later record of
         a user replaces an earlier one, an empty one deletes it (compaction may not have
         run yet)."""
-        core = DecisionCore(self.settings, idle=self._idle_store(partition))
+        core = self._new_core(partition)
         meta = None
         async for records in read_partition(self.settings.broker, self._state_topic, partition):
             for record in records:

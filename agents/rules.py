@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import sys
-from typing import MutableMapping
+from typing import MutableMapping, Protocol
 
 from agents.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
 from agents.state import APP_NAMES, NOBODY, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
@@ -61,7 +61,7 @@ class DecisionCore:
     """Pair state, the due-time index and the rule, for the users of one partition."""
 
     def __init__(self, settings: Settings, classifier: DistressClassifier | None = None,
-                 idle: MutableMapping[str, bytes] | None = None) -> None:
+                 idle: MutableMapping[str, bytes] | None = None, due: DueTimes | None = None) -> None:
         self.settings = settings
         # Read on every message: plain attributes, not settings lookups.
         self._wall = settings.clock == "wall"
@@ -76,7 +76,8 @@ class DecisionCore:
         self.idle: MutableMapping[str, bytes] = {} if idle is None else idle
         self._touched: set[str] = set()    # users changed since the last pack_idle
         self._pairs = 0
-        self._due: list[tuple[int, str, str]] = []   # (time, user, bot): one entry per pair
+        self.due_times: DueTimes = HeapDueTimes() if due is None else due  # one entry per pair
+        self._next_due = _NEVER  # the earliest time in due_times, read on every record
         # What the last steps produced, drained by the caller.
         self.requests: list[FollowupRequest] = []
         self.decisions: list[DecisionRecord] = []
@@ -109,11 +110,10 @@ class DecisionCore:
         """Move the clock (never backwards) and make every decision now due."""
         if to is not None and to > self.clock:
             self.clock = to
-        due = self._due
-        if not due or due[0][0] > self.clock or (due[0][0] == self.clock and not inclusive):
-            return  # the common case: nothing due yet
-        while due and (due[0][0] < self.clock or (inclusive and due[0][0] == self.clock)):
-            time, user_id, bot_id = heapq.heappop(due)
+        while self._next_due < self.clock or (inclusive and self._next_due == self.clock):
+            time, user_id, bot_id = self.due_times.pop()
+            earliest = self.due_times.earliest()
+            self._next_due = _NEVER if earliest is None else earliest
             user = self.user(user_id)
             pair = user.pairs.get(bot_id) if user else None
             if pair is None or pair.queued != time:
@@ -132,8 +132,9 @@ class DecisionCore:
         """Make sure the pair comes up by ``time``: one heap entry per pair, not per message."""
         if pair.queued is None or time < pair.queued:
             pair.queued = time
-            # Interned: the users dict, the pairs dicts and the heap share one string each.
-            heapq.heappush(self._due, (time, sys.intern(user_id), sys.intern(bot_id)))
+            self.due_times.push(time, user_id, bot_id)
+            if time < self._next_due:
+                self._next_due = time
 
     def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
         """Take what the steps since the last drain produced."""
@@ -416,6 +417,37 @@ class DecisionCore:
 
     def pairs_tracked(self) -> int:
         return self._pairs
+
+
+_NEVER = 1 << 62  # later than any due time
+
+
+class DueTimes(Protocol):
+    """The pairs' next due times, earliest first; ties by user, then bot."""
+
+    def push(self, time: int, user_id: str, bot_id: str) -> None: ...
+    def pop(self) -> tuple[int, str, str]: ...
+    def earliest(self) -> int | None: ...
+
+
+class HeapDueTimes:
+    """Due times in a heap in memory."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, str]] = []
+
+    def push(self, time: int, user_id: str, bot_id: str) -> None:
+        # Interned: the users dict, the pairs dicts and the heap share one string each.
+        heapq.heappush(self._heap, (time, sys.intern(user_id), sys.intern(bot_id)))
+
+    def pop(self) -> tuple[int, str, str]:
+        return heapq.heappop(self._heap)
+
+    def earliest(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 # Most checks of most decisions come out the same: each such Check is made once.

@@ -41,22 +41,21 @@ class StateMaker:
 
     def __init__(self) -> None:
         from agents.rules import DecisionCore
+        from agents.safety import PhraseListClassifier
         from relance.settings import Settings
         from schemas.records import format_ts, parse_message
-        self.core = DecisionCore(Settings.from_mapping({"clock": "event"}))
-        self.parse, self.format_ts = parse_message, format_ts
+        self.settings, self.classifier = Settings.from_mapping({"clock": "event"}), PhraseListClassifier()
+        self.core_type, self.parse, self.format_ts = DecisionCore, parse_message, format_ts
 
     def __call__(self, n: int) -> bytes:
         user = f"u{n:08d}"
+        core = self.core_type(self.settings, classifier=self.classifier)  # nothing kept from user to user
         for b, bot in enumerate(BOTS):
             for k in range(5):
-                self.core.feed(self.parse({
+                core.feed(self.parse({
                     "event_id": f"wamid.{n:09d}{b}{k}", "app": "whatsapp", "user_id": user, "bot_id": bot,
                     "direction": "inbound", "ts": self.format_ts(START + k * 30_000 + b), "text": "hello"}))
-        state = self.core.users.pop(user)
-        self.core._due.clear()
-        self.core.drain()
-        return orjson.dumps(state.to_dict())
+        return orjson.dumps(core.users[user].to_dict())
 
 
 def core_child(pairs: int) -> None:
@@ -75,7 +74,7 @@ def core_child(pairs: int) -> None:
     gc.collect()
     after = _self_rss()
     tracked = core.pairs_tracked()
-    print(f"CORE {tracked} {before:.1f} {after:.1f} {seconds:.2f} {len(core._due)}")
+    print(f"CORE {tracked} {before:.1f} {after:.1f} {seconds:.2f} {len(core.due_times)}")
 
 
 def _self_rss() -> float:
