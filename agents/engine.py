@@ -58,6 +58,7 @@ class Engine:
         # Requests apart: their acknowledgement is awaited inline, and should not wait
         # behind a batch's worth of decision records.
         self.requests_out: Outbox | None = None
+        self._record_in_ledger = None  # a Redis script, registered when the loop starts
         # Each listener gets a decision and its JSON, encoded once for everyone.
         self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
@@ -202,11 +203,13 @@ class Engine:
         await self.requests_out.flush()
         async with redis.pipeline(transaction=False) as pipe:
             for request in fresh:
-                pipe.hset(ledger_key(request.user_id), request.followup_id, request.due_ts)
-                pipe.expire(ledger_key(request.user_id), 2 * self._window_s)
+                await self._record_in_ledger(keys=[ledger_key(request.user_id)],  # queued in the pipeline
+                                             args=[request.followup_id, request.due_ts, 2 * self._window_s], client=pipe)
             await pipe.execute()
+        by_app = collections.Counter(request.app for request in fresh)
+        for app, count in by_app.items():
+            self.metrics.followups_generated.labels(app=app).inc(count)
         for request in fresh:
-            self.metrics.followups_generated.labels(app=request.app).inc()
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
     def _record_decisions(self, core: DecisionCore, decisions: list[DecisionRecord]) -> None:
@@ -274,6 +277,13 @@ class Engine:
         self._events_in.clear()
 
 
+# KEYS: ledger. ARGV: followup_id, due ts, time to live (s). One command, not two.
+RECORD_IN_LEDGER = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+
 def install(wiring: Wiring) -> None:
     app, settings = wiring.app, wiring.settings
     engine = Engine(wiring)
@@ -281,6 +291,7 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_engine_loop() -> None:
+        engine._record_in_ledger = wiring.redis.register_script(RECORD_IN_LEDGER)
         producer = await wiring.producer()
         engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
         await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)

@@ -97,7 +97,8 @@ class DecisionCore:
             target = now if wall else record.ts
             if wall and record.ts > target + FUTURE_TOLERANCE_MS:
                 raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({record.ts - target} ms)")
-            self.advance(target, inclusive=False)
+            if target > self.clock or self._next_due < self.clock:  # else advance has nothing to do
+                self.advance(target, inclusive=False)
             self._apply_message(record)
             return
         if isinstance(record, Tick):

@@ -144,6 +144,9 @@ async def test_a_followup_goes_to_the_latest_inbound_app_and_erasure_leaves_noth
     try:
         assert (await feed(conversation(user), stack.bootstrap, topic_prefix)).errors == []
         await outcomes.wait_for(lambda got: worker.check_alive() and got, 60, "the follow-up's outcome")
+        # Three readers of three topics: each may still be fetching what the others saw.
+        await requested.wait_for(lambda got: got, 30, "the request")
+        await delivered.wait_for(lambda got: got, 30, "the delivery")
         [request_record], [delivery_record] = requested.records, delivered.records
         followup_id = orjson.loads(request_record.value)["followup_id"]
         delivery = orjson.loads(delivery_record.value)
