@@ -132,8 +132,8 @@ class Engine:
                 self._meta_changed.add(tp.partition)
         for record, reason in invalid:
             self._dead_letter(record, reason)
+        self._count_events()  # before the decisions they lead to, as a scrape may come between
         await self._emit(batch_partitions=[tp.partition for tp in batch])
-        self._count_events()
 
     def _feed(self, core: DecisionCore, records: list[ConsumerRecord], now: int | None,
               invalid: list[tuple[ConsumerRecord, str]]) -> None:

@@ -6,8 +6,9 @@ drains the topic, then sorts every sample of the worker's main thread (the event
 that runs the agent) into buckets:
 
 - our code (``agents/engine.py`` on ``streams/kafkaloop.py``): parse, the DecisionCore
-  (advance, feed, drain), decision records, follow-up requests, the flush before each
-  commit (users' and meta state to ``engine.state``, acks), engine glue;
+  (advance, feed, drain), decision records, follow-up requests, the checkpoint before
+  each commit (users' and meta state to ``engine.state``, written in the background),
+  engine glue;
 - aiokafka (getmany in the loop, and its background fetcher/sender tasks), the commit;
 - Faust/mode/asyncio other, and idle (the loop waiting in select/epoll).
 
@@ -40,22 +41,22 @@ from bench.pipeline_bench import RULES
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
-PARSE = ("parse_record", "parse_message", "parse_control", "loads", "parse_ts", "_parse_rfc3339",
-         "_identifier", "_one_of", "_object")
+PARSE = ("parse_record", "parse_message", "_common_message", "_checked_message", "parse_control", "loads",
+         "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
 
 
 def bucket(frames: list[tuple[str, str, int]]) -> str:
     """The bucket of one main-thread stack (root first)."""
-    frames = [(f.rsplit(".", 1)[-1], path, line) for f, path, line in frames]  # Engine.flush -> flush
+    frames = [(f.rsplit(".", 1)[-1], path, line) for f, path, line in frames]  # Engine.process -> process
 
     def has(func: str, file: str) -> bool:
         return any(f == func and path.endswith(file) for f, path, _ in frames)
 
-    if has("flush", "agents/engine.py"):
-        return "our: flush (users' + meta state writes, acks)"
+    if has("checkpoint", "agents/engine.py") or has("write", "agents/engine.py"):
+        return "our: checkpoint (users' + meta state encoded, written)"
     if has("_publish_requests", "agents/engine.py"):
         return "our: follow-up requests (Redis + Kafka)"
-    if has("_record_decision", "agents/engine.py"):
+    if has("_record_decisions", "agents/engine.py"):
         return "our: decision records (to_json, send, metrics)"
     if has("_dead_letter", "agents/engine.py"):
         return "our: dead letters"
@@ -67,7 +68,7 @@ def bucket(frames: list[tuple[str, str, int]]) -> str:
         return "our: engine glue (headers, kills, counters)"
     if has("_run", "streams/kafkaloop.py") and any("aiokafka" in path for _, path, _ in frames):
         return "aiokafka getmany (fetch + record unpacking)"
-    if has("_flush_and_commit", "streams/kafkaloop.py"):
+    if has("_commit", "streams/kafkaloop.py"):
         return "commit"
     if any(("/agents/" in path or "/streams/" in path or "/relance/" in path) for _, path, _ in frames):
         return "our: other (timers, metrics, web)"
