@@ -115,7 +115,7 @@ class Settings:
     partitions: int = setting(4, "Partitions of the keyed topics when Relance creates them.", _positive_int)
     app_id: str = setting("relance", "Kafka consumer group and Faust application id.")
     data_dir: str = setting(".relance/data", "Where a worker keeps its local stores (Faust tables, the rocksdb store).")
-    store: str = setting("memory", "Where the engine keeps idle users, packed: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
+    store: str = setting("memory", "Where the engine keeps idle users (packed) and due times: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
     timer_interval: int = setting(200, "How often a wall-mode worker looks for due pairs.", parse_duration)
     # -- generation and delivery -------------------------------------------------------

@@ -54,7 +54,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class KafkaLoop(Service):
-    """Consume ``topics`` as group ``group``, feed batches to ``stage``, commit after flush.
+    """Consume ``topics`` as group ``group``, feed batches to ``stage``, commit after each checkpoint.
 
     The stage's partition callbacks speak of the first topic's partitions (its state, if
     it keeps any, is partitioned like it).
@@ -67,7 +67,7 @@ class KafkaLoop(Service):
         self.topic = topics[0]
         self.commit_interval, self.max_records = commit_interval, max_records
         self.consumer: AIOKafkaConsumer | None = None
-        self.lock = asyncio.Lock()        # one batch, flush or rebalance at a time
+        self.lock = asyncio.Lock()        # one batch, checkpoint or rebalance at a time
         self._processed: dict[TopicPartition, int] = {}   # offsets to commit
         self._next: dict[TopicPartition, int] = {}        # next offset to read, for lag
         self._to_restore: set[TopicPartition] = set()     # assigned, paused until restored
