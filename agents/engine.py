@@ -25,7 +25,6 @@ from typing import Awaitable, Callable
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from agents.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
@@ -38,11 +37,6 @@ from streams.userdata import ledger_key
 
 META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as every producer of ``messages`` uses."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Engine:

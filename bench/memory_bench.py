@@ -96,10 +96,10 @@ def core_measure(pairs: int, source: str | None = None) -> tuple[int, float, flo
 
 async def write_state(bootstrap: str, topic: str, users: int, partitions: int) -> float:
     """The engine.state records of ``users`` users, on their partitions; seconds taken."""
-    from agents.engine import partition_of
+    from streams.outbox import partition_for
     make = StateMaker()
     keys = (f"u{n:08d}".encode() for n in range(users))
-    items = ((key, make(n), None, partition_of(key, partitions)) for n, key in enumerate(keys))
+    items = ((key, make(n), None, partition_for(key, partitions)) for n, key in enumerate(keys))
     _, seconds = await produce_items(bootstrap, topic, items)
     return seconds
 

@@ -39,14 +39,14 @@ RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "use
 
 def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
-    from agents.engine import partition_of
+    from streams.outbox import partition_for
     from agents.rules import DecisionCore
     from relance.settings import Settings
     from schemas.records import loads, parse_record
 
     settings = Settings.from_mapping(RULES)
     items = feeder_items(lines, partitions)
-    keyed = [(key, value, headers, partition if partition is not None else partition_of(key, partitions))
+    keyed = [(key, value, headers, partition if partition is not None else partition_for(key, partitions))
              for key, value, headers, partition in items]
     n = len(keyed)
     rates = {}

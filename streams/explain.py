@@ -19,6 +19,7 @@ import orjson
 
 from schemas.records import format_ts
 from streams.app import Wiring
+from streams.outbox import partition_for
 
 DECISIONS_PER_PAIR = 5
 MAX_PAIRS = 20_000          # ~5 decisions of ~700 bytes each: about 70 MB at most
@@ -83,10 +84,8 @@ def install_explain(wiring: Wiring) -> RecentDecisions:
 
 def explain(wiring: Wiring, recent: RecentDecisions, user_id: str, bot_id: str) -> tuple[int, dict]:
     """(HTTP status, body) of the explain page for one pair."""
-    from agents.engine import partition_of  # the engine role's module; imported only when asked
-
     settings = wiring.settings
-    partition = partition_of(user_id.encode(), settings.partitions)
+    partition = partition_for(user_id.encode(), settings.partitions)
     where = {"user_id": user_id, "bot_id": bot_id, "partition": partition}
     engine = wiring.engine
     if engine is None:

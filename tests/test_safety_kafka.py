@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from agents.engine import partition_of
+from streams.outbox import partition_for
 from relance.settings import Settings
 from streams.feeder import feed
 from streams.kafkaloop import read_partition_to_end
@@ -63,7 +63,7 @@ async def test_controls_from_the_control_topic_reach_every_decision_and_erasure_
 
         await producer.send_and_wait(topic_name(CONTROL, topic_prefix), orjson.dumps({"type": "erase", "user_id": "u-ok"}), key=b"u-ok")
         state_topic = topic_name(ENGINE_STATE, topic_prefix)
-        partition = partition_of(b"u-ok", Settings().partitions)
+        partition = partition_for(b"u-ok", Settings().partitions)
 
         async def erased_everywhere() -> bool:
             left_in_redis = [key async for key in redis.scan_iter(match="*u-ok*")]
