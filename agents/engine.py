@@ -57,6 +57,7 @@ class Engine:
         self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
         self._meta_changed: set[int] = set()
+        self._on_disk: dict[int, tuple[RocksIdleStore, RocksDueTimes]] = {}  # store = rocksdb, per partition
         self._wall = self.settings.clock == "wall"
         self._window_s = self.settings.window // 1000
         prefix = self.settings.topic_prefix
@@ -78,10 +79,9 @@ class Engine:
 
     async def on_revoked(self, partitions: list[int]) -> None:
         for partition in partitions:
-            core = self.cores.pop(partition, None)
-            if core is not None and isinstance(core.idle, RocksIdleStore):
-                core.idle.close()
-                core.due_times.close()
+            self.cores.pop(partition, None)
+            for store in self._on_disk.pop(partition, ()):
+                store.close()
 
     def _new_core(self, partition: int) -> DecisionCore:
         """With store = memory, idle users in a dict and due times in a heap; with
@@ -89,7 +89,8 @@ class Engine:
         if self.settings.store != "rocksdb":
             return DecisionCore(self.settings)
         folder = Path(self.settings.data_dir) / f"{self.settings.topic_prefix}{self.settings.app_id}-engine" / str(partition)
-        return DecisionCore(self.settings, idle=RocksIdleStore(folder / "idle"), due=RocksDueTimes(folder / "due"))
+        idle, due = self._on_disk[partition] = (RocksIdleStore(folder / "idle"), RocksDueTimes(folder / "due"))
+        return DecisionCore(self.settings, idle=idle, due=due)
 
     async def _restore(self, partition: int) -> DecisionCore:
         """The partition's core from ``engine.state``, record by record: a later record of
@@ -222,7 +223,7 @@ class Engine:
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self.metrics.dead_letters.labels(stage="engine", reason=dead_letter_label(reason)).inc()
         log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
-        self.outbox.add(self._deadletter_topic, dead_letter_for("engine", reason, record), key=record.key)
+        self.outbox.add(self._deadletter_topic, dead_letter_for("engine", reason, record))  # unkeyed, as cataloged
 
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
         """The changed users and each clock as they are now, to be written once every

@@ -70,7 +70,7 @@ class WebhookIngest:
 
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self.metrics.dead_letters.labels(stage="ingest", reason=dead_letter_label(reason)).inc()
-        self.outbox.add(self._deadletter, dead_letter_for("ingest", reason, record), key=record.key)
+        self.outbox.add(self._deadletter, dead_letter_for("ingest", reason, record))  # unkeyed, as cataloged
 
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
         """Every event of the batches so far acknowledged: the outbox holds them in order."""

@@ -166,13 +166,14 @@ _PAIR = struct.Struct("=HBqqqqqqH")
 _ABSENT = -(1 << 63)               # None in a packed int field
 _APP_CODES = ("", *APPS)           # a pair's app is "" until its first message names one
 _APP_CODE = {app: code for code, app in enumerate(_APP_CODES)}
-_RARE_DEFAULTS = {"tz": None, "minor": None, "opt_out_all": False, "opt_out_bots": NOBODY,
-                  "opt_in_bots": NOBODY, "opt_in_at": None, "distress_until": -1, "sends": ()}
+# The user's rarely set fields: packed only when not at their default; read back with a type.
+_RARE = {"tz": (None, str), "minor": (None, bool), "opt_out_all": (False, bool),
+         "opt_out_bots": (NOBODY, frozenset), "opt_in_bots": (NOBODY, frozenset),
+         "opt_in_at": (None, dict), "distress_until": (-1, int), "sends": ((), tuple)}
 
 
 def pack_user(user: UserState) -> bytes:
-    rare = {name: getattr(user, name) for name, default in _RARE_DEFAULTS.items()
-            if getattr(user, name) != default}
+    rare = {name: getattr(user, name) for name, (default, _) in _RARE.items() if getattr(user, name) != default}
     rare_json = orjson.dumps(rare, default=sorted) if rare else b""  # sorted: the frozensets
     parts = [_USER.pack(len(user.pairs), len(rare_json)), rare_json]
     for bot_id, pair in user.pairs.items():
@@ -193,7 +194,7 @@ def unpack_user(packed: bytes) -> UserState:
     user = UserState()
     if rare_length:
         for name, value in orjson.loads(packed[at:at + rare_length]).items():
-            setattr(user, name, _RARE_TYPES[name](value))
+            setattr(user, name, _RARE[name][1](value))
         at += rare_length
     for _ in range(pairs):
         bot_length, app, last_ts, last_inbound_ts, last_inbound_key, due, emitted_at, queued, inbound = \
@@ -214,7 +215,3 @@ def unpack_user(packed: bytes) -> UserState:
 
 def packed_pairs(packed: bytes) -> int:
     return _USER.unpack_from(packed, 0)[0]
-
-
-_RARE_TYPES = {"tz": str, "minor": bool, "opt_out_all": bool, "opt_out_bots": frozenset,
-               "opt_in_bots": frozenset, "opt_in_at": dict, "distress_until": int, "sends": tuple}

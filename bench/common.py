@@ -200,12 +200,10 @@ class GroupWatch:
             await asyncio.sleep(poll)
 
 
-async def metric_sum(port: int, name: str) -> float:
+async def metric_sum(session, port: int, name: str) -> float:
     """A counter of one worker's /metrics, summed over its labels."""
-    import aiohttp
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and (line[len(name)] in " {"))
 
@@ -218,6 +216,13 @@ async def measure_progress(workers: list[WorkerProcess], name: str, total: int, 
     so that several workers are measured together, not the first one alone while the
     others join; a run too short for that is timed from the first worker's start, and one
     done between two polls from the call."""
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        return await _progress(session, workers, name, total, timeout, poll)
+
+
+async def _progress(session, workers: list[WorkerProcess], name: str, total: int, timeout: float,
+                    poll: float) -> tuple[float, float]:
     deadline = time.monotonic() + timeout
     called = time.perf_counter()
     first = any_first = None
@@ -225,7 +230,7 @@ async def measure_progress(workers: list[WorkerProcess], name: str, total: int, 
         for worker in workers:
             worker.check_alive()
         with contextlib.suppress(OSError, ValueError, IndexError):
-            each = [await metric_sum(worker.web_port, name) for worker in workers]
+            each = [await metric_sum(session, worker.web_port, name) for worker in workers]
             done, now = sum(each), time.perf_counter()
             if any_first is None and done > 0:
                 any_first = (done, now)
@@ -309,16 +314,3 @@ async def produce_items(bootstrap: str, topic: str, items) -> tuple[int, float]:
     finally:
         await producer.stop()
     return sent, time.perf_counter() - started
-
-
-def redis_db(redis_url: str, index: int, flush: bool) -> str:
-    """The URL of db ``index`` of that Redis, emptied first if ``flush`` (only a Redis we own)."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{index % 16}"
-    if flush:
-        import redis
-        client = redis.Redis.from_url(url)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-    return url

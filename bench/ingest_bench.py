@@ -22,9 +22,10 @@ import uuid
 
 import orjson
 
+from relance.localstack import redis_db_url
 from relance.processes import WorkerProcess, running
 from bench.common import (
-    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, measure_progress, redis_db, result, spread,
+    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, measure_progress, result, spread,
 )
 
 
@@ -109,7 +110,7 @@ async def main_async(args: argparse.Namespace) -> None:
     rates, event_rates, limits = [], [], []
     with bench_stack(args) as (bootstrap, redis_url, work):
         for index in range(1, args.repeat + 1):
-            url = redis_db(redis_url, 5 + index, flush=not args.redis_url)
+            url = redis_db_url(redis_url, 5 + index, flush=not args.redis_url)
             rate, event_rate, limit = await one_run(bootstrap, url, work, documents, args.partitions, args.timeout)
             rates.append(rate)
             event_rates.append(event_rate)

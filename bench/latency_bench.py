@@ -18,9 +18,10 @@ import uuid
 
 import orjson
 
+from relance.localstack import redis_db_url
 from relance.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, add_stack_flags, bench_stack, fresh_prefix, redis_db, result, 
+    GroupWatch, add_stack_flags, bench_stack, fresh_prefix, result, 
 )
 
 
@@ -98,7 +99,7 @@ async def main_async(args: argparse.Namespace) -> None:
     p50s, p99s, maxes, everything = [], [], [], []
     with bench_stack(args) as (bootstrap, redis_url, work):
         for index in range(1, args.repeat + 1):
-            url = redis_db(redis_url, 10 + index, flush=not args.redis_url)
+            url = redis_db_url(redis_url, 10 + index, flush=not args.redis_url)
             latencies = await one_run(bootstrap, url, work, args, index)
             if not latencies:
                 raise SystemExit("no follow-up arrived")

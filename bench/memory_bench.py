@@ -28,8 +28,9 @@ from pathlib import Path
 
 import orjson
 
+from relance.localstack import redis_db_url
 from relance.processes import WorkerProcess, running
-from bench.common import add_stack_flags, bench_stack, fresh_prefix, produce_items, redis_db, result, rss_mb
+from bench.common import add_stack_flags, bench_stack, fresh_prefix, produce_items, result, rss_mb
 
 START = 1_795_856_400_000
 BOTS = ("maestro", "chef-lucie")
@@ -164,7 +165,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\n{'engine worker (restored from engine.state)':<40} {'pairs':>10} {'RSS MB':>9} {'over empty':>11} "
           f"{'bytes/pair':>11} {'restore s':>10} {'disk MB':>8}")
     with bench_stack(args) as (bootstrap, redis_url, work):
-        url = redis_db(redis_url, 14, flush=not args.redis_url)
+        url = redis_db_url(redis_url, 14, flush=not args.redis_url)
         for store in [name for name in args.stores.split(",") if name]:
             empty, _, _, _ = await worker_rss(bootstrap, url, work, 0, args.partitions, args.timeout, store, args.source)
             name = f"engine worker, store {store}"

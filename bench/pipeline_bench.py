@@ -25,10 +25,11 @@ import uuid
 
 import orjson
 
+from relance.localstack import redis_db_url
 from relance.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    measure_progress, plain_consume, produce_items, redis_db, result, spread,
+    measure_progress, plain_consume, produce_items, result, spread,
 )
 
 RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
@@ -135,7 +136,7 @@ async def main_async(args: argparse.Namespace) -> None:
             topic = None
             for k in worker_counts:
                 run += 1
-                url = redis_db(redis_url, run, flush=own_redis)
+                url = redis_db_url(redis_url, run, flush=own_redis)
                 topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
                                                            args.timeout)
                 engine[k].append(records / seconds)

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import orjson
 
+from relance.localstack import redis_db_url
 from relance.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    measure_progress, produce_items, redis_db, result,
+    measure_progress, produce_items, result,
 )
 from bench.pipeline_bench import RULES
 
@@ -144,7 +145,7 @@ async def main_async(args: argparse.Namespace) -> None:
         sent, _ = await produce_items(bootstrap, topic, feeder_items(lines, args.partitions))
         app_id = f"engine-{uuid.uuid4().hex[:6]}"
         worker = WorkerProcess(work, ["engine"], pythonpath=args.source, **dict(
-            RULES, broker=bootstrap, redis_url=redis_db(redis_url, 9, flush=not args.redis_url),
+            RULES, broker=bootstrap, redis_url=redis_db_url(redis_url, 9, flush=not args.redis_url),
             topic_prefix=prefix, partitions=args.partitions, app_id=app_id,
             data_dir=work / "data"))
         with running([worker]):

@@ -516,3 +516,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def redis_db_url(redis_url: str, index: int, flush: bool) -> str:
+    """The URL of db ``index`` of that Redis, emptied first if ``flush`` (only a Redis we own)."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{index % 16}"
+    if flush:
+        import redis
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+    return url

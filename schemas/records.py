@@ -79,9 +79,24 @@ def _parse_rfc3339(text: str, name: str) -> int:
 @lru_cache(maxsize=4096)
 def _minute_ms(minute: str) -> int:
     """``YYYY-MM-DDTHH:MM`` as epoch milliseconds; ValueError for a day that does not exist."""
-    # The regex let through only YYYY-MM-DD; fromisoformat checks the month has the day.
-    days = date.fromisoformat(minute[:10]).toordinal() - _EPOCH_ORDINAL
-    return ((days * 24 + _TWO_DIGITS[minute[11:13]]) * 60 + _TWO_DIGITS[minute[14:16]]) * 60_000
+    day = _day_ms(minute[:10])
+    if day is None:
+        raise ValueError(minute)
+    return day + (_TWO_DIGITS[minute[11:13]] * 60 + _TWO_DIGITS[minute[14:16]]) * 60_000
+
+
+@lru_cache(maxsize=1024)
+def _day_ms(text: str) -> int | None:
+    """``YYYY-MM-DD`` as epoch milliseconds (negative before 1970); None for anything else."""
+    if _DATE.fullmatch(text) is None:
+        return None
+    try:  # fromisoformat checks the month has the day
+        return (date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL) * 86_400_000
+    except ValueError:
+        return None
+
+
+_DATE = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])")
 
 
 @lru_cache(maxsize=64)  # a stream sees a handful of zones; the regex bounds the keys
@@ -243,7 +258,7 @@ def _common_message(obj: Any) -> MessageEvent | None:
     day = _day_ms(ts[:10])
     hour, minute, second = _HOURS.get(ts[11:13]), _TWO_DIGITS.get(ts[14:16]), _TWO_DIGITS.get(ts[17:19])
     millis = _THREE_DIGITS.get(ts[20:23])
-    if (day is None or hour is None or minute is None or second is None or millis is None
+    if (day is None or day < 0 or hour is None or minute is None or second is None or millis is None
             or ts[10] != "T" or ts[13] != ":" or ts[16] != ":"):
         return None
     ms = day + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis
@@ -254,19 +269,6 @@ _APP_SET = frozenset(APPS)
 _DIRECTION_SET = frozenset(DIRECTIONS)
 _THREE_DIGITS = {f"{n:03d}": n for n in range(1000)}
 _HOURS = {f"{n:02d}": n for n in range(24)}
-_DATE = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])")
-
-
-@lru_cache(maxsize=1024)
-def _day_ms(text: str) -> int | None:
-    """``YYYY-MM-DD`` from 1970 on as epoch milliseconds; None for anything else."""
-    if _DATE.fullmatch(text) is None:
-        return None
-    try:
-        days = date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
-    except ValueError:  # a day its month does not have
-        return None
-    return days * 86_400_000 if days >= 0 else None
 
 
 # -- control events --------------------------------------------------------------------

@@ -11,9 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
-from relance.localstack import LocalStack, create_topics, free_port
+from relance.localstack import LocalStack, create_topics, free_port, redis_db_url
 from streams.topics import CATALOG
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from waiting import wait_for`
@@ -47,10 +46,4 @@ def topic_prefix(stack: LocalStack) -> str:
 @pytest.fixture
 def redis_db(stack: LocalStack) -> str:
     """URL of a Redis db emptied before the test."""
-    url = stack.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return redis_db_url(stack.redis_url, TEST_REDIS_DB, flush=True)
