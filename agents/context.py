@@ -18,9 +18,9 @@ from typing import Iterable
 import orjson
 
 from schemas.records import Erase, InvalidRecord, MessageEvent, loads, parse_record
-from streams.app import Wiring
+from streams.wiring import Wiring
 from streams.topics import MESSAGES
-from streams.userdata import context_bots_key, context_key, context_stage_keys, last_inbound_key
+from streams.rediskeys import context_bots_key, context_key, context_stage_keys, last_inbound_key
 
 log = logging.getLogger("relance.context")
 

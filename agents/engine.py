@@ -26,14 +26,16 @@ from typing import Awaitable, Callable
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from agents.rules import DecisionCore, UserState
+from agents.explain import install_explain
+from domain.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
-from streams.app import CLOCK_HEADER, Wiring, dead_letter_for, dead_letter_label, wall_ms
+from foundation.clock import wall_ms
+from streams.wiring import Wiring, dead_letter_for, dead_letter_label
 from streams.kafkaloop import KafkaLoop, read_partition
 from streams.idlestore import RocksDueTimes, RocksIdleStore
 from streams.outbox import Outbox
-from streams.topics import DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
-from streams.userdata import ledger_key
+from streams.topics import CLOCK_HEADER, DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
+from streams.rediskeys import ledger_key
 
 META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
@@ -69,6 +71,9 @@ class Engine:
 
     def owned(self) -> list[int]:
         return self.loop.owned() if self.loop else []
+
+    def holds_user(self, user_id: str) -> bool:
+        return any(core.has_user(user_id) for core in self.cores.values())
 
     # -- partitions ----------------------------------------------------------------
 
@@ -282,7 +287,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 def install(wiring: Wiring) -> None:
     app, settings = wiring.app, wiring.settings
     engine = Engine(wiring)
-    wiring.engine = engine  # for the explain endpoint
+    install_explain(wiring, engine)
 
     @app.task
     async def start_engine_loop() -> None:

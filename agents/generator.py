@@ -32,18 +32,17 @@ from typing import Any, Sequence
 import orjson
 
 from agents.context import read_context
-from agents.delivery import delivery_record
-from agents.honesty import FinalText, finalize, safe_template
-from agents.llm import (
-    ChatCompletionsClient, CircuitOpen, LLMConfig, LLMError, OfflineWriter, PromptInputs, TextProvider,
-)
-from relance.metrics import label
-from relance.settings import Settings
+from domain.delivery import delivery_record
+from domain.honesty import FinalText, finalize, safe_template
+from domain.writing import LLMError, PromptInputs
+from streams.llm import ChatCompletionsClient, CircuitOpen, LLMConfig, make_writer
+from foundation.metrics import label
 from schemas.records import DeliveryRecord, FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
 from schemas.registry import Bot, RegistryFile
-from streams.app import Wiring, dead_letter_label, wall_ms
+from foundation.clock import wall_ms
+from streams.wiring import Wiring, dead_letter_label
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
-from streams.userdata import KILLS_KEY, last_inbound_key, ledger_key
+from streams.rediskeys import KILLS_KEY, last_inbound_key, ledger_key
 
 log = logging.getLogger("relance.generator")
 
@@ -170,14 +169,6 @@ def refusal_labels(reasons: Sequence[str]) -> set[str]:
 def try_budget_ms(config: LLMConfig) -> int:
     """The longest one try may take: every attempt's timeout and the backoffs between them."""
     return int(1000 * (config.attempts * config.timeout + (config.attempts - 1) * config.backoff_max))
-
-
-def make_writer(settings: Settings) -> tuple[TextProvider, str]:
-    """The text provider and its metric label."""
-    if not settings.llm_base_url:
-        return OfflineWriter(), "offline"
-    config = LLMConfig.from_settings(settings, breaker_cooldown=settings.llm_breaker_cooldown / 1000)
-    return ChatCompletionsClient(config), "openai"
 
 
 # -- the ledger --------------------------------------------------------------------------

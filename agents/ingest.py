@@ -15,14 +15,14 @@ from typing import Awaitable, Callable
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from schemas.records import InvalidRecord, Kill, Tick, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
-from streams.app import Wiring, dead_letter_for, dead_letter_label
+from streams.wiring import Wiring, dead_letter_for, dead_letter_label
 from streams.kafkaloop import KafkaLoop
 from streams.outbox import Outbox
 from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
-from streams.userdata import KILLS_KEY
+from streams.rediskeys import KILLS_KEY
 
 
 class WebhookIngest:

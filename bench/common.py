@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def bench_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, Path]]:
     try:
         bootstrap, redis_url = args.bootstrap, args.redis_url
         if not bootstrap or not redis_url:
-            from relance.localstack import LocalStack, free_port
+            from devstack.localstack import LocalStack, free_port
             stack = LocalStack(work / "stack", kafka_port=free_port(), redis_port=free_port(),
                                controller_port=free_port())
             stack.start()
@@ -265,7 +265,7 @@ def result(name: str, value: float, unit: str, **extra: object) -> None:
 
 def canonical_lines(users: int, days: float, seed: int, limit: int | None = None) -> list[bytes]:
     """Realistic canonical records (messages, controls, ticks) as JSON lines, in arrival order."""
-    from relance.traffic import TrafficShape, generate
+    from devstack.traffic import TrafficShape, generate
     records = generate(TrafficShape(users=users, days=days), seed=seed)
     if limit is not None:
         records = records[:limit]
@@ -273,9 +273,9 @@ def canonical_lines(users: int, days: float, seed: int, limit: int | None = None
 
 
 def feeder_items(lines: list[bytes], partitions: int) -> list[tuple[bytes | None, bytes, list, int | None]]:
-    """The feeder's records (streams/feeder.py), precomputed: (key, value, headers, partition)."""
+    """The feeder's records (devstack/feeder.py), precomputed: (key, value, headers, partition)."""
     from schemas.records import Kill, MessageEvent, Tick, control_to_dict, loads, parse_record
-    from streams.app import CLOCK_HEADER
+    from streams.topics import CLOCK_HEADER
     clock = -1
     out = []
     for line in lines:

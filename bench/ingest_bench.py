@@ -1,6 +1,6 @@
 """The ingest pipeline: native webhooks on raw.<app> through ``relance worker --role ingest``.
 
-Canonical messages from ``relance.traffic.generate`` become each platform's webhook
+Canonical messages from ``devstack.traffic.generate`` become each platform's webhook
 (``webhook_of``, receiving ids from deploy/bots.toml, as ``relance simulate --format
 webhooks`` posts them) and are produced first; then one ingest worker (its batch loop,
 group ``<prefix><app_id>.ingest``) starts in a fresh group and is timed by its own
@@ -22,15 +22,15 @@ import uuid
 
 import orjson
 
-from relance.localstack import redis_db_url
-from relance.processes import WorkerProcess, running
+from devstack.localstack import redis_db_url
+from devstack.processes import WorkerProcess, running
 from bench.common import (
     ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, measure_progress, result, spread,
 )
 
 
 def webhooks(count: int, seed: int) -> list[tuple[str, bytes]]:
-    from relance.traffic import TrafficShape, bot_accounts, generate, webhook_of
+    from devstack.traffic import TrafficShape, bot_accounts, generate, webhook_of
     from schemas.registry import BotRegistry
     accounts = bot_accounts(BotRegistry.load(ROOT / "deploy" / "bots.toml"))
     users = max(4, count // 90)
@@ -83,7 +83,7 @@ async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
 
 
 async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: int, timeout: float):
-    from relance.localstack import acreate_topics
+    from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, RAW_BY_APP, topic_name
     prefix = fresh_prefix("ing")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)

@@ -18,8 +18,8 @@ import uuid
 
 import orjson
 
-from relance.localstack import redis_db_url
-from relance.processes import WorkerProcess, running
+from devstack.localstack import redis_db_url
+from devstack.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, add_stack_flags, bench_stack, fresh_prefix, result, 
 )
@@ -33,7 +33,7 @@ def percentile(values: list[float], share: float) -> float:
 async def one_run(bootstrap: str, redis_url: str, work, args, index: int) -> list[float]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from relance.localstack import acreate_topics
+    from streams.admin import acreate_topics
     from schemas.records import format_ts, parse_ts
     from streams.topics import CATALOG, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 

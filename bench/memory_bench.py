@@ -28,8 +28,8 @@ from pathlib import Path
 
 import orjson
 
-from relance.localstack import redis_db_url
-from relance.processes import WorkerProcess, running
+from devstack.localstack import redis_db_url
+from devstack.processes import WorkerProcess, running
 from bench.common import add_stack_flags, bench_stack, fresh_prefix, produce_items, result, rss_mb
 
 START = 1_795_856_400_000
@@ -38,12 +38,12 @@ BOTS = ("maestro", "chef-lucie")
 
 class StateMaker:
     """Users' state as the engine writes it (``to_dict`` of a fed DecisionCore), in whatever
-    format agents/rules.py has today: 2 pairs per user, 5 inbound messages each."""
+    format domain/rules.py has today: 2 pairs per user, 5 inbound messages each."""
 
     def __init__(self) -> None:
-        from agents.rules import DecisionCore
-        from agents.safety import PhraseListClassifier
-        from relance.settings import Settings
+        from domain.rules import DecisionCore
+        from domain.safety import PhraseListClassifier
+        from foundation.settings import Settings
         from schemas.records import format_ts, parse_message
         self.settings, self.classifier = Settings.from_mapping({"clock": "event"}), PhraseListClassifier()
         self.core_type, self.parse, self.format_ts = DecisionCore, parse_message, format_ts
@@ -61,8 +61,8 @@ class StateMaker:
 
 def core_child(pairs: int) -> None:
     """In this (fresh) process: RSS before and after building the state, as one RESULT line."""
-    from agents.rules import DecisionCore, UserState
-    from relance.settings import Settings
+    from domain.rules import DecisionCore, UserState
+    from foundation.settings import Settings
     core = DecisionCore(Settings.from_mapping({"clock": "event"}))
     make = StateMaker()
     make(0)
@@ -109,7 +109,7 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, users: int, par
                      timeout: float, store: str, source: str | None = None) -> tuple[float, float, int, float]:
     """(RSS MB once restored, seconds from start to restored, pairs it says it restored,
     MB of its data folder)."""
-    from relance.localstack import acreate_topics
+    from streams.admin import acreate_topics
     from streams.topics import CATALOG, ENGINE_STATE, topic_name
     prefix = fresh_prefix("mem")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The engine pipeline against its limits, side by side, on the same records.
 
-N realistic canonical records (``relance.traffic.generate``, event mode: the feeder's
+N realistic canonical records (``devstack.traffic.generate``, event mode: the feeder's
 ``relance-clock`` header on each) go to a fresh ``messages`` topic with a fast producer,
 then, per repetition:
 
@@ -25,8 +25,8 @@ import uuid
 
 import orjson
 
-from relance.localstack import redis_db_url
-from relance.processes import WorkerProcess, running
+from devstack.localstack import redis_db_url
+from devstack.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
     measure_progress, plain_consume, produce_items, result, spread,
@@ -41,8 +41,8 @@ RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "use
 def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
     from streams.outbox import partition_for
-    from agents.rules import DecisionCore
-    from relance.settings import Settings
+    from domain.rules import DecisionCore
+    from foundation.settings import Settings
     from schemas.records import loads, parse_record
 
     settings = Settings.from_mapping(RULES)
@@ -97,7 +97,7 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     """K engine workers on a fresh prefix whose ``messages`` already hold every record, as
     the plain consumer reads them. Timed by the workers' own counters, from the moment
     all K are processing to the last message event."""
-    from relance.localstack import acreate_topics
+    from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, topic_name
     prefix = fresh_prefix("pipe")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)

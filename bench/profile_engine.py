@@ -31,8 +31,8 @@ from pathlib import Path
 
 import orjson
 
-from relance.localstack import redis_db_url
-from relance.processes import WorkerProcess, running
+from devstack.localstack import redis_db_url
+from devstack.processes import WorkerProcess, running
 from bench.common import (
     GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
     measure_progress, produce_items, result,
@@ -63,7 +63,7 @@ def bucket(frames: list[tuple[str, str, int]]) -> str:
         return "our: dead letters"
     if any(path.endswith("schemas/records.py") and f in PARSE for f, path, _ in frames):
         return "our: parse (orjson + parse_record)"
-    if any(path.endswith("agents/rules.py") or path.endswith("agents/safety.py") for _, path, _ in frames):
+    if any(path.endswith("domain/rules.py") or path.endswith("domain/safety.py") for _, path, _ in frames):
         return "our: DecisionCore (advance, feed, drain)"
     if has("process", "agents/engine.py"):
         return "our: engine glue (headers, kills, counters)"
@@ -130,7 +130,7 @@ def report(path: Path, root: Path, events: int, seconds: float) -> dict[str, flo
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from relance.localstack import acreate_topics
+    from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, topic_name
 
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))

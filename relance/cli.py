@@ -1,16 +1,17 @@
 """``relance``: one command, with a sub-command per job (see ``relance --help``).
 
-Each module in ``relance/commands/`` adds one sub-command through ``register``.
+Each module in ``relance/commands/`` adds one sub-command through ``register``; ``COMMANDS``
+names them all, so the import graph shows every one.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
-from relance import commands
-from relance.settings import SettingError
+from relance.commands import broker, control, demo, explain, normalize, replay, simulate, topics, worker
+from foundation.settings import SettingError
+
+COMMANDS = (broker, control, demo, explain, normalize, replay, simulate, topics, worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,9 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         "writes that message honestly, and delivers it.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"relance.commands.{module_info.name}")
-        module.register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from relance.settings import ENV_PREFIX, Settings
+from foundation.settings import ENV_PREFIX, Settings
 
 _DOCS = {name: (env, default, doc) for name, env, default, doc in Settings.describe()}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
+# Event mode over Kafka: the feeder stamps each record of `messages` with the stream's clock (ms).
+CLOCK_HEADER = "relance-clock"
 
 
 @dataclass(frozen=True, slots=True)

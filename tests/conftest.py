@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from relance.localstack import LocalStack, create_topics, free_port, redis_db_url
+from devstack.localstack import LocalStack, free_port, redis_db_url
+from streams.admin import create_topics
 from streams.topics import CATALOG
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from waiting import wait_for`

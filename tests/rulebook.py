@@ -4,8 +4,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from agents.rules import DecisionCore
-from relance.settings import Settings
+from domain.rules import DecisionCore
+from foundation.settings import Settings
 from schemas.records import (
     DecisionRecord, Erase, FollowupRequest, Kill, MessageEvent, OptIn, OptOut, Profile, Tick,
     parse_ts,

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from relance.cli import build_parser, main
-from relance.settings import Settings
-from relance.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
+from foundation.settings import Settings
+from devstack.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
 from schemas.records import parse_followup, parse_ts
 from schemas.registry import BotRegistry
-from streams.explain import RecentDecisions, explain
+from agents.explain import RecentDecisions, explain
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
 REGISTRY = BotRegistry.load("deploy/bots.toml")
@@ -151,25 +151,24 @@ def test_control_refuses_what_the_workers_would_refuse(command, capsys):
 
 # -- explain --------------------------------------------------------------------------------------
 
-def _wiring(engine) -> SimpleNamespace:
-    return SimpleNamespace(settings=Settings(), engine=engine)
-
-
 def test_a_worker_that_does_not_own_the_pair_says_which_partition_does():
-    status, body = explain(_wiring(engine=None), RecentDecisions(), "u-42", "maestro")
-    assert status == 404 and body["partition"] in range(4) and "no engine" in body["error"]
-    status, body = explain(_wiring(engine=SimpleNamespace(cores={}, owned=lambda: [])), RecentDecisions(), "u-42", "maestro")
-    assert status == 404 and "owned by another worker" in body["error"] and body["owned_partitions"] == []
+    engine = SimpleNamespace(cores={}, owned=lambda: [])
+    status, body = explain(Settings(), engine, RecentDecisions(), "u-42", "maestro")
+    assert status == 404 and body["partition"] in range(4)
+    assert "owned by another worker" in body["error"] and body["owned_partitions"] == []
 
 
 def test_recent_decisions_keep_the_last_few_per_pair_and_a_bounded_number_of_pairs():
     recent = RecentDecisions(per_pair=2, max_pairs=2)
+
+    def pair(user_id: str) -> SimpleNamespace:
+        return SimpleNamespace(user_id=user_id, bot_id="b")
     for n in range(3):
-        recent.add("u1", "b", orjson.dumps({"n": n}))
-    recent.add("u2", "b", b"{}")
-    recent.add("u3", "b", b"{}")
+        recent.add(pair("u1"), orjson.dumps({"n": n}))
+    recent.add(pair("u2"), b"{}")
+    recent.add(pair("u3"), b"{}")
     assert recent.of("u1", "b") == [] and len(recent) == 2  # u1 was the least recently used
-    recent.add("u2", "b", orjson.dumps({"n": 9}))
+    recent.add(pair("u2"), orjson.dumps({"n": 9}))
     assert recent.of("u2", "b") == [{}, {"n": 9}]
     assert recent.forget_users(lambda user: user != "u2") == 1 and recent.of("u2", "b") == []
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from agents.delivery import TEXT_LIMITS, delivery_body, delivery_record
-from agents.honesty import disclosure_line, finalize
+from domain.delivery import TEXT_LIMITS, delivery_body, delivery_record
+from domain.honesty import disclosure_line, finalize
 from schemas import records
 from schemas.records import FollowupRequest, InvalidRecord, parse_ts
 

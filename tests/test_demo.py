@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relance.localstack import free_port, pid_alive, port_in_use
+from devstack.localstack import free_port, pid_alive, port_in_use
 
 pytestmark = pytest.mark.kafka
 

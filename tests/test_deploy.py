@@ -4,7 +4,7 @@ They are not code, so nothing else runs them: a typo in a label, a renamed metri
 Service selector that matches no pod would only show up in production, as an alert that
 never fires or an empty panel. These tests run the real validators offline
 (docker-compose, promtool, kubernetes-validate) and cross-check the files against
-relance/metrics.py and relance/settings.py.
+foundation/metrics.py and foundation/settings.py.
 
 The tools come from Debian packages: `apt-get install -y docker-compose prometheus`.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relance.localstack import KAFKA_VERSION
-from relance.metrics import Metrics, new_metrics
-from relance.settings import ENV_PREFIX, Settings
-from streams.app import ROLES as ALL_ROLES
+from devstack.localstack import KAFKA_VERSION
+from foundation.metrics import Metrics, new_metrics
+from foundation.settings import ENV_PREFIX, Settings
+from relance.app import ROLES as ALL_ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -89,7 +89,7 @@ def _check_expression(expr: str, where: str, catalogue: dict[str, set[str]]) -> 
     problems = []
     names = set(_METRIC.findall(expr))
     for name in sorted(names - set(catalogue)):
-        problems.append(f"{where}: {name} is not declared in relance/metrics.py")
+        problems.append(f"{where}: {name} is not declared in foundation/metrics.py")
     known = set().union(*(catalogue.get(n, set()) for n in names)) if names else set()
     for name, matchers in _SELECTOR.findall(expr):
         for label_name in _MATCHER.findall(matchers):

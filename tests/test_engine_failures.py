@@ -4,13 +4,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from relance.localstack import free_port
-from streams.feeder import feed
+from devstack.localstack import free_port
+from devstack.feeder import feed
 from streams.topics import FOLLOWUPS_REQUESTED, topic_name
 from tests.kafkaread import TopicReader
 from tests.rulebook import HOUR, MINUTE, at
 from tests.waiting import async_wait_for
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

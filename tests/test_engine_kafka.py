@@ -5,12 +5,12 @@ import orjson
 import pytest
 
 from relance.commands.replay import replay
-from relance.settings import Settings
-from relance.traffic import TrafficShape, generate
-from streams.feeder import feed
+from foundation.settings import Settings
+from devstack.traffic import TrafficShape, generate
+from devstack.feeder import feed
 from streams.topics import DECISIONS, FOLLOWUPS_REQUESTED, topic_name
 from tests.kafkaread import TopicReader
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from agents.engine import Engine
-from relance.metrics import new_metrics
-from relance.settings import Settings
+from foundation.metrics import new_metrics
+from foundation.settings import Settings
 from tests.rulebook import MINUTE, at, msg, run
 
 

@@ -6,7 +6,7 @@ import collections
 import orjson
 import pytest
 
-from streams.feeder import feed
+from devstack.feeder import feed
 from streams.topics import FOLLOWUPS_REQUESTED, MESSAGES, topic_name
 from tests.kafkaread import TopicReader, group_lag
 from tests.test_engine_kafka import engine_worker, expected, stream_lines

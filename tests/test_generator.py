@@ -13,10 +13,11 @@ from agents.generator import (
     BUSY, CLAIMED, DONE, MISSING, STALE, Attempt, Ledger, cancel_reason, error_kind, outcome_json,
     parse_attempt, refusal_labels, retry_delay_ms, wait_ms,
 )
-from agents.honesty import check_text
-from agents.llm import CircuitOpen, LLMError
+from domain.honesty import check_text
+from domain.writing import LLMError
+from streams.llm import CircuitOpen
 from schemas.records import Erase, FollowupRequest, InvalidRecord, MessageEvent
-from streams.userdata import context_bots_key, context_key, last_inbound_key, ledger_key
+from streams.rediskeys import context_bots_key, context_key, last_inbound_key, ledger_key
 
 REQUEST = FollowupRequest("f-1", "u-1", "maestro", "whatsapp", due_ts=1_000_000, last_inbound_ts=900_000, inbound_in_window=5)
 WINDOW_MS = 14 * 86_400_000

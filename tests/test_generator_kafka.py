@@ -15,17 +15,17 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from agents.honesty import disclosure_line, safe_template
+from domain.honesty import disclosure_line, safe_template
 from schemas.records import FollowupRequest, format_ts
-from streams.feeder import feed
+from devstack.feeder import feed
 from streams.topics import (
     DEADLETTER, DELIVERY_INSTAGRAM, DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, topic_name,
 )
-from streams.userdata import KILLS_KEY, last_inbound_key, ledger_key
+from streams.rediskeys import KILLS_KEY, last_inbound_key, ledger_key
 from tests.fake_llm import OK_TEXT
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 
@@ -76,7 +76,7 @@ def worker_for(stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[s
 
 
 async def readers(stack, prefix: str, *specs) -> list[TopicReader]:
-    # Topics not keyed by user have one partition (relance.localstack.acreate_topics).
+    # Topics not keyed by user have one partition (streams.admin.acreate_topics).
     return [await TopicReader(stack.bootstrap, topic_name(spec, prefix), 4 if spec.keyed else 1).start() for spec in specs]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.honesty import (
+from domain.honesty import (
     EMPTY, HUMAN_CLAIM, LANGUAGES, PRESSURE, STOP_WORDS, TOO_LONG, check_text, disclosure_line,
     finalize, max_length, safe_template,
 )

@@ -5,7 +5,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from agents.rules import HeapDueTimes
+from domain.rules import HeapDueTimes
 from streams.idlestore import RocksDueTimes, RocksIdleStore
 
 _COUNTER = itertools.count()

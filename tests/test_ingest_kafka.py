@@ -7,12 +7,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from schemas.records import parse_message
 from schemas.registry import BotRegistry
 from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
 from tests.kafkaread import TopicReader
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

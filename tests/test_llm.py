@@ -12,12 +12,10 @@ import aiohttp
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from agents.honesty import LANGUAGES, check_text
-from agents.llm import (
-    ChatCompletionsClient, CircuitBreaker, CircuitOpen, LLMConfig, LLMError, OfflineWriter, PromptInputs,
-    build_prompt, make_provider, topic_of,
-)
-from relance.settings import Settings
+from domain.honesty import LANGUAGES, check_text
+from domain.writing import LLMError, OfflineWriter, PromptInputs, build_prompt, topic_of
+from streams.llm import ChatCompletionsClient, CircuitBreaker, CircuitOpen, LLMConfig, make_writer
+from foundation.settings import Settings
 from schemas.records import MessageEvent
 from tests.fake_llm import HUMAN_TEXT, OK_TEXT, PRESSURE_TEXT, FakeLLM
 
@@ -377,9 +375,10 @@ def test_prompt_bounds_each_turn():
 
 
 def test_provider_is_offline_without_a_base_url_and_the_client_with_one():
-    assert isinstance(make_provider(Settings()), OfflineWriter)
-    client = make_provider(Settings(llm_base_url="http://127.0.0.1:1/v1", llm_timeout=5000, llm_concurrency=3))
-    assert isinstance(client, ChatCompletionsClient)
+    writer, label = make_writer(Settings())
+    assert isinstance(writer, OfflineWriter) and label == "offline"
+    client, label = make_writer(Settings(llm_base_url="http://127.0.0.1:1/v1", llm_timeout=5000, llm_concurrency=3))
+    assert isinstance(client, ChatCompletionsClient) and label == "openai"
     assert client.url == "http://127.0.0.1:1/v1/chat/completions"
     assert (client.config.timeout, client.config.concurrency) == (5.0, 3)
 

@@ -14,7 +14,8 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from relance.localstack import LocalStack, create_topics
+from devstack.localstack import LocalStack
+from streams.admin import create_topics
 from streams.topics import DECISIONS, MESSAGES, topic_name
 from waiting import async_wait_for, wait_for
 
@@ -88,7 +89,7 @@ def test_redis_ping_set_get(redis_db: str):
 
 
 async def test_faust_worker_forwards_events_on_this_kafka(stack, topic_prefix, tmp_path):
-    """faust-streaming works against relance.localstack.KAFKA_VERSION: group, fetch, produce."""
+    """faust-streaming works against devstack.localstack.KAFKA_VERSION: group, fetch, produce."""
     source, sink = topic_name(MESSAGES, topic_prefix), topic_name(DECISIONS, topic_prefix)
     log_path = tmp_path / "faust-worker.log"
     env = {**os.environ, "FORWARD_BROKER": stack.bootstrap, "FORWARD_SOURCE": source,

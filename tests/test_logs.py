@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from relance.logs import JsonFormatter, logging_config
+from foundation.logs import JsonFormatter, logging_config
 
 
 def _logged(emit) -> list[dict]:

@@ -1,4 +1,4 @@
-"""relance.metrics: the names, types and labels the dashboards and alerts depend on.
+"""foundation.metrics: the names, types and labels the dashboards and alerts depend on.
 
 The table below is the contract with deploy/prometheus and deploy/grafana: renaming a
 metric or changing its labels breaks a panel or silences an alert without any error,
@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relance import metrics
-from streams.app import dead_letter_label
-from relance.metrics import (
+from foundation import metrics
+from streams.wiring import dead_letter_label
+from foundation.metrics import (
     LLM_SECONDS_BUCKETS,
     TIMER_LAG_SECONDS_BUCKETS,
     Metrics,
@@ -21,7 +21,7 @@ from relance.metrics import (
     new_metrics,
     render,
 )
-from relance.settings import Settings
+from foundation.settings import Settings
 
 # exposed name -> (type, label names)
 EXPECTED = {

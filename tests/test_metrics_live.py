@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.records import format_ts
-from streams.feeder import feed
-from relance.processes import WorkerProcess
+from devstack.feeder import feed
+from devstack.processes import WorkerProcess
 from waiting import wait_for
 
 pytestmark = pytest.mark.kafka

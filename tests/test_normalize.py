@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.normalize import NormalizeResult, normalize_webhook
+from domain.normalize import NormalizeResult, normalize_webhook
 from schemas.records import InvalidRecord, MessageEvent, parse_message, parse_ts
 from schemas.registry import BotRegistry
 

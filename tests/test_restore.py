@@ -7,7 +7,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.feeder import feed
+from devstack.feeder import feed
 from streams.kafkaloop import read_partition_to_end
 from streams.topics import ENGINE_STATE, MESSAGES, topic_name
 from tests.kafkaread import group_lag

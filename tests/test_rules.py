@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.rules import DecisionCore, event_key, followup_id
-from relance.settings import Settings
+from domain.rules import DecisionCore, event_key, followup_id
+from foundation.settings import Settings
 from schemas.records import InvalidRecord, OptOut
 from tests.rulebook import DAY, HOUR, MINUTE, at, burst, msg, run, tick
 
@@ -234,7 +234,7 @@ def test_wall_mode_decides_on_the_wall_clock_not_on_event_time():
 
 
 def test_state_round_trips_through_its_serialised_form():
-    from agents.rules import UserState
+    from domain.rules import UserState
     r = run().feed(burst("u1", "b", T0, 5), OptOut("u1", None))
     state = r.core.users["u1"]
     assert UserState.from_dict(state.to_dict()) == state
@@ -242,7 +242,7 @@ def test_state_round_trips_through_its_serialised_form():
 
 def test_a_later_changelog_record_of_a_user_replaces_the_earlier_one():
     # A restore reads engine.state in order, before compaction has removed old versions.
-    from agents.state import UserState
+    from domain.state import UserState
     early = run().feed(burst("u1", "b", T0, 5), burst("u1", "c", T0, 5)).core.users["u1"]
     late = run().feed(burst("u1", "b", T0, 2)).core.users["u1"]
     core = DecisionCore(Settings.from_mapping({"clock": "event", "quiet_hours": "off"}))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from agents.rules import DecisionCore, UserState
-from relance.settings import Settings
+from domain.rules import DecisionCore, UserState
+from foundation.settings import Settings
 from schemas.records import Erase, Kill, MessageEvent, OptIn, OptOut, Profile, Tick
 from tests.rulebook import HOUR, MINUTE, at
 

@@ -7,15 +7,15 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from streams.outbox import partition_for
-from relance.settings import Settings
-from streams.feeder import feed
+from foundation.settings import Settings
+from devstack.feeder import feed
 from streams.kafkaloop import read_partition_to_end
 from streams.topics import CONTROL, DECISIONS, ENGINE_STATE, MESSAGES, topic_name
-from streams.userdata import KILLS_KEY
+from streams.rediskeys import KILLS_KEY
 from tests.kafkaread import TopicReader
 from tests.rulebook import HOUR, MINUTE, at
 from tests.waiting import async_wait_for
-from relance.processes import WorkerProcess
+from devstack.processes import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.safety import PhraseListClassifier, is_stop_word, quiet_hours_end
-from relance.settings import parse_quiet_hours
+from domain.safety import PhraseListClassifier, is_stop_word, quiet_hours_end
+from foundation.settings import parse_quiet_hours
 from tests.rulebook import DAY, HOUR, MINUTE, Erase, Kill, OptIn, OptOut, Profile, at, burst, msg, run, tick
 
 T0 = at("11-28 09:00")
@@ -236,7 +236,7 @@ def test_holdout_is_stable_and_recorded():
 
 def test_every_decision_records_every_rule():
     r = run().feed(burst("u1", "b", T0, 5), tick(T0 + DAY))
-    from agents.rules import RULES
+    from domain.rules import RULES
     assert tuple(check.rule for check in r.decisions[0].checks) == RULES
 
 
@@ -248,7 +248,7 @@ def test_cached_zone_offsets_give_the_local_minute_across_every_transition(zone)
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from agents.safety import _utc_offset_ms
+    from domain.safety import _utc_offset_ms
     tz = ZoneInfo(zone)
     start = at("01-01 00:00")
     transitions = [ts for ts in range(start, start + 366 * DAY, HOUR)

@@ -18,7 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupRequest, InvalidRecord,
     Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict, parse_control,
@@ -354,7 +354,7 @@ def test_parse_ts_of_any_zoned_datetime_is_its_instant_truncated_to_the_millisec
 
 
 def test_send_bodies_built_by_the_delivery_stage_validate():
-    from agents.delivery import delivery_body  # the stage that fills delivery topics
+    from domain.delivery import delivery_body  # the stage that fills delivery topics
 
     for app in ("whatsapp", "facebook", "instagram"):
         record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT), T, replaced=True)

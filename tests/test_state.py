@@ -5,7 +5,7 @@ from array import array
 
 from hypothesis import given, strategies as st
 
-from agents.state import PairState, UserState, pack_user, packed_pairs, unpack_user
+from domain.state import PairState, UserState, pack_user, packed_pairs, unpack_user
 
 _INT = st.integers(-(1 << 63) + 1, (1 << 63) - 1)  # -2**63 itself marks None when packed
 _MAYBE = st.one_of(st.none(), st.integers(0, 1 << 50))

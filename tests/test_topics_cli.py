@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.topics import CATALOG, MESSAGES, topic_name
-from relance.processes import RELANCE
+from devstack.processes import RELANCE
 
 pytestmark = pytest.mark.kafka
 

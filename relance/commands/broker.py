@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from relance.localstack import LocalStack, StackError, create_topics
-from relance.settings import SettingError, Settings
+from devstack.localstack import LocalStack, StackError
+from streams.admin import create_topics
+from foundation.settings import SettingError, Settings
 from streams.topics import CATALOG
 
 STATE_DIR = Path(".relance/stack")

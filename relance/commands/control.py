@@ -14,7 +14,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from relance.cliflags import add_setting_flags, load_settings
-from relance.localstack import run_sync
+from streams.admin import run_sync
 from schemas.records import APPS, InvalidRecord, control_to_dict, parse_control
 from streams.topics import CONTROL, topic_name
 

@@ -30,11 +30,10 @@ from urllib.parse import urlsplit
 import orjson
 
 from relance.cliflags import add_setting_flags, load_settings
-from relance.localstack import (
-    REPO_ROOT, LocalStack, StackError, create_topics, fetch_kafka, pid_alive, port_in_use, run_sync, stop_pid,
-)
+from devstack.localstack import REPO_ROOT, LocalStack, StackError, fetch_kafka, pid_alive, port_in_use, stop_pid
+from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
-from relance.settings import SettingError, Settings, parse_duration
+from foundation.settings import SettingError, Settings, parse_duration
 from streams.topics import CATALOG, DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, topic_name
 
 DEMO_STATE = Path(".relance")

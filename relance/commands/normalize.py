@@ -12,10 +12,10 @@ import argparse
 import sys
 from typing import BinaryIO, TextIO
 
-from agents.normalize import normalize_webhook
+from domain.normalize import normalize_webhook
 from schemas.records import APPS, InvalidRecord
 from schemas.registry import BotRegistry, RegistryError
-from relance.settings import Settings
+from foundation.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import IO, Callable, Iterable
 
-from agents.rules import DecisionCore
-from relance.settings import Settings
+from domain.rules import DecisionCore
+from foundation.settings import Settings
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, loads, parse_record
 
 

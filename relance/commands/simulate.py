@@ -33,8 +33,9 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from relance.cliflags import add_setting_flags, load_settings
-from relance.settings import Settings
-from relance.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
+from foundation.clock import wall_ms
+from foundation.settings import Settings
+from devstack.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
 from schemas.registry import BotRegistry, RegistryError
 from streams.topics import CONTROL, DELIVERY_BY_APP, MESSAGES, RAW_BY_APP, topic_name
 
@@ -160,7 +161,7 @@ async def simulate_event(args: argparse.Namespace, settings: Settings, registry:
     if args.out:
         return await _write_lines(records, args.out)
     if args.format == "canonical":
-        from streams.feeder import feed  # keeps the replay's order and clock per partition
+        from devstack.feeder import feed  # keeps the replay's order and clock per partition
 
         summary = await feed((orjson.dumps(record) for record in records), settings.broker, settings.topic_prefix)
         print(f"sent {summary.sent} records ({args.days:g} days, {args.users} users) to "
@@ -287,6 +288,3 @@ def _maybe_answer(traffic: LiveTraffic, value: bytes) -> None:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return  # not a follow-up this simulation can read: ignore it
 
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000

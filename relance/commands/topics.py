@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from relance.localstack import create_topics
+    from streams.admin import create_topics
     from streams.topics import CATALOG, topic_name
 
     settings = load_settings(args)

@@ -13,7 +13,7 @@ WORKER_SETTINGS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from streams.app import ROLES
+    from relance.app import ROLES
     parser = subparsers.add_parser(
         "worker",
         help="run the stream agents (ingest, engine, context, generator) as a Faust worker",
@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import faust
 
-    from relance.localstack import create_topics
-    from relance.logs import logging_config
-    from streams.app import ROLES, build
+    from streams.admin import create_topics
+    from foundation.logs import logging_config
+    from relance.app import ROLES, build
     from streams.topics import CATALOG
 
     log_config = logging_config(args.loglevel)

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.records import (
     InvalidRecord, Kill, MessageEvent, Tick, control_to_dict, loads, parse_record,
 )
-from streams.app import CLOCK_HEADER
+from streams.topics import CLOCK_HEADER
 from streams.topics import MESSAGES, topic_name
 
 

@@ -9,7 +9,7 @@ Pure functions and data: no network. A sender (outside Relance, or a later stage
 """
 from __future__ import annotations
 
-from agents.honesty import FinalText
+from domain.honesty import FinalText
 from schemas import records
 from schemas.records import APPS, FollowupRequest
 

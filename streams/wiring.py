@@ -1,12 +1,12 @@
-"""The Faust application of a worker: topics from the catalog, metrics, health, dead letters.
+"""What every stage of a worker shares: the Faust app, topics, metrics, health, Redis,
+the batch stages' producer, and dead letters.
 
-``build(settings, roles)`` makes one ``faust.App`` and lets each role's module in
-``agents/`` install its agents on it. Every worker role shares this wiring, so a topic,
-a dead letter or a metric means the same thing in every process.
+The composition root (``relance/app.py``) makes one ``Wiring`` and hands it to each role's
+``install``; a stage registers on it what it serves. Every role shares it, so a topic, a
+dead letter or a metric means the same thing in every process.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,22 +16,14 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
-from relance.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
-from relance.settings import Settings
+from foundation.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
+from foundation.settings import Settings
 from schemas.records import DeadLetter
+from streams.kafkaloop import new_producer
 from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
 
-ROLES = ("ingest", "engine", "context", "generator")
-ROLE_MODULES = {
-    "ingest": "agents.ingest", "engine": "agents.engine",
-    "context": "agents.context", "generator": "agents.generator",
-}
-CLOCK_HEADER = "relance-clock"   # event mode over Kafka: the feeder's stream clock (ms)
 log = logging.getLogger("relance")
 
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -45,7 +37,6 @@ class Wiring:
     _redis: aioredis.Redis | None = None
     _producer: Any = None
     ready: bool = False
-    engine: Any = None  # the engine role's state, for the explain endpoint
 
     def topic(self, spec: TopicSpec) -> faust.TopicT:
         return self.topics[spec.name]
@@ -60,7 +51,6 @@ class Wiring:
     async def producer(self) -> Any:
         """The aiokafka producer the batch stages share, started on first use."""
         if self._producer is None:
-            from streams.kafkaloop import new_producer
             self._producer = new_producer(self.settings.broker)
             await self._producer.start()
         return self._producer
@@ -91,7 +81,7 @@ _REASON_LABELS = (
 
 
 def dead_letter_label(reason: str) -> str:
-    """The bounded metric label of a readable dead-letter reason (relance/metrics.py)."""
+    """The bounded metric label of a readable dead-letter reason (foundation/metrics.py)."""
     text = reason.lower()
     return next((name for needle, name in _REASON_LABELS if needle in text), "invalid_field")
 
@@ -126,10 +116,8 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
-def build(settings: Settings, roles: tuple[str, ...] = ROLES) -> Wiring:
-    unknown = sorted(set(roles) - set(ROLES))
-    if unknown:
-        raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+def new_wiring(settings: Settings) -> Wiring:
+    """A worker's Faust app with every topic of the catalog, and its metrics and health pages."""
     app = faust_app(settings)
     wiring = Wiring(settings=settings, app=app, metrics=new_metrics())
     for spec in CATALOG:
@@ -138,13 +126,11 @@ def build(settings: Settings, roles: tuple[str, ...] = ROLES) -> Wiring:
             key_serializer="raw", value_serializer="raw",
         )
     _install_web(wiring)
-    for role in roles:
-        importlib.import_module(ROLE_MODULES[role]).install(wiring)
-    importlib.import_module("streams.explain").install_explain(wiring)  # GET /explain (relance explain)
     return wiring
 
 
 def _install_web(wiring: Wiring) -> None:
+    """Metrics and health pages, and the commit sensor, every worker serves."""
     app = wiring.app
 
     @app.page("/metrics")

@@ -2,8 +2,8 @@
 
 One ``DecisionCore`` holds the state of a set of users (a Kafka partition's worth in a
 worker, everything in ``relance replay``) and turns an ordered stream of records into
-follow-up requests and decision records. The Faust agents and the replay tool both feed
-it; nothing else decides.
+follow-up requests and decision records. The engine stage (``agents/engine.py``) and the
+replay tool (``relance replay``) both feed it; nothing else decides.
 
 Order (spec section 4): a record first moves the clock, then every decision due before
 the clock happens, in due order (ties: user_id, then bot_id), then the record takes
@@ -16,12 +16,12 @@ import heapq
 import sys
 from typing import MutableMapping, Protocol
 
-from agents.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
-from agents.state import APP_NAMES, NOBODY, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
-from relance.settings import Settings
+from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
+from domain.state import APP_NAMES, NOBODY, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
+from foundation.settings import Settings
 from schemas.records import (
     Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
-    MessageEvent, OptIn, OptOut, Profile, Tick,
+    MessageEvent, OptIn, OptOut, Profile, Tick, format_ts,
 )
 
 DAY_MS = 86_400_000
@@ -419,8 +419,41 @@ class DecisionCore:
     def pairs_tracked(self) -> int:
         return self._pairs
 
+    def describe(self, user_id: str, bot_id: str) -> dict:
+        """What this core holds about a pair and its user, for a person (``relance explain``)."""
+        user = self.user(user_id)
+        pair = user.pairs.get(bot_id) if user is not None else None
+        return {
+            "clock": _ts(self.clock), "known": pair is not None, "kills": self.kills.to_dict(),
+            "user": _describe_user(user) if user is not None else None,
+            "pair": _describe_pair(pair, self.clock, self._window) if pair is not None else None,
+        }
+
 
 _NEVER = 1 << 62  # later than any due time
+
+
+def _describe_user(user: UserState) -> dict:
+    return {
+        "tz": user.tz, "minor": user.minor, "opt_out_all": user.opt_out_all,
+        "opt_out_bots": sorted(user.opt_out_bots), "opt_in_bots": sorted(user.opt_in_bots),
+        "distress_until": _ts(user.distress_until),
+        "sends": [_ts(ts) for ts in user.sends], "bots": sorted(user.pairs),
+    }
+
+
+def _describe_pair(pair: PairState, clock: int, window: int) -> dict:
+    return {
+        "app": pair.app,
+        "inbound_in_window": [_ts(ts) for ts in pair.inbound_times() if ts > clock - window],
+        "last_ts": _ts(pair.last_ts), "last_inbound_ts": _ts(pair.last_inbound_ts),
+        "due": _ts(pair.due), "emitted_at": _ts(pair.emitted_at),
+    }
+
+
+def _ts(ms: int | None) -> str | None:
+    """A time for a person; the state's "never" (None or negative) as null."""
+    return None if ms is None or ms < 0 else format_ts(ms)
 
 
 class DueTimes(Protocol):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from relance.localstack import REPO_ROOT, free_port
+from devstack.localstack import REPO_ROOT, free_port
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
 

@@ -6,11 +6,10 @@ Maven Central (Apache's download site is out of reach here) into
 children in their own process group and are tracked by pid files in a state folder, so
 ``relance broker up`` can return and ``relance broker down`` stop them later, by pid.
 
-``python -m relance.localstack fetch`` fetches the Kafka jars (the bootstrap script uses it).
+``python -m devstack.localstack fetch`` fetches the Kafka jars (the bootstrap script uses it).
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import shutil
@@ -18,18 +17,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
-from streams.topics import CATALOG, TopicSpec, topic_name
+from streams.admin import list_topics, run_sync
 
 __all__ = [
     "KAFKA_VERSION", "StackError", "KafkaBroker", "RedisServer", "LocalStack", "ServiceStatus",
-    "fetch_kafka", "create_topics", "acreate_topics", "free_port",
+    "fetch_kafka", "free_port",
 ]
 
 # Newest Kafka on Maven Central that faust-streaming 0.15.3 + aiokafka 0.14 work against
@@ -39,9 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 INSTALL_JAVA = "apt-get install openjdk-17-jre-headless maven"
 INSTALL_REDIS = "apt-get install redis-server"
-
-T = TypeVar("T")
-
 
 class StackError(RuntimeError):
     """A local server could not be fetched, started or reached; the message says why."""
@@ -86,29 +80,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine from sync code, even when the caller already has a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coro())
-    result: list[Any] = []
-
-    def worker() -> None:
-        try:
-            result.append(("ok", asyncio.run(make_coro())))
-        except BaseException as exc:  # handed back to the caller's thread
-            result.append(("error", exc))
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join()
-    kind, value = result[0]
-    if kind == "error":
-        raise value
-    return value
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -278,7 +249,7 @@ def fetch_kafka(version: str = KAFKA_VERSION, quiet: bool = False) -> Path:
 
 
 LOG4J2_CONFIG = """\
-# Written by relance.localstack: a log a person can read; noisy internals at WARN.
+# Written by devstack.localstack: a log a person can read; noisy internals at WARN.
 status = warn
 appender.out.type = Console
 appender.out.name = out
@@ -344,7 +315,7 @@ class KafkaBroker(_Server):
     def _config(self) -> str:
         c = self.controller_port
         return f"""\
-# Written by relance.localstack: one node is both broker and KRaft controller.
+# Written by devstack.localstack: one node is both broker and KRaft controller.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{c}
@@ -373,58 +344,7 @@ num.partitions=1
     def probe(self) -> None:
         if not port_in_use(self.port):  # spares the log aiokafka's "Unable connect" errors
             raise StackError("port not open yet")
-        run_sync(lambda: _list_topics(self.bootstrap))
-
-
-async def _admin(bootstrap: str):
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await asyncio.wait_for(admin.start(), 5)
-    return admin
-
-
-async def _list_topics(bootstrap: str) -> list[str]:
-    admin = await _admin(bootstrap)
-    try:
-        return await asyncio.wait_for(admin.list_topics(), 5)
-    finally:
-        await admin.close()
-
-
-async def acreate_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG,
-                         prefix: str = "", partitions: int = 4,
-                         timeout: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet; return every name. Existing ones are fine."""
-    from aiokafka.admin import NewTopic
-
-    specs = list(specs)
-    names = [topic_name(spec, prefix) for spec in specs]
-    admin = await _admin(bootstrap)
-    try:
-        existing = set(await admin.list_topics())
-        # Keyed topics get the partition count; the others are not split by user, so one.
-        missing = [NewTopic(name, partitions if spec.keyed else 1, 1, topic_configs=spec.config())
-                   for spec, name in zip(specs, names) if name not in existing]
-        if missing:
-            response = await admin.create_topics(missing, timeout_ms=int(timeout * 1000))
-            for name, code, *message in response.topic_errors:
-                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (someone was quicker)
-                    raise StackError(f"could not create topic {name}: error {code} {message}")
-        deadline = time.monotonic() + timeout
-        while not set(names) <= set(await admin.list_topics()):  # metadata catches up
-            if time.monotonic() > deadline:
-                raise StackError(f"topics not visible after {timeout:.0f}s: {names}")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-    return names
-
-
-def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG, prefix: str = "",
-                  partitions: int = 4) -> list[str]:
-    """Sync form of ``acreate_topics``, for CLI code and fixtures."""
-    return run_sync(lambda: acreate_topics(bootstrap, specs, prefix, partitions))
+        run_sync(lambda: list_topics(self.bootstrap))
 
 
 # -- Redis ---------------------------------------------------------------------------------
@@ -444,7 +364,7 @@ class RedisServer(_Server):
         data.mkdir(parents=True, exist_ok=True)
         config = self.state_dir / "redis.conf"
         config.write_text(
-            "# Written by relance.localstack: a throwaway Redis for development and tests.\n"
+            "# Written by devstack.localstack: a throwaway Redis for development and tests.\n"
             f"port {self.port}\nbind 127.0.0.1\ndir {data}\n"
             'save ""\nappendonly no\ndaemonize no\nlogfile ""\n')
         return [redis_server, str(config)]
@@ -503,7 +423,7 @@ class LocalStack:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["fetch"]:
-        print("usage: python -m relance.localstack fetch   (fetch the Kafka jars once)",
+        print("usage: python -m devstack.localstack fetch   (fetch the Kafka jars once)",
               file=sys.stderr)
         return 2
     try:
