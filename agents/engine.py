@@ -35,7 +35,7 @@ from streams.kafkaloop import KafkaLoop, read_partition
 from streams.idlestore import RocksDueTimes, RocksIdleStore
 from streams.outbox import Outbox
 from streams.topics import CLOCK_HEADER, DEADLETTER, DECISIONS, ENGINE_STATE, FOLLOWUPS_REQUESTED, MESSAGES, topic_name
-from streams.rediskeys import ledger_key
+from streams.ledger import Ledger, ledger_ttl_s
 
 META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
@@ -54,14 +54,13 @@ class Engine:
         # Requests apart: their acknowledgement is awaited inline, and should not wait
         # behind a batch's worth of decision records.
         self.requests_out: Outbox | None = None
-        self._record_in_ledger = None  # a Redis script, registered when the loop starts
+        self.ledger: Ledger | None = None  # made when the loop starts, inside the event loop
         # Each listener gets a decision and its JSON, encoded once for everyone.
         self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
         self._meta_changed: set[int] = set()
         self._on_disk: dict[int, tuple[RocksIdleStore, RocksDueTimes]] = {}  # store = rocksdb, per partition
         self._wall = self.settings.clock == "wall"
-        self._window_s = self.settings.window // 1000
         prefix = self.settings.topic_prefix
         self._state_topic = topic_name(ENGINE_STATE, prefix)
         self._decisions_topic = topic_name(DECISIONS, prefix)
@@ -182,7 +181,7 @@ class Engine:
         if requests:
             await self._publish_requests(requests)
         if erased:
-            await self.wiring.redis.delete(*(ledger_key(user_id) for user_id in erased))
+            await self.ledger.erase(erased)
         await self.outbox.send()  # on their way now; acknowledged before the next commit
 
     async def _publish_requests(self, requests: list[FollowupRequest]) -> None:
@@ -192,23 +191,14 @@ class Engine:
         at once, as a crash in between publishes the follow-up again after the restart
         (the generator drops the copy by id, but none should be made).
         """
-        redis = self.wiring.redis
-        async with redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                pipe.hexists(ledger_key(request.user_id), request.followup_id)
-            published = await pipe.execute()
-        fresh = [request for request, seen in zip(requests, published) if not seen]
+        fresh = await self.ledger.unpublished(requests)
         for request in fresh:
             self.requests_out.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
         await self.requests_out.flush()
-        async with redis.pipeline(transaction=False) as pipe:
-            for request in fresh:
-                await self._record_in_ledger(keys=[ledger_key(request.user_id)],  # queued in the pipeline
-                                             args=[request.followup_id, request.due_ts, 2 * self._window_s], client=pipe)
-            await pipe.execute()
+        await self.ledger.record_published(fresh)
         by_app = collections.Counter(request.app for request in fresh)
         for app, count in by_app.items():
-            self.metrics.followups_generated.labels(app=app).inc(count)
+            self.metrics.followups_requested.labels(app=app).inc(count)
         for request in fresh:
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
@@ -277,13 +267,6 @@ class Engine:
         self._events_in.clear()
 
 
-# KEYS: ledger. ARGV: followup_id, due ts, time to live (s). One command, not two.
-RECORD_IN_LEDGER = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-"""
-
-
 def install(wiring: Wiring) -> None:
     app, settings = wiring.app, wiring.settings
     engine = Engine(wiring)
@@ -291,7 +274,7 @@ def install(wiring: Wiring) -> None:
 
     @app.task
     async def start_engine_loop() -> None:
-        engine._record_in_ledger = wiring.redis.register_script(RECORD_IN_LEDGER)
+        engine.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
         producer = await wiring.producer()
         engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
         await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)

@@ -1,19 +1,17 @@
 """The generator agents: each follow-up request written by the LLM and handed to delivery.
 
 Requests come from ``followups.requested`` (the engine) and ``followups.retry`` (earlier
-tries that failed). Every request ends with exactly one outcome, written to
-``followups.outcomes`` and into the request's field of the emission ledger:
+tries that failed). Every request ends here with exactly one outcome, written to
+``followups.outcomes`` and into the request's field of the ledger (``streams/ledger.py``):
 
-- ``delivered``: the text went to ``delivery.<app>``;
+- ``generated``: the text went to ``delivery.<app>``;
 - ``cancelled:<reason>``: ``erased``, ``killed`` or ``user_returned``, checked before the
   LLM is called and again right before delivery (the user may come back meanwhile);
 - ``dead_lettered``: unknown bot, or generation failed ``generation_tries`` times.
 
-The ledger field (written by the engine as the due ts) is also how duplicates are
-dropped and how tries survive a crash. While a try runs it holds ``try:<n>:<lease end>``;
-while the request waits on the retry topic, ``wait:<n>``. A copy of the request that
-finds its try running elsewhere goes back to the retry topic until the lease ends, so a
-crashed worker's follow-up is not lost. Effects are at-least-once: a crash between the
+The ledger field is also how duplicates are dropped and how tries survive a crash. A copy
+of the request that finds its try running elsewhere goes back to the retry topic until
+the lease ends, so a crashed worker's follow-up is not lost. Effects are at-least-once: a crash between the
 delivery and the ledger write delivers twice with the same ``followup_id``, which the
 delivery stage drops. A missing field means the user was erased (the engine deletes the
 ledger): the request is cancelled and the ledger is never re-created.
@@ -25,11 +23,9 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Sequence
 
-import orjson
 
 from agents.context import read_context
 from domain.delivery import delivery_record
@@ -37,87 +33,26 @@ from domain.honesty import FinalText, finalize, safe_template
 from domain.writing import LLMError, PromptInputs
 from streams.llm import ChatCompletionsClient, CircuitOpen, LLMConfig, make_writer
 from foundation.metrics import label
-from schemas.records import DeliveryRecord, FollowupRequest, InvalidRecord, format_ts, loads, parse_followup, parse_ts
+from schemas.records import (
+    DeliveryRecord, FollowupAttempt, FollowupOutcome, FollowupRequest, InvalidRecord, loads, parse_attempt,
+)
 from schemas.registry import Bot, RegistryFile
 from foundation.clock import wall_ms
 from streams.wiring import Wiring, dead_letter_label
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
-from streams.rediskeys import KILLS_KEY, last_inbound_key, ledger_key
+from streams.ledger import (
+    BUSY, CANCELLED, CLAIMED, DEAD_LETTERED, GENERATED, MISSING, Ledger, final_state, ledger_ttl_s,
+)
+from streams.rediskeys import KILLS_KEY, last_inbound_key
 
 log = logging.getLogger("relance.generator")
 
 STAGE = "generator"
-DELIVERED, CANCELLED, DEAD_LETTERED = "delivered", "cancelled", "dead_lettered"
+
 MAX_RETRY_WAIT_MS = 60_000     # a retry agent never sleeps longer than this on one record
 LEASE_MARGIN_MS = 30_000       # beyond the try's own time budget, before another copy may take over
 LEDGER_GRACE_S = 2.0           # the engine writes the ledger just after Kafka acknowledges the request
 LEDGER_POLL_S = 0.1
-
-# The verdicts of CLAIM_SCRIPT.
-CLAIMED, MISSING, DONE, STALE, BUSY = "claimed", "missing", "done", "stale", "busy"
-
-# KEYS: ledger. ARGV: followup_id, tries already made, now ms, lease end ms.
-# Takes the request's next try unless it has ended, a later copy superseded it, or
-# another copy's try is running under a live lease ("busy:<lease end>").
-CLAIM_SCRIPT = """
-local state = redis.call('HGET', KEYS[1], ARGV[1])
-if not state then return 'missing' end
-if state == 'delivered' or state == 'dead_lettered' or string.sub(state, 1, 10) == 'cancelled:' then
-  return 'done'
-end
-local tries = tonumber(ARGV[2])
-local waiting = string.match(state, '^wait:(%d+)$')
-local running, lease = string.match(state, '^try:(%d+):(%d+)$')
-if waiting and tries < tonumber(waiting) then return 'stale' end
-if running then
-  running, lease = tonumber(running), tonumber(lease)
-  if tries < running - 1 then return 'stale' end
-  if tries == running - 1 and tonumber(ARGV[3]) < lease then return 'busy:' .. lease end
-end
-redis.call('HSET', KEYS[1], ARGV[1], 'try:' .. (tries + 1) .. ':' .. ARGV[4])
-return 'claimed'
-"""
-
-# KEYS: ledger. ARGV: followup_id, state. Never re-creates an erased ledger or field.
-SET_STATE_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
-# -- records -----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """A request and how many tries it already had; retry records carry both."""
-
-    request: FollowupRequest
-    tries: int = 0
-    not_before: int | None = None  # wall ms; a retry waits until then
-
-    def to_json(self) -> bytes:
-        body = self.request.to_dict()
-        body["tries"] = self.tries
-        if self.not_before is not None:
-            body["not_before"] = format_ts(self.not_before)
-        return orjson.dumps(body)
-
-
-def parse_attempt(obj: Any) -> Attempt:
-    request = parse_followup(obj)
-    tries = obj.get("tries", 0)
-    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
-        raise InvalidRecord("tries must be a non-negative integer")
-    not_before = obj.get("not_before")
-    return Attempt(request, tries, None if not_before is None else parse_ts(not_before, "not_before"))
-
-
-def outcome_json(request: FollowupRequest, outcome: str, reason: str | None, tries: int, at: int) -> bytes:
-    return orjson.dumps({
-        "followup_id": request.followup_id, "user_id": request.user_id, "bot_id": request.bot_id,
-        "app": request.app, "outcome": outcome, "reason": reason, "tries": tries, "at": format_ts(at),
-    })
 
 
 # -- pure decisions ----------------------------------------------------------------------
@@ -171,26 +106,6 @@ def try_budget_ms(config: LLMConfig) -> int:
     return int(1000 * (config.attempts * config.timeout + (config.attempts - 1) * config.backoff_max))
 
 
-# -- the ledger --------------------------------------------------------------------------
-
-class Ledger:
-    """The generator's moves on the emission ledger, each one atomic in Redis."""
-
-    def __init__(self, redis) -> None:
-        self.redis = redis
-        self._claim = redis.register_script(CLAIM_SCRIPT)
-        self._set_state = redis.register_script(SET_STATE_SCRIPT)
-
-    async def claim(self, attempt: Attempt, now: int, lease_end: int) -> str:
-        request = attempt.request
-        verdict = await self._claim(keys=[ledger_key(request.user_id)],
-                                    args=[request.followup_id, attempt.tries, now, lease_end])
-        return verdict.decode()
-
-    async def set_state(self, request: FollowupRequest, state: str) -> bool:
-        return bool(await self._set_state(keys=[ledger_key(request.user_id)], args=[request.followup_id, state]))
-
-
 # -- the generator -----------------------------------------------------------------------
 
 class Generator:
@@ -205,7 +120,7 @@ class Generator:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.wiring.redis)  # first used inside the worker's event loop
+        return Ledger(self.wiring.redis, ledger_ttl_s(self.settings))  # first used inside the worker's event loop
 
     async def close(self) -> None:
         if isinstance(self.writer, ChatCompletionsClient):
@@ -233,19 +148,19 @@ class Generator:
             self.metrics.duplicates.labels(app=attempt.request.app).inc()
             log.info("duplicate follow-up request dropped", extra={"followup_id": attempt.request.followup_id, "verdict": verdict})
 
-    async def _claim(self, attempt: Attempt) -> str:
+    async def _claim(self, attempt: FollowupAttempt) -> str:
         # A fresh request may arrive before the engine's ledger write that follows its ack.
         deadline = time.monotonic() + (LEDGER_GRACE_S if attempt.tries == 0 else 0.0)
         while True:
             now = wall_ms()
-            verdict = await self.ledger.claim(attempt, now, now + self.budget_ms + LEASE_MARGIN_MS)
+            verdict = await self.ledger.claim(attempt.request, attempt.tries, now, now + self.budget_ms + LEASE_MARGIN_MS)
             if verdict != MISSING or time.monotonic() >= deadline:
                 return verdict
             await asyncio.sleep(LEDGER_POLL_S)
 
     # -- one try ---------------------------------------------------------------------
 
-    async def _generate(self, event, attempt: Attempt) -> None:
+    async def _generate(self, event, attempt: FollowupAttempt) -> None:
         request = attempt.request
         reason = await self._cancel_reason(request)
         if reason:
@@ -267,11 +182,11 @@ class Generator:
             await self._settle(request, CANCELLED, reason, tries)
             return
         await self._send(self.wiring.topic(DELIVERY_BY_APP[request.app]), request, record.to_json())
-        await self._settle(request, DELIVERED, None, tries)
+        await self._settle(request, GENERATED, None, tries)
 
     async def _cancel_reason(self, request: FollowupRequest) -> str | None:
         pipe = self.wiring.redis.pipeline(transaction=False)
-        pipe.hexists(ledger_key(request.user_id), request.followup_id)
+        Ledger.queue_exists(pipe, request)
         pipe.hmget(KILLS_KEY, "all", f"bot:{request.bot_id}", f"app:{request.app}")
         pipe.hget(last_inbound_key(request.user_id), request.bot_id)
         has_field, kills, last_inbound = await pipe.execute()
@@ -310,12 +225,12 @@ class Generator:
             await self._give_up(event, tries, request, "generation_failed", f"generation failed after {tries} tries: {exc}")
             return
         not_before = wall_ms() + retry_delay_ms(tries, self.settings.generation_backoff, self.rng)
-        await self._send(self.wiring.topic(FOLLOWUPS_RETRY), request, Attempt(request, tries, not_before).to_json())
+        await self._send(self.wiring.topic(FOLLOWUPS_RETRY), request, FollowupAttempt(request, tries, not_before).to_json())
         await self.ledger.set_state(request, f"wait:{tries}")
         log.info("follow-up generation failed, will retry",
                  extra={"followup_id": request.followup_id, "tries": tries, "error": str(exc)})
 
-    async def _defer(self, attempt: Attempt, lease_end: int) -> None:
+    async def _defer(self, attempt: FollowupAttempt, lease_end: int) -> None:
         """Another copy's try is running: look again when its lease ends, in case it crashed."""
         retry = dataclasses.replace(attempt, not_before=lease_end)
         await self._send(self.wiring.topic(FOLLOWUPS_RETRY), attempt.request, retry.to_json())
@@ -328,10 +243,10 @@ class Generator:
     async def _settle(self, request: FollowupRequest, outcome: str, reason: str | None, tries: int) -> None:
         """The outcome record first, then the ledger: a crash in between repeats, never loses."""
         await self._send(self.wiring.topic(FOLLOWUP_OUTCOMES), request,
-                         outcome_json(request, outcome, reason, tries, wall_ms()))
-        await self.ledger.set_state(request, f"{CANCELLED}:{reason}" if outcome == CANCELLED else outcome)
-        if outcome == DELIVERED:
-            self.metrics.followups_delivered.labels(app=request.app).inc()
+                         FollowupOutcome.of(request, outcome, reason, tries, wall_ms()).to_json())
+        await self.ledger.set_state(request, final_state(outcome, reason))
+        if outcome == GENERATED:
+            self.metrics.followups_generated.labels(app=request.app).inc()
         elif outcome == CANCELLED:
             self.metrics.followups_cancelled.labels(app=request.app, reason=label(reason)).inc()
         else:

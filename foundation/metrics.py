@@ -108,12 +108,12 @@ class Metrics:
     duplicates: Counter            # labels: app
     pairs_tracked: Gauge
     decisions: Counter             # labels: outcome, reason
-    followups_generated: Counter   # labels: app  (follow-up requests emitted by the rules)
+    followups_requested: Counter   # labels: app  (follow-up requests emitted by the rules)
     distress_detected: Counter     # labels: language
     timer_lag: Histogram           # seconds
     # -- generator and delivery -----------------------------------------------------
     followups_cancelled: Counter   # labels: app, reason
-    followups_delivered: Counter   # labels: app
+    followups_generated: Counter   # labels: app
     followups_dead_lettered: Counter  # labels: reason
     text_refused: Counter          # labels: reason
     llm_request: Histogram         # labels: provider; seconds
@@ -157,8 +157,8 @@ def new_metrics() -> Metrics:
             "relance_decisions_total",
             "Decisions made at a pair's due time; outcome such as sent, held or skipped, and "
             "reason the rule that decided (a bounded snake_case word).", ("outcome", "reason")),
-        followups_generated=counter(
-            "relance_followups_generated_total",
+        followups_requested=counter(
+            "relance_followups_requested_total",
             "Follow-up requests emitted to followups.requested.", ("app",)),
         distress_detected=counter(
             "relance_distress_detected_total",
@@ -172,9 +172,9 @@ def new_metrics() -> Metrics:
             "relance_followups_cancelled_total",
             "Follow-ups cancelled before delivery (user back, opt-out, kill...).",
             ("app", "reason")),
-        followups_delivered=counter(
-            "relance_followups_delivered_total",
-            "Follow-ups handed to a delivery.<app> topic.", ("app",)),
+        followups_generated=counter(
+            "relance_followups_generated_total",
+            "Follow-ups written and handed to their delivery.<app> topic.", ("app",)),
         followups_dead_lettered=counter(
             "relance_followups_dead_lettered_total",
             "Follow-ups given up on and sent to the dead-letter topic.", ("reason",)),

@@ -432,6 +432,94 @@ def parse_followup(obj: Any) -> FollowupRequest:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FollowupAttempt:
+    """A request waiting for another generation try, on ``followups.retry``, key ``user_id``:
+    the request's fields, the tries already made, and when it may be tried again."""
+
+    request: FollowupRequest
+    tries: int = 0
+    not_before: int | None = None  # wall ms
+
+    def to_json(self) -> bytes:
+        body = self.request.to_dict()
+        body["tries"] = self.tries
+        if self.not_before is not None:
+            body["not_before"] = format_ts(self.not_before)
+        return orjson.dumps(body)
+
+
+def parse_attempt(obj: Any) -> FollowupAttempt:
+    """A retry record, or a plain request (no tries yet)."""
+    request = parse_followup(obj)
+    tries = obj.get("tries", 0)
+    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
+        raise InvalidRecord("tries must be a non-negative integer")
+    not_before = obj.get("not_before")
+    return FollowupAttempt(request, tries, None if not_before is None else parse_ts(not_before, "not_before"))
+
+
+# What can happen to a follow-up, in the order of its story (spec section 9, "Receipts
+# back"): handed to its delivery topic with text, or ended before (cancelled, dead-lettered);
+# then sent (or unknown), failed; then delivered, read, answered.
+OUTCOMES = ("generated", "cancelled", "dead_lettered", "sent", "unknown", "failed", "delivered", "read", "answered")
+# Why a request is cancelled between the decision and the hand-over (spec section 3).
+CANCEL_REASONS = ("user_returned", "opted_out", "minor", "distress", "killed", "erased", "window_closed")
+
+
+@dataclass(frozen=True, slots=True)
+class FollowupOutcome:
+    """One step of a follow-up's story, on ``followups.outcomes``, key ``user_id``.
+
+    ``reason``: for ``cancelled`` one of ``CANCEL_REASONS``; for ``dead_lettered`` and
+    ``failed`` a short word (``unknown_bot``, ``generation_failed``, a platform error);
+    else null. ``tries``: generation tries made. ``at``: when it happened (wall time).
+    """
+
+    followup_id: str
+    user_id: str
+    bot_id: str
+    app: str
+    outcome: str
+    reason: str | None
+    tries: int
+    at: int
+
+    @classmethod
+    def of(cls, request: FollowupRequest, outcome: str, reason: str | None, tries: int, at: int) -> "FollowupOutcome":
+        return cls(request.followup_id, request.user_id, request.bot_id, request.app, outcome, reason, tries, at)
+
+    def to_dict(self) -> dict:
+        return {
+            "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
+            "app": self.app, "outcome": self.outcome, "reason": self.reason, "tries": self.tries,
+            "at": format_ts(self.at),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def parse_outcome(obj: Any) -> FollowupOutcome:
+    obj = _object(obj)
+    outcome = _one_of(obj, "outcome", OUTCOMES)
+    reason = obj.get("reason")
+    if outcome == "cancelled" and reason not in CANCEL_REASONS:
+        raise InvalidRecord(f"a cancelled follow-up's reason must be one of {', '.join(CANCEL_REASONS)}")
+    if reason is not None and (not isinstance(reason, str) or not reason or len(reason) > MAX_ID_LENGTH):
+        raise InvalidRecord(f"reason must be null or a non-empty string of at most {MAX_ID_LENGTH} characters")
+    tries = obj.get("tries")
+    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
+        raise InvalidRecord("tries must be a non-negative integer")
+    if "at" not in obj:
+        raise InvalidRecord("missing field at")
+    return FollowupOutcome(
+        followup_id=_identifier(obj, "followup_id"), user_id=_identifier(obj, "user_id"),
+        bot_id=_identifier(obj, "bot_id"), app=_one_of(obj, "app", APPS), outcome=outcome,
+        reason=reason, tries=tries, at=parse_ts(obj["at"], "at"),
+    )
+
+
 class Check(NamedTuple):
     """One rule checked by a decision, and what it found (a tuple: ten per decision)."""
 

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from devstack.localstack import LocalStack, free_port, redis_db_url
 from streams.admin import create_topics
@@ -48,3 +49,9 @@ def topic_prefix(stack: LocalStack) -> str:
 def redis_db(stack: LocalStack) -> str:
     """URL of a Redis db emptied before the test."""
     return redis_db_url(stack.redis_url, TEST_REDIS_DB, flush=True)
+
+
+@pytest.fixture
+def redis_client(redis_db: str):
+    """An asyncio client of that db, made here but connected lazily, in the test's own event loop."""
+    return aioredis.Redis.from_url(redis_db)

@@ -6,18 +6,14 @@ import random
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from agents.context import ContextWriter, parse_entries, read_context, usable_record
-from agents.generator import (
-    BUSY, CLAIMED, DONE, MISSING, STALE, Attempt, Ledger, cancel_reason, error_kind, outcome_json,
-    parse_attempt, refusal_labels, retry_delay_ms, wait_ms,
-)
+from agents.generator import cancel_reason, error_kind, refusal_labels, retry_delay_ms, wait_ms
 from domain.honesty import check_text
 from domain.writing import LLMError
 from streams.llm import CircuitOpen
-from schemas.records import Erase, FollowupRequest, InvalidRecord, MessageEvent
-from streams.rediskeys import context_bots_key, context_key, last_inbound_key, ledger_key
+from schemas.records import Erase, FollowupAttempt, FollowupOutcome, FollowupRequest, InvalidRecord, MessageEvent, parse_attempt
+from streams.rediskeys import context_bots_key, context_key, last_inbound_key
 
 REQUEST = FollowupRequest("f-1", "u-1", "maestro", "whatsapp", due_ts=1_000_000, last_inbound_ts=900_000, inbound_in_window=5)
 WINDOW_MS = 14 * 86_400_000
@@ -42,7 +38,7 @@ def test_wait_is_bounded_and_never_negative():
 
 
 def test_attempt_round_trips_through_its_json():
-    attempt = Attempt(REQUEST, tries=2, not_before=1_795_856_400_000)
+    attempt = FollowupAttempt(REQUEST, tries=2, not_before=1_795_856_400_000)
     assert parse_attempt(orjson.loads(attempt.to_json())) == attempt
     fresh = parse_attempt(orjson.loads(REQUEST.to_json()))
     assert (fresh.tries, fresh.not_before) == (0, None)
@@ -52,7 +48,7 @@ def test_attempt_round_trips_through_its_json():
 
 
 def test_outcome_record_fields():
-    body = orjson.loads(outcome_json(REQUEST, "cancelled", "user_returned", 1, 1_795_856_400_000))
+    body = orjson.loads(FollowupOutcome.of(REQUEST, "cancelled", "user_returned", 1, 1_795_856_400_000).to_json())
     assert body == {"followup_id": "f-1", "user_id": "u-1", "bot_id": "maestro", "app": "whatsapp",
                     "outcome": "cancelled", "reason": "user_returned", "tries": 1, "at": "2026-11-28T09:00:00.000Z"}
 
@@ -101,13 +97,7 @@ def test_context_entries_come_back_oldest_first():
     assert [entry.text for entry in parse_entries(raw)] == ["a", "b"]
 
 
-# -- the Redis scripts --------------------------------------------------------------------
-
-@pytest.fixture
-def redis_client(redis_db):
-    # Made here but connected lazily, in the test's own event loop.
-    return aioredis.Redis.from_url(redis_db)
-
+# -- the context stage on Redis ---------------------------------------------------------
 
 def message(event_id: str, ts: int, direction: str = "inbound", bot: str = "maestro", app: str = "whatsapp") -> bytes:
     return orjson.dumps({"event_id": event_id, "app": app, "user_id": "u-1", "bot_id": bot,
@@ -139,30 +129,3 @@ async def test_erase_in_a_batch_deletes_what_came_before_it_only(redis_client):
     assert await redis_client.keys("*") == []
 
 
-@pytest.mark.kafka
-async def test_ledger_claims_each_try_once(redis_client):
-    ledger = Ledger(redis_client)
-    key = ledger_key("u-1")
-    assert await ledger.claim(Attempt(REQUEST), now=0, lease_end=100) == MISSING
-    assert await redis_client.exists(key) == 0  # never re-created
-    await redis_client.hset(key, "f-1", REQUEST.due_ts)  # what the engine writes
-    assert await ledger.claim(Attempt(REQUEST), now=0, lease_end=100) == CLAIMED
-    assert await ledger.claim(Attempt(REQUEST), now=50, lease_end=150) == f"{BUSY}:100"
-    assert await ledger.claim(Attempt(REQUEST), now=100, lease_end=200) == CLAIMED  # the lease ran out: a crash
-    await ledger.set_state(REQUEST, "wait:1")
-    assert await ledger.claim(Attempt(REQUEST), now=300, lease_end=400) == STALE  # the first copy again
-    assert await ledger.claim(Attempt(REQUEST, tries=1), now=300, lease_end=400) == CLAIMED
-    assert await redis_client.hget(key, "f-1") == b"try:2:400"
-    assert await ledger.claim(Attempt(REQUEST), now=300, lease_end=400) == STALE
-    await ledger.set_state(REQUEST, "cancelled:killed")
-    assert await ledger.claim(Attempt(REQUEST, tries=1), now=500, lease_end=600) == DONE
-
-
-@pytest.mark.kafka
-async def test_ledger_state_is_never_written_to_an_erased_ledger(redis_client):
-    ledger = Ledger(redis_client)
-    assert await ledger.set_state(REQUEST, "delivered") is False
-    assert await redis_client.exists(ledger_key("u-1")) == 0
-    await redis_client.hset(ledger_key("u-1"), "other", "1")
-    assert await ledger.set_state(REQUEST, "delivered") is False
-    assert await redis_client.hget(ledger_key("u-1"), "f-1") is None

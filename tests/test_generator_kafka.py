@@ -21,7 +21,8 @@ from devstack.feeder import feed
 from streams.topics import (
     DEADLETTER, DELIVERY_INSTAGRAM, DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, topic_name,
 )
-from streams.rediskeys import KILLS_KEY, last_inbound_key, ledger_key
+from streams.ledger import ledger_key
+from streams.rediskeys import KILLS_KEY, last_inbound_key
 from tests.fake_llm import OK_TEXT
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
@@ -154,13 +155,13 @@ async def test_a_followup_goes_to_the_latest_inbound_app_and_erasure_leaves_noth
         assert delivery["app"] == "instagram" and delivery["ai_generated"] is True and delivery["replaced"] is False
         assert delivery["text"] == f"{OK_TEXT}\n\n{disclosure_line('en')}" and delivery["disclosure"] == disclosure_line("en")
         assert delivery["body"] == {"recipient": {"id": user}, "messaging_type": "UPDATE", "message": {"text": delivery["text"]}}
-        assert [(o["followup_id"], o["outcome"], o["tries"]) for o in values(outcomes)] == [(followup_id, "delivered", 1)]
+        assert [(o["followup_id"], o["outcome"], o["tries"]) for o in values(outcomes)] == [(followup_id, "generated", 1)]
         prompt = orjson.dumps((await llm.stats())["last_body"]).decode()
         assert "I loved the Interstellar score" in prompt and "Maestro of Movie Magic" in prompt
         print(f"\nrequest -> delivery: {delivery_record.timestamp - request_record.timestamp} ms")
 
         assert len([key async for key in redis.scan_iter(match=f"*{user}*")]) == 4  # context, its bots, last inbound, ledger
-        assert await redis.hget(ledger_key(user), followup_id) == b"delivered"
+        assert await redis.hget(ledger_key(user), followup_id) == b"generated"
         erase = orjson.dumps({"type": "erase", "user_id": user})
         assert (await feed([erase], stack.bootstrap, topic_prefix)).errors == []
 
@@ -208,7 +209,7 @@ async def test_b_every_request_is_accounted_for_whatever_the_llm_does(stack, top
 
     try:
         for mode in ("pressure", "human"):
-            assert {o["outcome"] for o in await batch(mode, 4)} == {"delivered"}
+            assert {o["outcome"] for o in await batch(mode, 4)} == {"generated"}
         safe_text = f"{safe_template('en')}\n\n{disclosure_line('en')}"
         assert [(d["text"], d["replaced"]) for d in values(delivered)] == [(safe_text, True)] * 8
 
@@ -216,7 +217,7 @@ async def test_b_every_request_is_accounted_for_whatever_the_llm_does(stack, top
             got = await batch(mode, 6)
             assert {(o["outcome"], o["reason"], o["tries"]) for o in got} == {("dead_lettered", "generation_failed", 3)}
             # The stream keeps moving: once the LLM answers again, so does the breaker.
-            assert [o["outcome"] for o in await batch("ok", 1)] == ["delivered"]
+            assert [o["outcome"] for o in await batch("ok", 1)] == ["generated"]
 
         assert sorted(o["followup_id"] for o in values(outcomes)) == sorted(published)  # one outcome each
         letters = [d for d in values(dead) if d["stage"] == "generator"]
@@ -273,10 +274,10 @@ async def test_c_requests_are_cancelled_when_the_user_is_back_killed_or_erased(s
         # same user, behind it in the partition, takes the 4 s of the slow LLM: by then the
         # duplicate, one Redis call, is long gone.
         await requests.publish(request("twice", "u-twice"))
-        assert (await outcome_of("twice", "the first copy"))["outcome"] == "delivered"
+        assert (await outcome_of("twice", "the first copy"))["outcome"] == "generated"
         await requests.publish(request("twice", "u-twice"), ledger=False)
         await requests.publish(request("after-twice", "u-twice", due_ts=due + HOUR))
-        assert (await outcome_of("after-twice", "the request after the copy"))["outcome"] == "delivered"
+        assert (await outcome_of("after-twice", "the request after the copy"))["outcome"] == "generated"
         assert len(by_followup(outcomes)["twice"]) == 1
         assert [d["followup_id"] for d in values(delivered)] == ["twice", "after-twice"]
     finally:

@@ -93,14 +93,14 @@ async def test_metrics_move_by_what_was_fed_and_explain_reads_the_pair(stack, to
         # A request is counted once Kafka and the ledger hold it, a moment after its decision.
         return (moved("relance_decisions_total", outcome="suppressed", reason="engaged") == 2
                 and moved("relance_decisions_total", outcome="emitted", reason="none") == 1
-                and moved("relance_followups_generated_total", app="whatsapp") == 1)
+                and moved("relance_followups_requested_total", app="whatsapp") == 1)
 
     wait_for(all_decided, 30, "one follow-up published and two unengaged pairs decided")
     assert moved("relance_events_in_total", app="whatsapp") == 6
     assert moved("relance_events_in_total", app="facebook") == 2
     assert moved("relance_events_in_total", app="instagram") == 2  # the re-sent one is read, then dropped
     assert total(scrape(engine_worker), "relance_duplicates_total") - total(before, "relance_duplicates_total") == 1
-    assert moved("relance_followups_generated_total", app="whatsapp") == 1  # and not counted twice
+    assert moved("relance_followups_requested_total", app="whatsapp") == 1  # and not counted twice
     wait_for(lambda: value(scrape(engine_worker), "relance_pairs_tracked") == 3, 15, "pairs_tracked to count 3 pairs")
 
     answer = wait_for(lambda: _decided(explain(engine_worker, "u-a", "maestro", "--json")), 15,

@@ -20,14 +20,15 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from domain.normalize import normalize_webhook
 from schemas.records import (
-    Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupRequest, InvalidRecord,
-    Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict, parse_control,
-    format_ts, parse_delivery, parse_followup, parse_message, parse_ts,
+    Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupAttempt, FollowupOutcome,
+    FollowupRequest, InvalidRecord, Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict,
+    parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome, parse_ts,
 )
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_NAMES = ("message", "control", "followup_request", "decision", "deadletter", "delivery")
+SCHEMA_NAMES = ("message", "control", "followup_request", "followup_retry", "followup_outcome", "decision",
+                "deadletter", "delivery")
 
 
 def validator(name: str) -> Draft202012Validator:
@@ -37,7 +38,7 @@ def validator(name: str) -> Draft202012Validator:
 
 VALIDATORS = {name: validator(name) for name in SCHEMA_NAMES}
 PARSERS = {"message": parse_message, "control": parse_control, "followup_request": parse_followup,
-           "delivery": parse_delivery}
+           "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery}
 
 
 def schema_accepts(name: str, obj) -> bool:
@@ -86,6 +87,10 @@ WRITTEN = [
     ("message", MESSAGE.to_dict()),
     ("message", MessageEvent("m_1", "facebook", "u", "b", "outbound", 0, "", extra={"lang": "fr"}).to_dict()),
     ("followup_request", FOLLOWUP.to_dict()),
+    ("followup_retry", orjson.loads(FollowupAttempt(FOLLOWUP, 2, T).to_json())),
+    ("followup_retry", orjson.loads(FollowupAttempt(FOLLOWUP, 1).to_json())),
+    ("followup_outcome", FollowupOutcome.of(FOLLOWUP, "cancelled", "opted_out", 1, T).to_dict()),
+    ("followup_outcome", FollowupOutcome.of(FOLLOWUP, "generated", None, 1, T).to_dict()),
     ("decision", DECISION.to_dict()),
     ("decision", {**DECISION.to_dict(), "outcome": "emitted", "stopped_by": None}),
     ("deadletter", DeadLetter("not JSON", "raw.whatsapp", 3, 1200, b"{oops", "normalize").to_dict()),
@@ -146,6 +151,11 @@ def followup(**changes):
     return {k: v for k, v in body.items() if v is not ...}
 
 
+def outcome(**changes):
+    body = {**FollowupOutcome.of(FOLLOWUP, "generated", None, 1, T).to_dict(), **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
 def delivery_dict(app="whatsapp", body=None, **changes):
     record = orjson.loads(delivery(app).to_json())
     if body is not None:
@@ -176,6 +186,11 @@ ACCEPTED_BY_BOTH = [
     ("control", control(type="tick", ts="2026-11-29T08:00:00Z")),
     ("followup_request", followup()),
     ("followup_request", followup(inbound_in_window=0)),
+    ("followup_retry", followup(tries=3, not_before="2026-11-28T21:30:00Z")),
+    ("followup_retry", followup()),
+    ("followup_outcome", outcome()),
+    ("followup_outcome", outcome(outcome="failed", reason="131026")),
+    ("followup_outcome", outcome(outcome="cancelled", reason="window_closed")),
     ("delivery", delivery_dict("facebook")),
     ("delivery", delivery_dict("instagram", replaced=True)),
     ("delivery", delivery_dict("whatsapp", body={k: v for k, v in SEND_BODIES["whatsapp"].items() if k != "recipient_type"})),
@@ -222,6 +237,14 @@ REFUSED_BY_BOTH = [
     ("followup_request", followup(inbound_in_window=True)),
     ("followup_request", followup(due_ts=...)),
     ("followup_request", followup(app="sms")),
+    ("followup_retry", followup(tries=-1)),
+    ("followup_retry", followup(tries=1, not_before="later")),
+    ("followup_outcome", outcome(outcome="lost")),
+    ("followup_outcome", outcome(outcome="cancelled", reason="bored")),
+    ("followup_outcome", outcome(outcome="cancelled", reason=None)),
+    ("followup_outcome", outcome(reason="")),
+    ("followup_outcome", outcome(tries=...)),
+    ("followup_outcome", outcome(at=...)),
     ("delivery", delivery_dict(ai_generated=False)),
     ("delivery", delivery_dict(ai_generated=...)),
     ("delivery", delivery_dict(disclosure="")),

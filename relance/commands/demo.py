@@ -487,13 +487,13 @@ class LiveView:
         title = (f"Relance demo  ·  {elapsed:.0f}s  ·  topics {self.demo.prefix}*  ·  {self.writer}  ·  "
                  + ("Ctrl-C stops everything" if self.duration is None else f"ends after {self.duration:g}s"))
         apps = Table(title="traffic and follow-ups per app", expand=True)
-        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "delivered"):
+        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "written"):
             apps.add_column(column, justify="left" if column == "app" else "right")
         for app in APPS:
             apps.add_row(app, f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
                          f"{int(o.total('relance_events_in_total', app=app))}",
-                         f"{int(o.total('relance_followups_generated_total', app=app))}",
-                         f"{int(o.total('relance_followups_delivered_total', app=app))}")
+                         f"{int(o.total('relance_followups_requested_total', app=app))}",
+                         f"{int(o.total('relance_followups_generated_total', app=app))}")
         decisions = Table(title=f"decisions  ·  {int(o.total('relance_pairs_tracked'))} pairs tracked", expand=True)
         for column in ("outcome", "stopped by", "count"):
             decisions.add_column(column, justify="right" if column == "count" else "left")
