@@ -24,12 +24,13 @@ import logging
 import random
 import time
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Sequence
 
 
 from agents.context import read_context
 from domain.delivery import delivery_record
 from domain.honesty import FinalText, finalize, safe_template
+from domain.lastcheck import cancel_reason
 from domain.writing import LLMError, PromptInputs
 from streams.llm import ChatCompletionsClient, CircuitOpen, LLMConfig, make_writer
 from foundation.metrics import label
@@ -43,7 +44,7 @@ from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUEST
 from streams.ledger import (
     BUSY, CANCELLED, CLAIMED, DEAD_LETTERED, GENERATED, MISSING, Ledger, final_state, ledger_ttl_s,
 )
-from streams.rediskeys import KILLS_KEY, last_inbound_key
+from streams.lastcheck import pair_now
 
 log = logging.getLogger("relance.generator")
 
@@ -66,18 +67,6 @@ def retry_delay_ms(tries: int, base_ms: int, rng: random.Random) -> int:
 
 def wait_ms(not_before: int | None, now: int) -> int:
     return 0 if not_before is None else min(MAX_RETRY_WAIT_MS, max(0, not_before - now))
-
-
-def cancel_reason(ledger_has_field: bool, kills: Sequence[Any], last_inbound: Any, due_ts: int) -> str | None:
-    """Why the follow-up must not go out now, or None. ``kills``: the kill hash's values
-    for ``all``, ``bot:<id>``, ``app:<name>``; ``last_inbound``: the pair's latest inbound ts."""
-    if not ledger_has_field:
-        return "erased"
-    if any(kills):
-        return "killed"
-    if last_inbound is not None and int(last_inbound) > due_ts:
-        return "user_returned"
-    return None
 
 
 def error_kind(exc: LLMError) -> str:
@@ -185,12 +174,7 @@ class Generator:
         await self._settle(request, GENERATED, None, tries)
 
     async def _cancel_reason(self, request: FollowupRequest) -> str | None:
-        pipe = self.wiring.redis.pipeline(transaction=False)
-        Ledger.queue_exists(pipe, request)
-        pipe.hmget(KILLS_KEY, "all", f"bot:{request.bot_id}", f"app:{request.app}")
-        pipe.hget(last_inbound_key(request.user_id), request.bot_id)
-        has_field, kills, last_inbound = await pipe.execute()
-        return cancel_reason(has_field, kills, last_inbound, request.due_ts)
+        return cancel_reason(request, await pair_now(self.wiring.redis, request))
 
     async def _write(self, bot: Bot, request: FollowupRequest) -> str:
         context = await read_context(self.wiring.redis, request.user_id, request.bot_id)

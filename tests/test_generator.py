@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from agents.context import ContextWriter, parse_entries, read_context, usable_record
-from agents.generator import cancel_reason, error_kind, refusal_labels, retry_delay_ms, wait_ms
+from agents.generator import error_kind, refusal_labels, retry_delay_ms, wait_ms
+from domain.lastcheck import PairNow, cancel_reason
 from domain.honesty import check_text
 from domain.writing import LLMError
 from streams.llm import CircuitOpen
@@ -53,15 +54,15 @@ def test_outcome_record_fields():
                     "outcome": "cancelled", "reason": "user_returned", "tries": 1, "at": "2026-11-28T09:00:00.000Z"}
 
 
-@pytest.mark.parametrize("has_field, kills, last_inbound, reason", [
-    (True, [None, None, None], None, None),
-    (True, [None, None, None], b"1000000", None),       # inbound exactly at the due time: not after it
-    (True, [None, None, None], b"1000001", "user_returned"),
-    (True, [None, b"1", None], None, "killed"),
-    (False, [b"1", None, None], b"2000000", "erased"),  # erasure wins: nothing else may be read
+@pytest.mark.parametrize("pair, reason", [
+    (PairNow(published=True, killed=False, last_inbound_ts=None), None),
+    (PairNow(published=True, killed=False, last_inbound_ts=1_000_000), None),  # inbound exactly at the due time: not after it
+    (PairNow(published=True, killed=False, last_inbound_ts=1_000_001), "user_returned"),
+    (PairNow(published=True, killed=True, last_inbound_ts=None), "killed"),
+    (PairNow(published=False, killed=True, last_inbound_ts=2_000_000), "erased"),  # erasure wins: nothing else may be read
 ])
-def test_cancel_reason(has_field, kills, last_inbound, reason):
-    assert cancel_reason(has_field, kills, last_inbound, REQUEST.due_ts) == reason
+def test_cancel_reason(pair, reason):
+    assert cancel_reason(REQUEST, pair) == reason
 
 
 @pytest.mark.parametrize("exc, kind", [
