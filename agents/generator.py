@@ -174,7 +174,9 @@ class Generator:
         await self._settle(request, GENERATED, None, tries)
 
     async def _cancel_reason(self, request: FollowupRequest) -> str | None:
-        return cancel_reason(request, await pair_now(self.wiring.redis, request))
+        pair = await pair_now(self.wiring.redis, request)
+        now = wall_ms() if self.settings.clock == "wall" else None
+        return cancel_reason(request, pair, now, self.settings.messaging_window)
 
     async def _write(self, bot: Bot, request: FollowupRequest) -> str:
         context = await read_context(self.wiring.redis, request.user_id, request.bot_id)

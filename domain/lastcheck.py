@@ -22,13 +22,19 @@ class PairNow:
     last_inbound_ts: int | None     # the pair's latest inbound message, if any is known
 
 
-def cancel_reason(request: FollowupRequest, pair: PairNow) -> str | None:
-    """The reason to cancel (a ``schemas.records.CANCEL_REASONS`` word), or None to go on.
-    Erasure first: once erased, nothing else about the user may be read or said."""
+def cancel_reason(request: FollowupRequest, pair: PairNow, now: int | None, messaging_window: int) -> str | None:
+    """The reason to cancel (a ``schemas.records.CANCEL_REASONS`` word), or None to go on,
+    for a follow-up that would leave at ``now`` (wall ms). Erasure first: once erased,
+    nothing else about the user may be read or said.
+
+    ``now`` is None in event mode (replays, simulations): the stream's clock lives in the
+    engine, so only the decision judged M there; the wall clock would close every window."""
     if not pair.published:
         return "erased"
     if pair.killed:
         return "killed"
     if pair.last_inbound_ts is not None and pair.last_inbound_ts > request.due_ts:
         return "user_returned"
+    if now is not None and now - request.last_inbound_ts > messaging_window:  # after an outage or a long retry
+        return "window_closed"
     return None

@@ -62,7 +62,15 @@ def test_outcome_record_fields():
     (PairNow(published=False, killed=True, last_inbound_ts=2_000_000), "erased"),  # erasure wins: nothing else may be read
 ])
 def test_cancel_reason(pair, reason):
-    assert cancel_reason(REQUEST, pair) == reason
+    assert cancel_reason(REQUEST, pair, now=REQUEST.due_ts, messaging_window=WINDOW_MS) == reason
+
+
+def test_a_follow_up_that_can_no_longer_leave_within_m_of_the_last_inbound_is_cancelled():
+    # Spec section 3: cancelled when it could no longer go out within M of the pair's
+    # latest inbound message. M = 24 h; the request's last inbound is at 900_000 ms.
+    pair, m = PairNow(published=True, killed=False, last_inbound_ts=900_000), 86_400_000
+    assert cancel_reason(REQUEST, pair, now=900_000 + m, messaging_window=m) is None
+    assert cancel_reason(REQUEST, pair, now=900_000 + m + 1, messaging_window=m) == "window_closed"
 
 
 @pytest.mark.parametrize("exc, kind", [
