@@ -452,11 +452,15 @@ class FollowupAttempt:
 def parse_attempt(obj: Any) -> FollowupAttempt:
     """A retry record, or a plain request (no tries yet)."""
     request = parse_followup(obj)
+    return FollowupAttempt(request, *_tries_and_not_before(obj))
+
+
+def _tries_and_not_before(obj: dict) -> tuple[int, int | None]:
     tries = obj.get("tries", 0)
     if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
         raise InvalidRecord("tries must be a non-negative integer")
     not_before = obj.get("not_before")
-    return FollowupAttempt(request, tries, None if not_before is None else parse_ts(not_before, "not_before"))
+    return tries, None if not_before is None else parse_ts(not_before, "not_before")
 
 
 # What can happen to a follow-up, in the order of its story (spec section 9, "Receipts
@@ -472,8 +476,10 @@ class FollowupOutcome:
     """One step of a follow-up's story, on ``followups.outcomes``, key ``user_id``.
 
     ``reason``: for ``cancelled`` one of ``CANCEL_REASONS``; for ``dead_lettered`` and
-    ``failed`` a short word (``unknown_bot``, ``generation_failed``, a platform error);
-    else null. ``tries``: generation tries made. ``at``: when it happened (wall time).
+    ``failed`` a short word (``unknown_bot``, ``generation_failed``, the platform's error
+    code such as ``131026``); else null. ``tries``: tries made by the stage that wrote it
+    (generation tries; send attempts for the sender; 0 for a receipt). ``at``: when it
+    happened (wall time; for a receipt, the platform's time).
     """
 
     followup_id: str
@@ -518,6 +524,32 @@ def parse_outcome(obj: Any) -> FollowupOutcome:
         bot_id=_identifier(obj, "bot_id"), app=_one_of(obj, "app", APPS), outcome=outcome,
         reason=reason, tries=tries, at=parse_ts(obj["at"], "at"),
     )
+
+
+# What a platform says of a message the bot sent, in the order of its life.
+RECEIPT_KINDS = ("sent", "delivered", "read", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A platform's word about a message the bot sent (spec section 9, "Receipts back"): a
+    WhatsApp status, or a Messenger/Instagram delivery, read or echo (an echo says ``sent``).
+
+    It names its follow-up by the id the send carried (``followup_id``: WhatsApp's
+    ``biz_opaque_callback_data``, Messenger's ``message.metadata``), by the platform's
+    message ids (``mids``), or by a ``watermark``: everything the bot sent the user up to
+    that time. ``ts``: the platform's time of it. ``error_code``: why it ``failed``.
+    """
+
+    app: str
+    kind: str
+    user_id: str
+    bot_id: str
+    ts: int
+    followup_id: str | None = None
+    mids: tuple[str, ...] = ()
+    watermark: int | None = None
+    error_code: str | None = None
 
 
 class Check(NamedTuple):
@@ -603,9 +635,11 @@ class DeliveryRecord:
 
     ``text`` is what the user reads (the body and the disclosure line); ``body`` is the
     request body of the app's send API (WhatsApp Cloud API ``/messages``, Messenger or
-    Instagram Send API), ready to post. ``replaced``: the honesty check refused the
-    generated text and the safe template went out instead. ``ai_generated`` is always
-    true: the record says so itself, for every program downstream.
+    Instagram Send API), ready to post, with the follow-up id where the platform echoes
+    it back. ``replaced``: the honesty check refused the generated text and the safe
+    template went out instead. ``due_ts``, ``last_inbound_ts`` and ``inbound_in_window``
+    are the request's, for the last-moment check right before the send. ``ai_generated``
+    is always true: the record says so itself, for every program downstream.
     """
 
     followup_id: str
@@ -617,7 +651,15 @@ class DeliveryRecord:
     body: dict
     generated_at: int
     replaced: bool
+    due_ts: int
+    last_inbound_ts: int
+    inbound_in_window: int
     ai_generated: bool = True
+
+    @property
+    def request(self) -> FollowupRequest:
+        return FollowupRequest(self.followup_id, self.user_id, self.bot_id, self.app, self.due_ts,
+                               self.last_inbound_ts, self.inbound_in_window)
 
     def to_dict(self) -> dict:
         return {
@@ -625,6 +667,8 @@ class DeliveryRecord:
             "app": self.app, "text": self.text, "ai_generated": self.ai_generated,
             "disclosure": self.disclosure, "body": self.body,
             "generated_at": format_ts(self.generated_at), "replaced": self.replaced,
+            "due_ts": format_ts(self.due_ts), "last_inbound_ts": format_ts(self.last_inbound_ts),
+            "inbound_in_window": self.inbound_in_window,
         }
 
     def to_json(self) -> bytes:
@@ -642,14 +686,19 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
     if not isinstance(disclosure, str) or not disclosure or disclosure not in text:
         raise InvalidRecord("disclosure must be a non-empty string that the text contains")
     app = _one_of(obj, "app", APPS)
-    _check_send_body(app, obj.get("body"))
-    if "generated_at" not in obj:
-        raise InvalidRecord("missing field generated_at")
+    followup_id = _identifier(obj, "followup_id")
+    _check_send_body(app, obj.get("body"), followup_id)
+    for name in ("generated_at", "due_ts", "last_inbound_ts"):
+        if name not in obj:
+            raise InvalidRecord(f"missing field {name}")
     replaced = obj.get("replaced")
     if not isinstance(replaced, bool):
         raise InvalidRecord("replaced must be true or false")
+    count = obj.get("inbound_in_window")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidRecord("inbound_in_window must be a non-negative integer")
     return DeliveryRecord(
-        followup_id=_identifier(obj, "followup_id"),
+        followup_id=followup_id,
         user_id=_identifier(obj, "user_id"),
         bot_id=_identifier(obj, "bot_id"),
         app=app,
@@ -658,16 +707,47 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
         body=obj["body"],
         generated_at=parse_ts(obj["generated_at"], "generated_at"),
         replaced=replaced,
+        due_ts=parse_ts(obj["due_ts"], "due_ts"),
+        last_inbound_ts=parse_ts(obj["last_inbound_ts"], "last_inbound_ts"),
+        inbound_in_window=count,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SendAttempt:
+    """A follow-up waiting for another send, on ``delivery.retry``, key ``user_id``: the
+    delivery record's fields, the send attempts already made, and when to try again."""
+
+    delivery: DeliveryRecord
+    tries: int = 0
+    not_before: int | None = None  # wall ms
+
+    def to_json(self) -> bytes:
+        body = self.delivery.to_dict()
+        body["tries"] = self.tries
+        if self.not_before is not None:
+            body["not_before"] = format_ts(self.not_before)
+        return orjson.dumps(body)
+
+
+def parse_send_attempt(obj: Any) -> SendAttempt:
+    """A retry record of ``delivery.retry``, or a plain delivery record (no attempt yet)."""
+    delivery = parse_delivery(obj)
+    return SendAttempt(delivery, *_tries_and_not_before(obj))
 
 
 # The send APIs' own limits on one text message.
 _SEND_TEXT_LIMIT = {"whatsapp": 4096, "facebook": 2000, "instagram": 2000}
 _MESSAGING_TYPES = ("RESPONSE", "UPDATE", "MESSAGE_TAG")
+# Where each send API takes a string it echoes back in receipts, and how long it may be:
+# WhatsApp's biz_opaque_callback_data (512 characters), Messenger's message.metadata (1000).
+ECHO_FIELD_LIMIT = {"whatsapp": 512, "facebook": 1000, "instagram": 1000}
 
 
-def _check_send_body(app: str, body: Any) -> None:
-    """The body must be a text message of the app's send API, as delivery.schema.json says."""
+def _check_send_body(app: str, body: Any, followup_id: str) -> None:
+    """The body must be a text message of the app's send API, as delivery.schema.json says,
+    carrying the follow-up id where the platform echoes it back (the schema cannot say
+    that the two are equal)."""
     if not isinstance(body, dict):
         raise InvalidRecord("body must be the send API's request body, a JSON object")
     if app == "whatsapp":
@@ -678,6 +758,7 @@ def _check_send_body(app: str, body: Any) -> None:
         _identifier(body, "to")
         content = body.get("text")
         text = content.get("body") if isinstance(content, dict) else None
+        echoed, echo_name = body.get("biz_opaque_callback_data"), "biz_opaque_callback_data"
     else:
         if body.get("messaging_type", "RESPONSE") not in _MESSAGING_TYPES:
             raise InvalidRecord(f"messaging_type must be one of {', '.join(_MESSAGING_TYPES)}")
@@ -685,6 +766,9 @@ def _check_send_body(app: str, body: Any) -> None:
         _identifier(recipient if isinstance(recipient, dict) else {}, "id")
         content = body.get("message")
         text = content.get("text") if isinstance(content, dict) else None
+        echoed, echo_name = (content.get("metadata") if isinstance(content, dict) else None), "message.metadata"
     limit = _SEND_TEXT_LIMIT[app]
     if not isinstance(text, str) or not text or len(text) > limit:
         raise InvalidRecord(f"the body's text must be a non-empty string of at most {limit} characters")
+    if echoed != followup_id:
+        raise InvalidRecord(f"the body's {echo_name} must be the follow-up id, which the platform echoes back")

@@ -10,6 +10,11 @@ The registry is a TOML file (spec section 5, setting ``registry``)::
     whatsapp = ["106540352242922"]      # phone_number_id values
     facebook = ["112233445566778"]      # Facebook page ids
     instagram = ["17841400000000001"]   # Instagram professional account ids
+    tokens = { whatsapp = "env:MAESTRO_WA_TOKEN", facebook = "file:/run/secrets/maestro-page" }
+
+``tokens`` names, per app, where the sender finds the bot's access token (spec section 9):
+an environment variable (``env:NAME``) or a file (``file:/path``). The registry holds
+the reference, never the token; the sender reads it when it sends.
 
 A bad file is refused as a whole with a ``RegistryError`` that names the file, the bot
 and the field, because a half-loaded registry would silently send messages to the
@@ -28,10 +33,12 @@ from typing import Any, Callable, Mapping
 
 from schemas.records import APPS, MAX_ID_LENGTH
 
-__all__ = ["Bot", "BotRegistry", "RegistryError", "RegistryFile"]
+__all__ = ["Bot", "BotRegistry", "RegistryError", "RegistryFile", "TokenRef"]
 
 _BOT_FIELDS = ("id", "name", "persona", "language")
-_ALLOWED_BOT_KEYS = frozenset(_BOT_FIELDS) | frozenset(APPS)
+_ALLOWED_BOT_KEYS = frozenset(_BOT_FIELDS) | frozenset(APPS) | {"tokens"}
+TOKEN_SOURCES = ("env", "file")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A BCP 47 language tag such as "en", "pt-BR" or "es-419": the writer of follow-ups
 # uses it to choose the language, so a free-form value would be a silent bug.
 _LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
@@ -48,6 +55,29 @@ class RegistryError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRef:
+    """Where a bot's access token is: ``env:NAME`` or ``file:/path``. Not the token itself,
+    so it may be shown; the value is read by the sender (``streams/graphapi.py``)."""
+
+    source: str   # "env" or "file"
+    name: str     # the variable's name, or the file's absolute path
+
+    @classmethod
+    def parse(cls, text: str) -> "TokenRef":
+        source, _, name = text.partition(":")
+        if source not in TOKEN_SOURCES or not name:
+            raise ValueError(f"{text[:60]!r} is not env:NAME or file:/path")
+        if source == "env" and not _ENV_NAME.match(name):
+            raise ValueError(f"{name[:60]!r} is not an environment variable name")
+        if source == "file" and not name.startswith("/"):
+            raise ValueError(f"file:{name[:60]} must be an absolute path")
+        return cls(source, name)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Bot:
     """One chatbot persona and the accounts it answers on, per app."""
 
@@ -56,9 +86,16 @@ class Bot:
     persona: str
     language: str
     accounts: Mapping[str, tuple[str, ...]] = field(hash=False)
+    tokens: Mapping[str, TokenRef] = field(hash=False, default_factory=lambda: MappingProxyType({}))
 
     def accounts_on(self, app: str) -> tuple[str, ...]:
         return self.accounts.get(app, ())
+
+    def sending_account(self, app: str) -> str | None:
+        """The number, page or account follow-ups on ``app`` leave from: the first listed.
+        The token of ``tokens[app]`` belongs to it (a page token names one page)."""
+        accounts = self.accounts.get(app)
+        return accounts[0] if accounts else None
 
 
 class BotRegistry:
@@ -149,7 +186,27 @@ def _parse_bot(table: Any, number: int) -> Bot:
     if not _LANGUAGE_TAG.match(values["language"]):
         raise RegistryError(f"{where}: language {values['language']!r} is not a language tag such as en or pt-BR")
     accounts = {app: _account_ids(table, app, where) for app in APPS if app in table}
-    return Bot(**values, accounts=MappingProxyType(accounts))
+    return Bot(**values, accounts=MappingProxyType(accounts), tokens=MappingProxyType(_tokens(table, where)))
+
+
+def _tokens(table: dict, where: str) -> dict[str, TokenRef]:
+    tokens = table.get("tokens", {})
+    if not isinstance(tokens, dict):
+        raise RegistryError(f'{where}: tokens must be a table, like tokens = {{ whatsapp = "env:WA_TOKEN" }}')
+    unknown = sorted(set(tokens) - set(APPS))
+    if unknown:
+        raise RegistryError(f"{where}: tokens for unknown app(s) {', '.join(unknown)}")
+    refs = {}
+    for app, text in tokens.items():
+        if app not in table:
+            raise RegistryError(f"{where}: a {app} token but no {app} account")
+        if not isinstance(text, str):
+            raise RegistryError(f"{where}: tokens.{app} must be a string, env:NAME or file:/path")
+        try:
+            refs[app] = TokenRef.parse(text)
+        except ValueError as exc:
+            raise RegistryError(f"{where}: tokens.{app}: {exc}") from None
+    return refs
 
 
 def _text_field(table: dict, name: str, where: str) -> str:

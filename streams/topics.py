@@ -30,11 +30,12 @@ MESSAGES = TopicSpec("messages", "Canonical message events, key user_id.", reten
 CONTROL = TopicSpec("control", "Profiles, opt-outs, kills, erasures and ticks.", retention_ms=None, compacted=False)
 FOLLOWUPS_REQUESTED = TopicSpec("followups.requested", "Follow-ups the rules allow, key user_id.")
 FOLLOWUPS_RETRY = TopicSpec("followups.retry", "Follow-ups whose generation failed, waiting for another try.")
-FOLLOWUP_OUTCOMES = TopicSpec("followups.outcomes", "How every follow-up ended: delivered, cancelled or dead-lettered.")
+FOLLOWUP_OUTCOMES = TopicSpec("followups.outcomes", "Each follow-up's story: generated or ended before, then sent, delivered, read.")
 DECISIONS = TopicSpec("decisions", "A record of every decision, sent or not, key user_id.", retention_ms=30 * DAY_MS)
 DELIVERY_WHATSAPP = TopicSpec("delivery.whatsapp", "Generated follow-ups for the WhatsApp Cloud API.")
 DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the Messenger Send API.")
 DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.")
+DELIVERY_RETRY = TopicSpec("delivery.retry", "Follow-ups waiting for another send: a retryable refusal, a rate limit, a refused token.")
 ENGINE_STATE = TopicSpec("engine.state", "The engine's users per partition (changelog), key user_id.", compacted=True, retention_ms=None)
 DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False, retention_ms=30 * DAY_MS)
 
@@ -44,7 +45,7 @@ DELIVERY_BY_APP = {"whatsapp": DELIVERY_WHATSAPP, "facebook": DELIVERY_FACEBOOK,
 CATALOG: tuple[TopicSpec, ...] = (
     RAW_WHATSAPP, RAW_FACEBOOK, RAW_INSTAGRAM, MESSAGES, CONTROL, FOLLOWUPS_REQUESTED,
     FOLLOWUPS_RETRY, FOLLOWUP_OUTCOMES, DECISIONS, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK,
-    DELIVERY_INSTAGRAM, ENGINE_STATE, DEADLETTER,
+    DELIVERY_INSTAGRAM, DELIVERY_RETRY, ENGINE_STATE, DEADLETTER,
 )
 
 

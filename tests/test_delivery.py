@@ -22,36 +22,38 @@ REQUEST = FollowupRequest(
 GENERATED_AT = parse_ts("2026-11-28T21:30:01.250Z")
 
 
-def test_whatsapp_body_is_a_cloud_api_text_message():
-    assert delivery_body("whatsapp", "33612345678", "Hello") == {
+def test_whatsapp_body_is_a_cloud_api_text_message_carrying_the_followup_id():
+    # spec section 9: the follow-up id travels in biz_opaque_callback_data, which statuses echo
+    assert delivery_body("whatsapp", "33612345678", "Hello", "f-1") == {
         "messaging_product": "whatsapp", "recipient_type": "individual", "to": "33612345678",
-        "type": "text", "text": {"body": "Hello", "preview_url": False},
+        "type": "text", "text": {"body": "Hello", "preview_url": False}, "biz_opaque_callback_data": "f-1",
     }
 
 
 @pytest.mark.parametrize("app", ["facebook", "instagram"])
-def test_messenger_and_instagram_bodies_are_proactive_updates_inside_the_window(app):
-    assert delivery_body(app, "psid-9", "Hello") == {
-        "recipient": {"id": "psid-9"}, "messaging_type": "UPDATE", "message": {"text": "Hello"},
+def test_messenger_and_instagram_bodies_are_proactive_updates_carrying_the_followup_id(app):
+    # spec section 9: the follow-up id travels in message.metadata, which the echo carries back
+    assert delivery_body(app, "psid-9", "Hello", "f-1") == {
+        "recipient": {"id": "psid-9"}, "messaging_type": "UPDATE", "message": {"text": "Hello", "metadata": "f-1"},
     }
 
 
 def test_unknown_app_is_refused():
     with pytest.raises(ValueError, match="telegram"):
-        delivery_body("telegram", "u", "Hello")
+        delivery_body("telegram", "u", "Hello", "f-1")
 
 
 @pytest.mark.parametrize("app", ["whatsapp", "facebook", "instagram"])
 def test_text_over_the_platform_limit_is_refused(app):
-    delivery_body(app, "u", "a" * TEXT_LIMITS[app])
+    delivery_body(app, "u", "a" * TEXT_LIMITS[app], "f-1")
     with pytest.raises(ValueError, match=app):
-        delivery_body(app, "u", "a" * (TEXT_LIMITS[app] + 1))
+        delivery_body(app, "u", "a" * (TEXT_LIMITS[app] + 1), "f-1")
 
 
 def test_instagram_limit_counts_utf8_bytes():
     with pytest.raises(ValueError):
-        delivery_body("instagram", "u", "é" * (TEXT_LIMITS["instagram"] // 2 + 1))
-    delivery_body("facebook", "u", "é" * (TEXT_LIMITS["instagram"] // 2 + 1))
+        delivery_body("instagram", "u", "é" * (TEXT_LIMITS["instagram"] // 2 + 1), "f-1")
+    delivery_body("facebook", "u", "é" * (TEXT_LIMITS["instagram"] // 2 + 1), "f-1")
 
 
 def test_record_for_a_followup_carries_the_final_text_and_its_body():
@@ -72,10 +74,12 @@ def test_record_json_shape_and_round_trip():
     assert document == {
         "followup_id": "f-1", "user_id": "psid-1", "bot_id": "maestro", "app": "facebook",
         "text": final.text, "ai_generated": True, "disclosure": disclosure_line("en"),
-        "body": {"recipient": {"id": "psid-1"}, "messaging_type": "UPDATE", "message": {"text": final.text}},
+        "body": {"recipient": {"id": "psid-1"}, "messaging_type": "UPDATE", "message": {"text": final.text, "metadata": "f-1"}},
         "generated_at": "2026-11-28T21:30:01.250Z", "replaced": False,
+        "due_ts": "2026-11-28T21:30:00.000Z", "last_inbound_ts": "2026-11-28T09:30:00.000Z", "inbound_in_window": 7,
     }
     assert records.parse_delivery(document) == record
+    assert record.request == on_messenger  # what the sender's last-moment check reads
 
 
 def test_parse_delivery_requires_replaced_as_a_boolean():

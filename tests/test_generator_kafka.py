@@ -154,7 +154,8 @@ async def test_a_followup_goes_to_the_latest_inbound_app_and_erasure_leaves_noth
         assert delivery["followup_id"] == followup_id and delivery_record.key == user.encode()
         assert delivery["app"] == "instagram" and delivery["ai_generated"] is True and delivery["replaced"] is False
         assert delivery["text"] == f"{OK_TEXT}\n\n{disclosure_line('en')}" and delivery["disclosure"] == disclosure_line("en")
-        assert delivery["body"] == {"recipient": {"id": user}, "messaging_type": "UPDATE", "message": {"text": delivery["text"]}}
+        assert delivery["body"] == {"recipient": {"id": user}, "messaging_type": "UPDATE",
+                                    "message": {"text": delivery["text"], "metadata": followup_id}}
         assert [(o["followup_id"], o["outcome"], o["tries"]) for o in values(outcomes)] == [(followup_id, "generated", 1)]
         prompt = orjson.dumps((await llm.stats())["last_body"]).decode()
         assert "I loved the Interstellar score" in prompt and "Maestro of Movie Magic" in prompt

@@ -169,3 +169,35 @@ def test_registry_file_does_not_reparse_an_unchanged_file(tmp_path):
 def test_registry_file_refuses_to_start_without_a_good_registry(tmp_path):
     with pytest.raises(RegistryError):
         RegistryFile(write(tmp_path, "[[bot]]\nid = 1\n"))
+
+
+# -- token references (spec section 9) ----------------------------------------------------
+
+def test_tokens_are_named_by_reference_per_app(tmp_path):
+    registry = load_text(tmp_path, MAESTRO + 'tokens = { whatsapp = "env:MAESTRO_WA_TOKEN", facebook = "file:/run/secrets/maestro-page" }\n')
+    bot = registry.get("maestro")
+    assert {app: str(ref) for app, ref in bot.tokens.items()} == {
+        "whatsapp": "env:MAESTRO_WA_TOKEN", "facebook": "file:/run/secrets/maestro-page"}
+    assert bot.sending_account("whatsapp") == "106540352242922" and bot.sending_account("instagram") is None
+
+
+@pytest.mark.parametrize("tokens, problem", [
+    ('tokens = { whatsapp = "EAAGm0PX4ZCpsBA..." }', "env:NAME or file:/path"),  # a token itself
+    ('tokens = { whatsapp = "env:" }', "env:NAME or file:/path"),
+    ('tokens = { whatsapp = "env:MY-TOKEN" }', "not an environment variable name"),
+    ('tokens = { whatsapp = "file:secrets/wa" }', "absolute path"),
+    ('tokens = { telegram = "env:T" }', "unknown app"),
+    ('tokens = { instagram = "env:IG" }', "no instagram account"),
+    ('tokens = { whatsapp = 42 }', "must be a string"),
+    ('tokens = "env:T"', "tokens must be a table"),
+])
+def test_a_bad_token_reference_refuses_the_file(tmp_path, tokens, problem):
+    with pytest.raises(RegistryError, match=problem):
+        load_text(tmp_path, MAESTRO + tokens + "\n")
+
+
+def test_the_shipped_registry_names_a_token_for_every_account():
+    registry = BotRegistry.load(ROOT / "deploy" / "bots.toml")
+    for bot in registry:
+        assert set(bot.tokens) == set(APPS), bot.id
+        assert all(ref.source == "env" for ref in bot.tokens.values())

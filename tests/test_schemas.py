@@ -22,13 +22,14 @@ from domain.normalize import normalize_webhook
 from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupAttempt, FollowupOutcome,
     FollowupRequest, InvalidRecord, Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict,
-    parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome, parse_ts,
+    SendAttempt, parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome,
+    parse_send_attempt, parse_ts,
 )
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_NAMES = ("message", "control", "followup_request", "followup_retry", "followup_outcome", "decision",
-                "deadletter", "delivery")
+                "deadletter", "delivery", "send_retry")
 
 
 def validator(name: str) -> Draft202012Validator:
@@ -38,7 +39,8 @@ def validator(name: str) -> Draft202012Validator:
 
 VALIDATORS = {name: validator(name) for name in SCHEMA_NAMES}
 PARSERS = {"message": parse_message, "control": parse_control, "followup_request": parse_followup,
-           "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery}
+           "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery,
+           "send_retry": parse_send_attempt}
 
 
 def schema_accepts(name: str, obj) -> bool:
@@ -73,14 +75,16 @@ DISCLOSURE = "Written by an AI. Reply STOP to get no more of these."
 TEXT = f"Any new soundtrack on your list?\n\n{DISCLOSURE}"
 SEND_BODIES = {
     "whatsapp": {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "16505551234",
-                 "type": "text", "text": {"body": TEXT}},
-    "facebook": {"recipient": {"id": "6945512345678901"}, "messaging_type": "RESPONSE", "message": {"text": TEXT}},
-    "instagram": {"recipient": {"id": "1234567890123456"}, "message": {"text": TEXT}},
+                 "type": "text", "text": {"body": TEXT}, "biz_opaque_callback_data": "f-1"},
+    "facebook": {"recipient": {"id": "6945512345678901"}, "messaging_type": "RESPONSE",
+                 "message": {"text": TEXT, "metadata": "f-1"}},
+    "instagram": {"recipient": {"id": "1234567890123456"}, "message": {"text": TEXT, "metadata": "f-1"}},
 }
 
 
 def delivery(app: str) -> DeliveryRecord:
-    return DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, SEND_BODIES[app], T, replaced=False)
+    return DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, SEND_BODIES[app], T, replaced=False,
+                          due_ts=T + 43_200_000, last_inbound_ts=T, inbound_in_window=7)
 
 
 WRITTEN = [
@@ -101,6 +105,8 @@ WRITTEN = [
         Kill("all", None, True), Erase("u-42"), Tick(T),
     )],
     *[("delivery", delivery(app).to_dict()) for app in SEND_BODIES],
+    ("send_retry", orjson.loads(SendAttempt(delivery("whatsapp"), 2, T).to_json())),
+    ("send_retry", orjson.loads(SendAttempt(delivery("instagram")).to_json())),
 ]
 
 
@@ -194,6 +200,9 @@ ACCEPTED_BY_BOTH = [
     ("delivery", delivery_dict("facebook")),
     ("delivery", delivery_dict("instagram", replaced=True)),
     ("delivery", delivery_dict("whatsapp", body={k: v for k, v in SEND_BODIES["whatsapp"].items() if k != "recipient_type"})),
+    ("delivery", delivery_dict(last_inbound_ts="2026-11-28T09:30:00Z", inbound_in_window=0)),
+    ("send_retry", delivery_dict("facebook", tries=3, not_before="2026-11-28T21:30:00Z")),
+    ("send_retry", delivery_dict()),
 ]
 
 REFUSED_BY_BOTH = [
@@ -258,6 +267,14 @@ REFUSED_BY_BOTH = [
     ("delivery", delivery_dict("facebook", body=SEND_BODIES["whatsapp"])),
     ("delivery", delivery_dict("facebook", body={"recipient": {"id": "1"}, "message": {"text": "a" * 2001}})),
     ("delivery", delivery_dict("whatsapp", body={**SEND_BODIES["whatsapp"], "type": "image"})),
+    ("delivery", delivery_dict("whatsapp", body={k: v for k, v in SEND_BODIES["whatsapp"].items() if k != "biz_opaque_callback_data"})),
+    ("delivery", delivery_dict("facebook", body={**SEND_BODIES["facebook"], "message": {"text": TEXT}})),
+    ("delivery", delivery_dict(due_ts=...)),
+    ("delivery", delivery_dict(last_inbound_ts="noon")),
+    ("delivery", delivery_dict(inbound_in_window=-1)),
+    ("send_retry", delivery_dict(tries=-1)),
+    ("send_retry", delivery_dict(tries=1, not_before="later")),
+    ("send_retry", delivery_dict(ai_generated=False, tries=1)),
 ]
 
 
@@ -278,6 +295,9 @@ PARSER_ONLY_CHECKS = [
     ("message", message(ts="2027-02-29T09:30:00Z")),  # the pattern does not know month lengths
     ("message", message(ts=float(T))),  # JSON Schema counts 1.0 as an integer; JSON readers do not
     ("delivery", delivery_dict(disclosure="Some other line.")),  # the text must contain the disclosure
+    # The body must echo the follow-up's own id, not any id.
+    ("delivery", delivery_dict("facebook", body={**SEND_BODIES["facebook"], "message": {"text": TEXT, "metadata": "f-2"}})),
+    ("delivery", delivery_dict("whatsapp", body={**SEND_BODIES["whatsapp"], "biz_opaque_callback_data": "f-2"})),
 ]
 
 
@@ -380,7 +400,8 @@ def test_send_bodies_built_by_the_delivery_stage_validate():
     from domain.delivery import delivery_body  # the stage that fills delivery topics
 
     for app in ("whatsapp", "facebook", "instagram"):
-        record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT), T, replaced=True)
+        record = DeliveryRecord("f-1", "u-42", "maestro", app, TEXT, DISCLOSURE, delivery_body(app, "u-42", TEXT, "f-1"), T,
+                                replaced=True, due_ts=T, last_inbound_ts=T, inbound_in_window=5)
         decoded = orjson.loads(record.to_json())
         assert [e.message for e in VALIDATORS["delivery"].iter_errors(decoded)] == []
         assert parser_accepts("delivery", decoded)
