@@ -4,9 +4,13 @@
 platform posted it, into a ``NormalizeResult``:
 
 - ``events``: one ``MessageEvent`` per usable message, in document order;
-- ``dropped``: receipts and other entries that are not messages (WhatsApp ``statuses``
-  and non-message changes; Messenger/Instagram ``delivery``, ``read``, postbacks,
-  reactions, unsent-message notices, ``standby`` and ``changes`` items);
+- ``receipts``: what the platform says of messages the bot sent, when it could concern
+  a follow-up (spec section 9, "Receipts back"): WhatsApp ``statuses`` that carry a
+  ``biz_opaque_callback_data``, Messenger/Instagram ``delivery`` and ``read`` items, and
+  echoes that carry a ``message.metadata`` (an echo is also an outbound event);
+- ``dropped``: other entries that are not messages (statuses of the bot's other
+  messages, non-message changes, postbacks, reactions, unsent-message notices,
+  ``standby`` and ``changes`` items, receipts too broken to use);
 - ``errors``: one reason per message that could not be used, prefixed by where it sits
   in the document (``entry[0].messaging[2]: ...``).
 
@@ -27,8 +31,10 @@ from schemas.records import (
     APPS,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
+    RECEIPT_KINDS,
     InvalidRecord,
     MessageEvent,
+    Receipt,
     loads,
     parse_ts,
 )
@@ -59,6 +65,7 @@ class NormalizeResult:
     events: list[MessageEvent] = field(default_factory=list)
     dropped: int = 0
     errors: list[str] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
 
     @property
     def messages(self) -> int:
@@ -137,12 +144,17 @@ def _whatsapp(entries: list, owners: Mapping[str, str]) -> NormalizeResult:
 def _whatsapp_value(value: dict, where: str, owners: Mapping[str, str], result: NormalizeResult) -> None:
     messages = _list(value, "messages", where)
     statuses = _list(value, "statuses", where)
-    result.dropped += len(statuses)
+    bot_id, no_bot = _whatsapp_bot(value, owners) if messages or statuses else ("", "")
+    for status in statuses:
+        receipt = None if no_bot else _whatsapp_receipt(status, bot_id)
+        if receipt is None:
+            result.dropped += 1
+        else:
+            result.receipts.append(receipt)
     if not messages:
         if not statuses:
             result.dropped += 1  # account, template or quality notices: not messages
         return
-    bot_id, no_bot = _whatsapp_bot(value, owners)
     for k, message in enumerate(messages):
         try:
             if no_bot:
@@ -162,6 +174,32 @@ def _whatsapp_bot(value: dict, owners: Mapping[str, str]) -> tuple[str, str]:
     if bot_id is None:
         return "", f"no bot in the registry owns {ACCOUNT_KIND['whatsapp']} {number[:MAX_ID_LENGTH]}"
     return bot_id, ""
+
+
+def _whatsapp_receipt(status: Any, bot_id: str) -> Receipt | None:
+    """A status of a follow-up (it carries the follow-up id the send gave it), else None."""
+    if type(status) is not dict:
+        return None
+    followup_id, kind = status.get("biz_opaque_callback_data"), status.get("status")
+    if type(followup_id) is not str or not 0 < len(followup_id) <= MAX_ID_LENGTH or kind not in RECEIPT_KINDS:
+        return None
+    user_id, message_id = status.get("recipient_id"), status.get("id")
+    if type(user_id) is not str or not 0 < len(user_id) <= MAX_ID_LENGTH:
+        return None
+    try:
+        ts = _epoch_seconds(status.get("timestamp"))
+    except InvalidRecord:
+        return None
+    return Receipt(app="whatsapp", kind=kind, user_id=user_id, bot_id=bot_id, ts=ts, followup_id=followup_id,
+                   mids=(message_id,) if type(message_id) is str else (),
+                   error_code=_first_error_code(status) if kind == "failed" else None)
+
+
+def _first_error_code(status: dict) -> str | None:
+    errors = status.get("errors")
+    first = errors[0] if type(errors) is list and errors else None
+    code = first.get("code") if type(first) is dict else None
+    return str(code) if type(code) is int else None
 
 
 def _whatsapp_event(message: Any, bot_id: str) -> MessageEvent:
@@ -217,11 +255,51 @@ def _messaging(app: str, entries: list, owners: Mapping[str, str]) -> NormalizeR
             except InvalidRecord as exc:
                 result.errors.append(f"entry[{i}].messaging[{k}]: {exc}")
                 continue
-            if event is None:
+            if event is not None:
+                result.events.append(event)
+                if event.direction == "outbound":
+                    _echo_receipt(item, event, result)
+                continue
+            receipt = _messaging_receipt(app, item, owners)
+            if receipt is None:
                 result.dropped += 1
             else:
-                result.events.append(event)
+                result.receipts.append(receipt)
     return result
+
+
+def _echo_receipt(item: dict, echo: MessageEvent, result: NormalizeResult) -> None:
+    """An echo of a follow-up (its ``metadata`` is the follow-up id): the platform has it."""
+    followup_id = item["message"].get("metadata")
+    if type(followup_id) is str and 0 < len(followup_id) <= MAX_ID_LENGTH:
+        result.receipts.append(Receipt(app=echo.app, kind="sent", user_id=echo.user_id, bot_id=echo.bot_id,
+                                       ts=echo.ts, followup_id=followup_id, mids=(echo.event_id,)))
+
+
+def _messaging_receipt(app: str, item: Any, owners: Mapping[str, str]) -> Receipt | None:
+    """A ``delivery`` or ``read`` item, sent by the user to the page or account, else None:
+    it names message ids (``mids``, Instagram's ``read.mid``) or a ``watermark``."""
+    if type(item) is not dict:
+        return None
+    kind = "delivery" if type(item.get("delivery")) is dict else "read" if type(item.get("read")) is dict else None
+    if kind is None:
+        return None
+    body = item[kind]
+    mids = body.get("mids") if kind == "delivery" else [body.get("mid")]
+    mids = tuple(mid for mid in mids if type(mid) is str and 0 < len(mid) <= MAX_ID_LENGTH) if type(mids) is list else ()
+    watermark = body.get("watermark")
+    if not mids and (type(watermark) is not int or watermark < 0):
+        return None
+    try:
+        user_id, account_id = _party(item, "sender"), _party(item, "recipient")
+        ts = _epoch_millis(item.get("timestamp", watermark))
+    except InvalidRecord:
+        return None
+    bot_id = owners.get(account_id)
+    if bot_id is None:
+        return None
+    return Receipt(app=app, kind="delivered" if kind == "delivery" else "read", user_id=user_id, bot_id=bot_id,
+                   ts=ts, mids=mids, watermark=watermark if not mids else None)
 
 
 def _messaging_event(app: str, item: Any, owners: Mapping[str, str]) -> MessageEvent | None:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain.normalize import NormalizeResult, normalize_webhook
-from schemas.records import InvalidRecord, MessageEvent, parse_message, parse_ts
+from schemas.records import InvalidRecord, MessageEvent, Receipt, parse_message, parse_ts
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +51,36 @@ def test_whatsapp_media_takes_the_caption_and_captionless_media_is_empty_text():
     assert [e.ts for e in result.events] == [1795858260000, 1795858270000, 1795858280000, 1795858290000]
 
 
-def test_whatsapp_statuses_are_receipts_counted_and_dropped():
-    result = normalize("whatsapp", fixture("whatsapp_statuses"))
-    assert (result.events, result.errors, result.dropped) == ([], [], 2)
+def test_whatsapp_statuses_of_other_messages_are_counted_and_dropped():
+    result = normalize("whatsapp", fixture("whatsapp_statuses"))  # no biz_opaque_callback_data: not a follow-up
+    assert (result.events, result.errors, result.dropped, result.receipts) == ([], [], 2, [])
+
+
+def test_whatsapp_statuses_of_a_followup_are_receipts_naming_it():
+    # spec section 9: statuses echo the biz_opaque_callback_data the send carried
+    document = fixture("whatsapp_statuses")
+    delivered, read = document["entry"][0]["changes"][0]["value"]["statuses"]
+    delivered["biz_opaque_callback_data"] = read["biz_opaque_callback_data"] = "f-1"
+    failed = {**delivered, "status": "failed", "errors": [{"code": 131026, "title": "Message undeliverable"}]}
+    document["entry"][0]["changes"][0]["value"]["statuses"].append(failed)
+    result = normalize("whatsapp", document)
+    wamid = delivered["id"]
+    assert (result.events, result.errors, result.dropped) == ([], [], 0)
+    assert result.receipts == [
+        Receipt("whatsapp", "delivered", "16505551234", "maestro", 1795858300000, "f-1", (wamid,)),
+        Receipt("whatsapp", "read", "16505551234", "maestro", 1795858320000, "f-1", (wamid,)),
+        Receipt("whatsapp", "failed", "16505551234", "maestro", 1795858300000, "f-1", (wamid,), error_code="131026"),
+    ]
+
+
+@pytest.mark.parametrize("change", [{"status": "deleted"}, {"recipient_id": None}, {"timestamp": "soon"},
+                                    {"biz_opaque_callback_data": ""}, {"biz_opaque_callback_data": 7}])
+def test_a_followup_status_too_broken_to_use_is_dropped_not_an_error(change):
+    document = fixture("whatsapp_statuses")
+    status = document["entry"][0]["changes"][0]["value"]["statuses"][0]
+    status.update({"biz_opaque_callback_data": "f-1", **change})
+    result = normalize("whatsapp", document)
+    assert (result.errors, result.dropped, len(result.receipts)) == ([], 2, 0)
 
 
 def test_whatsapp_many_messages_entries_and_numbers_in_one_webhook():
@@ -126,9 +153,33 @@ def test_echo_is_outbound_from_the_sender_page_to_the_recipient_user(app, name, 
     assert (event.direction, event.user_id, event.bot_id) == ("outbound", user_id, bot_id)
 
 
-def test_messenger_delivery_and_read_are_receipts_counted_and_dropped():
+def test_messenger_delivery_and_read_are_receipts_by_message_id_and_watermark():
     result = normalize("facebook", fixture("facebook_receipts"))
-    assert (result.events, result.errors, result.dropped) == ([], [], 2)
+    assert (result.events, result.errors, result.dropped) == ([], [], 0)
+    mid = "m_Bx9Kp3Vr8uvxOFiYgZZLk9nKFN_RQqa6kdDL59QoLBkTekgjqryrNwL9nb7BD9gqmxmrMQ_6dhYJcv8J4sCO1Q"
+    assert result.receipts == [
+        Receipt("facebook", "delivered", "6945512345678901", "maestro", 1795858269000, mids=(mid,)),
+        Receipt("facebook", "read", "6945512345678901", "maestro", 1795858270000, watermark=1795858260456),
+    ]
+
+
+def test_an_echo_carrying_metadata_is_both_an_outbound_event_and_a_sent_receipt():
+    # spec section 9: message.metadata comes back in the echo
+    result = normalize("facebook", fixture("facebook_echo"))
+    [event] = result.events
+    assert result.receipts == [Receipt("facebook", "sent", event.user_id, "maestro", event.ts,
+                                       followup_id="relance:reply", mids=(event.event_id,))]
+    document = fixture("facebook_echo")
+    del document["entry"][0]["messaging"][0]["message"]["metadata"]
+    assert normalize("facebook", document).receipts == []
+
+
+def test_a_receipt_for_a_page_no_bot_owns_is_dropped():
+    document = fixture("facebook_receipts")
+    for item in document["entry"][0]["messaging"]:
+        item["recipient"]["id"] = "999"
+    result = normalize("facebook", document)
+    assert (result.receipts, result.errors, result.dropped) == ([], [], 2)
 
 
 def test_messenger_batch_keeps_messages_and_drops_postbacks_and_reactions():
@@ -148,11 +199,14 @@ def test_instagram_text_message_maps_every_field():
     )
 
 
-def test_instagram_drops_reads_unsends_and_comment_changes():
+def test_instagram_keeps_reads_as_receipts_and_drops_unsends_and_comment_changes():
     result = normalize("instagram", fixture("instagram_mixed"))
     assert [e.text for e in result.events] == ["", "Como se diz 'saudade' em inglês?"]
     assert {e.bot_id for e in result.events} == {"professora-ana"}
-    assert result.dropped == 3 and result.errors == []
+    assert result.dropped == 2 and result.errors == []
+    [read] = result.receipts
+    assert (read.kind, read.user_id, read.bot_id, read.ts) == ("read", "2345678901234567", "professora-ana", 1795858400300)
+    assert read.mids[0].startswith("aWdf") and read.watermark is None
 
 
 def test_an_account_id_is_looked_up_on_the_webhooks_own_app_only():
