@@ -24,8 +24,14 @@ time series kept by Prometheus forever after:
 - ``topic``/``partition`` (consumer lag): bounded by the topic catalog and its partitions.
 - ``language``: ISO 639-1 codes of the distress detector's word lists.
 - ``provider``: the LLM backend, ``openai`` (any OpenAI-compatible API) or ``offline``.
+- ``result`` (sends): ``sent``, ``unknown``, ``failed``, ``window_closed``,
+  ``slow_down``, ``retry``, ``not_reached``, ``token_refused`` (:data:`SEND_RESULTS`).
+- ``code`` (send errors): the platform error codes the sender tells apart (131047,
+  130429, 190...), ``http_429``, ``http_5xx``, ``http_4xx`` or ``other``
+  (``domain.sendapi.code_label``).
+- ``bot`` (token state only): the bot ids of the registry, a list the operator keeps.
 
-No label carries a ``user_id``, ``bot_id`` or follow-up id: those are unbounded.
+No other label carries a ``bot_id``, and none a ``user_id`` or follow-up id: those are unbounded.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ __all__ = [
     "STAGES",
     "DEAD_LETTER_REASONS",
     "LLM_SECONDS_BUCKETS",
+    "SEND_RESULTS",
+    "SEND_SECONDS_BUCKETS",
     "TIMER_LAG_SECONDS_BUCKETS",
     "Metrics",
     "label",
@@ -49,7 +57,8 @@ __all__ = [
 ]
 
 APPS = ("whatsapp", "facebook", "instagram")
-STAGES = ("ingest", "engine", "generator", "delivery")
+STAGES = ("ingest", "engine", "generator", "delivery", "sender")
+SEND_RESULTS = ("sent", "unknown", "failed", "window_closed", "slow_down", "retry", "not_reached", "token_refused")
 
 # The dead-letter reasons the stages are expected to use. Not enforced (a stage may add a
 # new word), but a new reason should be added here so the dashboards' legend stays readable.
@@ -69,6 +78,8 @@ DEAD_LETTER_REASONS = (
 
 # LLM calls: tens of milliseconds (a local model) up to the default 20 s timeout and beyond.
 LLM_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 20.0, 30.0, 60.0)
+# Send-API calls and rate-limiter waits: milliseconds normally, up to the 10 s send timeout.
+SEND_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
 TIMER_LAG_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
@@ -119,6 +130,13 @@ class Metrics:
     llm_request: Histogram         # labels: provider; seconds
     llm_errors: Counter            # labels: kind
     llm_circuit_open: Gauge
+    # -- sender and receipts --------------------------------------------------------
+    sends: Counter                 # labels: app, result
+    send_errors: Counter           # labels: app, code
+    send_seconds: Histogram        # labels: app; seconds
+    send_limiter_wait: Histogram   # labels: app; seconds
+    send_token_ok: Gauge           # labels: app, bot
+    receipts: Counter              # labels: app, outcome
     # -- every stage -----------------------------------------------------------------
     dead_letters: Counter          # labels: stage, reason
     consumer_lag: Gauge            # labels: topic, partition; messages
@@ -142,8 +160,9 @@ def new_metrics() -> Metrics:
             "Native webhook documents read from the raw.<app> topics.", ("app",)),
         receipts_dropped=counter(
             "relance_receipts_dropped_total",
-            "Webhook entries that are not messages (statuses, delivery and read receipts), "
-            "counted and dropped.", ("app",)),
+            "Webhook entries that are not messages and belong to no follow-up (statuses, "
+            "delivery and read receipts of the bot's other messages, notices), counted and "
+            "dropped.", ("app",)),
         events_in=counter(
             "relance_events_in_total",
             "Canonical message events read from the messages topic.", ("app",)),
@@ -193,6 +212,32 @@ def new_metrics() -> Metrics:
         llm_circuit_open=gauge(
             "relance_llm_circuit_open",
             "1 while the LLM circuit breaker is open (calls are not attempted), else 0."),
+        sends=counter(
+            "relance_sends_total",
+            "Send-API attempts by result: sent, unknown (the platform may have it; never "
+            "repeated), failed, window_closed, and the refusals tried again (slow_down, "
+            "retry, not_reached, token_refused).", ("app", "result")),
+        send_errors=counter(
+            "relance_send_errors_total",
+            "Send-API errors by the platform's error code (a bounded set; others are other).",
+            ("app", "code")),
+        send_seconds=Histogram(
+            "relance_send_seconds",
+            "Duration of each send-API call, failed ones included, in seconds.",
+            ("app",), registry=registry, buckets=SEND_SECONDS_BUCKETS),
+        send_limiter_wait=Histogram(
+            "relance_send_limiter_wait_seconds",
+            "How long a send waited for its number's, page's or account's rate, in seconds.",
+            ("app",), registry=registry, buckets=SEND_SECONDS_BUCKETS),
+        send_token_ok=gauge(
+            "relance_send_token_ok",
+            "1 while the bot's token on that app works (or was not tried yet), 0 once the "
+            "platform refused it (190) or it cannot be read: its follow-ups wait.",
+            ("app", "bot")),
+        receipts=counter(
+            "relance_receipts_total",
+            "Receipts and echoes that added a step to a follow-up's story, by outcome "
+            "(sent: an unknown send settled; delivered, read, failed).", ("app", "outcome")),
         dead_letters=counter(
             "relance_dead_letters_total",
             "Records sent to the dead-letter topic, by stage and bounded reason.",

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-__all__ = ["Settings", "SettingError", "parse_duration", "parse_quiet_hours"]
+__all__ = ["Settings", "SettingError", "parse_duration", "parse_quiet_hours", "parse_rates"]
 
 ENV_PREFIX = "RELANCE_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -89,6 +89,33 @@ def _optional_str(value: Any) -> str | None:
     return text or None
 
 
+def _positive_number(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value!r} must be more than 0")
+    return number
+
+
+def parse_rates(value: Any) -> tuple[tuple[str, float], ...]:
+    """Send rates per account id: a TOML table ``{ "106540352242922" = 250 }`` or the text
+    ``106540352242922=250,112233445566778=100`` (messages a second), as sorted pairs (a
+    setting's default must be hashable)."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        text = str(value).strip()
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()] if text else []
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"not account=rate pairs: {value!r}")
+    rates = {}
+    for account, rate in pairs:
+        account = str(account).strip()
+        if not account:
+            raise ValueError(f"an empty account id in {value!r}")
+        rates[account] = _positive_number(rate)
+    return tuple(sorted(rates.items()))
+
+
 def setting(default: Any, doc: str, parse: Callable[[Any], Any] = str) -> Any:
     return field(default=default, metadata={"doc": doc, "parse": parse})
 
@@ -129,6 +156,25 @@ class Settings:
     generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
     generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again; doubled each try, with jitter.", parse_duration)
     llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call.", parse_duration)
+    # -- sending (spec section 9) --------------------------------------------------------
+    graph_base_url: str = setting("https://graph.facebook.com", "Base URL of Meta's Graph API, where the send APIs are.")
+    # v26.0, released 2026-07-29, is the newest Graph API version in Meta's changelog
+    # (developers.facebook.com/docs/graph-api/changelog); every version lives two years or more.
+    graph_api_version: str = setting("v26.0", "Graph API version in the send URLs.")
+    send_timeout: int = setting(10_000, "Timeout of one send-API call; a send that times out is unknown, never repeated.", parse_duration)
+    send_concurrency: int = setting(32, "Sends in progress (rate slot, ledger, call) at once per sender worker.", _positive_int)
+    send_backoff: int = setting(1_000, "Wait before a refused send (429, 5xx, unreachable) is tried again; doubled each try, with jitter.", parse_duration)
+    send_backoff_max: int = setting(300_000, "The longest wait between two tries of one send.", parse_duration)
+    send_token_probe: int = setting(60_000, "How often a bot whose token was refused is tried again with the same token.", parse_duration)
+    # The platforms' standard rates: WhatsApp Cloud API 80 messages/s per business number
+    # (spec section 9); Messenger and Instagram Send API 300 calls/s per page or professional
+    # account for text (developers.facebook.com/documentation/business-messaging/
+    # messenger-platform/overview/rate-limiting, updated 2026-03-23).
+    whatsapp_send_rate: float = setting(80.0, "Messages a second per WhatsApp business number, at most.", _positive_number)
+    facebook_send_rate: float = setting(300.0, "Messages a second per Facebook page, at most.", _positive_number)
+    instagram_send_rate: float = setting(300.0, "Messages a second per Instagram account, at most.", _positive_number)
+    send_rates: tuple[tuple[str, float], ...] = setting((), "Rates of single numbers, pages or accounts, account=rate[,...] (a TOML table in a config file).", parse_rates)
+    send_rate_slack: int = setting(100, "Added to the rate limiter's one-second window, so that jitter on the way cannot squeeze a second's sends closer.", parse_duration)
 
     @classmethod
     def names(cls) -> list[str]:

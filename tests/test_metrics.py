@@ -15,6 +15,7 @@ from foundation import metrics
 from streams.wiring import dead_letter_label
 from foundation.metrics import (
     LLM_SECONDS_BUCKETS,
+    SEND_SECONDS_BUCKETS,
     TIMER_LAG_SECONDS_BUCKETS,
     Metrics,
     label,
@@ -44,6 +45,13 @@ EXPECTED = {
     "relance_timer_lag_seconds": ("histogram", ()),
     "relance_distress_detected_total": ("counter", ("language",)),
     "relance_last_commit_timestamp_seconds": ("gauge", ()),
+    "relance_sends_total": ("counter", ("app", "result")),
+    "relance_send_errors_total": ("counter", ("app", "code")),
+    "relance_send_seconds": ("histogram", ("app",)),
+    "relance_send_limiter_wait_seconds": ("histogram", ("app",)),
+    # bot: the registry's bot ids, a list the operator keeps (not user data)
+    "relance_send_token_ok": ("gauge", ("app", "bot")),
+    "relance_receipts_total": ("counter", ("app", "outcome")),
 }
 
 
@@ -146,6 +154,8 @@ def test_histogram_buckets_bound_the_thresholds_that_matter():
     assert 5.0 in TIMER_LAG_SECONDS_BUCKETS
     # A call that times out takes the LLM timeout; it must not vanish into one wide bucket.
     assert Settings().llm_timeout / 1000 in LLM_SECONDS_BUCKETS
+    assert Settings().send_timeout / 1000 in SEND_SECONDS_BUCKETS
+    assert list(SEND_SECONDS_BUCKETS) == sorted(SEND_SECONDS_BUCKETS)
     assert list(TIMER_LAG_SECONDS_BUCKETS) == sorted(TIMER_LAG_SECONDS_BUCKETS)
     assert list(LLM_SECONDS_BUCKETS) == sorted(LLM_SECONDS_BUCKETS)
 
