@@ -9,8 +9,30 @@ command or script:
 - ``try:<n>:<lease end ms>``: a generator is writing try ``n``; another copy of the
   request may take over once the lease ends (the first holder crashed).
 - ``wait:<n>``: try ``n`` failed; the request waits on ``followups.retry``.
-- ``generated``, ``dead_lettered``, ``cancelled:<reason>``: final for the generator.
-  Copies are dropped.
+- ``generated``, ``dead_lettered:<reason>``, ``cancelled:<reason>``: final for the generator.
+  Copies are dropped. The generator moves only its own states (a due ts, ``try``,
+  ``wait``): a late try can never take a follow-up back from the sender.
+
+Then the sender (``agents/sender.py``) moves ``generated`` on; a follow-up is sent at
+most once (spec section 9):
+
+- ``sending:<n>:<lease end ms>``: written before send attempt ``n`` goes out. Found with
+  its lease run out, the holder died and the platform may have the message: the
+  follow-up is ``unknown``, never sent again.
+- ``retry:<n>``: ``n`` attempts made, none reached the platform or each was refused (a
+  429, a 5xx, a refused token); the follow-up waits on ``delivery.retry``.
+- ``ending:<lease end ms>:<final>``: the outcome is known and its record on its way to
+  ``followups.outcomes``; then the field becomes ``<final>``. Found with its lease run
+  out, the record is published again, so no outcome is lost.
+- ``sent``, ``unknown``, ``failed:<code>``, ``cancelled:<reason>``,
+  ``dead_lettered:<reason>``: final for the sender. ``sent`` says the platform took the
+  message; any receipt or echo that comes for an ``unknown`` one settles it as ``sent``.
+
+Beside each follow-up's field, the same hash holds what the receipts need:
+``<followup_id>:receipt`` (the furthest the platform said it went: ``sent``,
+``delivered``, ``read``, or ``failed``) and ``mid:<message id>`` (the follow-up a
+platform message id belongs to, with its bot, app and send time, for Messenger and
+Instagram receipts that name only message ids or a watermark).
 
 A missing field, or a missing hash, means the user was erased: the engine deletes the
 hash when the erasure reaches it, and no move here ever re-creates it. The hash expires
@@ -20,14 +42,18 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import orjson
+
 from foundation.settings import Settings
-from schemas.records import FollowupRequest
+from schemas.records import FollowupRequest, Receipt
 
 PREFIX = "relance:ledger"
 
 GENERATED, CANCELLED, DEAD_LETTERED = "generated", "cancelled", "dead_lettered"
-# What CLAIM_SCRIPT answers.
+# What the claim scripts answer (the sender's also PENDING, LOST and ENDING).
 CLAIMED, MISSING, DONE, STALE, BUSY = "claimed", "missing", "done", "stale", "busy"
+PENDING, LOST, ENDING = "pending", "lost", "ending"
+SENT, UNKNOWN, FAILED = "sent", "unknown", "failed"
 
 
 def ledger_key(user_id: str) -> str:
@@ -40,7 +66,9 @@ def ledger_ttl_s(settings: Settings) -> int:
 
 
 def final_state(outcome: str, reason: str | None) -> str:
-    return f"{CANCELLED}:{reason}" if outcome == CANCELLED else outcome
+    """``cancelled:user_returned``, ``failed:131026``, ``dead_lettered:unknown_bot``, ``sent``:
+    the outcome with its reason, when it has one (``outcome_of`` reads it back)."""
+    return f"{outcome}:{reason}" if reason else outcome
 
 
 # KEYS: ledger. ARGV: followup_id, due ts, time to live (s). One command, not two.
@@ -55,12 +83,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 _CLAIM_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if not state then return 'missing' end
-if state == 'generated' or state == 'dead_lettered' or string.sub(state, 1, 10) == 'cancelled:' then
-  return 'done'
-end
 local tries = tonumber(ARGV[2])
 local waiting = string.match(state, '^wait:(%d+)$')
 local running, lease = string.match(state, '^try:(%d+):(%d+)$')
+if not (tonumber(state) or waiting or running) then return 'done' end  -- generated, or ended
 if waiting and tries < tonumber(waiting) then return 'stale' end
 if running then
   running, lease = tonumber(running), tonumber(lease)
@@ -71,11 +97,147 @@ redis.call('HSET', KEYS[1], ARGV[1], 'try:' .. (tries + 1) .. ':' .. ARGV[4])
 return 'claimed'
 """
 
-# KEYS: ledger. ARGV: followup_id, state. Never re-creates an erased ledger or field.
+# KEYS: ledger. ARGV: followup_id, state. Never re-creates an erased ledger or field, and
+# moves only the generator's own states: once generated, the follow-up is the sender's.
 _SET_STATE_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then return 0 end
+if not (tonumber(state) or string.sub(state, 1, 4) == 'try:' or string.sub(state, 1, 5) == 'wait:') then
+  return 0
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"""
+
+# The furthest a receipt took a follow-up, as a rank; 'failed' ends it.
+_RECEIPT_RANKS = """
+local RANK = {sent = 1, delivered = 2, read = 3, failed = 4}
+"""
+
+# KEYS: ledger. ARGV: followup_id, tries made, now ms, lease end ms.
+# Takes the next send attempt of a generated follow-up, or of one waiting on delivery.retry.
+# A 'sending' whose lease ran out becomes 'ending:<lease>:unknown' (or what a receipt
+# already proved); an 'ending' whose lease ran out is taken to be published again.
+_SENDER_CLAIM_SCRIPT = _RECEIPT_RANKS + """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then return 'missing' end
+local tries, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function claim()
+  redis.call('HSET', KEYS[1], ARGV[1], 'sending:' .. (tries + 1) .. ':' .. ARGV[4])
+  return 'claimed'
+end
+if state == 'generated' then return claim() end
+local waiting = string.match(state, '^retry:(%d+)$')
+if waiting then
+  -- The copy that made attempt n may claim too: a crash can come between this state and
+  -- the publication of the next copy. Nothing is in flight, so the first claim wins.
+  if tries < tonumber(waiting) - 1 then return 'stale' end
+  return claim()
+end
+local attempt, lease = string.match(state, '^sending:(%d+):(%d+)$')
+if attempt then
+  if tries < tonumber(attempt) - 1 then return 'stale' end
+  if now < tonumber(lease) then return 'busy:' .. lease end
+  -- A receipt already came: the platform had the message.
+  local final = redis.call('HEXISTS', KEYS[1], ARGV[1] .. ':receipt') == 1 and 'sent' or 'unknown'
+  redis.call('HSET', KEYS[1], ARGV[1], 'ending:' .. ARGV[4] .. ':' .. final)
+  return 'lost:' .. attempt .. ':' .. final
+end
+local ending, final = string.match(state, '^ending:(%d+):(.+)$')
+if ending then
+  if now < tonumber(ending) then return 'busy:' .. ending end
+  redis.call('HSET', KEYS[1], ARGV[1], 'ending:' .. ARGV[4] .. ':' .. final)
+  return 'ending:' .. final
+end
+if tonumber(state) or string.sub(state, 1, 4) == 'try:' or string.sub(state, 1, 5) == 'wait:' then
+  return 'pending'
+end
+return 'done'
+"""
+
+# KEYS: ledger. ARGV: followup_id, the 'sending' state this sender wrote, the final state,
+# the new lease end, and (for a sent one) its message id and that id's entry.
+# The outcome is known: 'ending:<lease>:<final>', unless the field moved meanwhile. A
+# definite answer still settles an 'unknown' declared by another copy after a lease ran out.
+_BEGIN_ENDING_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then return {0, ''} end
+local final = ARGV[3]
+if state ~= ARGV[2] and not (state == 'unknown' and final ~= 'unknown') then return {0, state} end
+local ending = 'ending:' .. ARGV[4] .. ':' .. final
+redis.call('HSET', KEYS[1], ARGV[1], ending)
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'mid:' .. ARGV[5], ARGV[6]) end
+return {1, ending}
+"""
+
+# KEYS: ledger. ARGV: followup_id, expected state, new state. Compare and set.
+_MOVE_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: ledger. ARGV: mode ('check' or 'apply'), kind (sent, delivered, read, failed),
+# how the receipt names its follow-ups ('id', 'mid' or 'watermark'), the id / message ids
+# (newline-separated) / watermark ms, bot_id, app.
+# Returns {followup_id, outcome, ...}: the outcome records the receipt adds to stories.
+# 'check' only reads; 'apply' records the receipt after those records were published, so a
+# crash in between publishes them again rather than never.
+_RECEIPT_SCRIPT = _RECEIPT_RANKS + """
+local mode, kind, by, value, bot, app = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local ids = {}
+local function belongs(entry)
+  local sent = cjson.decode(entry)
+  return sent.bot == bot and sent.app == app, sent
+end
+if by == 'id' then
+  ids[1] = value
+elseif by == 'mid' then
+  for mid in string.gmatch(value, '[^\\n]+') do
+    local entry = redis.call('HGET', KEYS[1], 'mid:' .. mid)
+    if entry then
+      local ok, sent = belongs(entry)
+      if ok then ids[#ids + 1] = sent.id end
+    end
+  end
+else
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 4) == 'mid:' then
+      local ok, sent = belongs(fields[i + 1])
+      if ok and sent.at <= tonumber(value) then ids[#ids + 1] = sent.id end
+    end
+  end
+end
+local out, seen = {}, {}
+for _, id in ipairs(ids) do
+  local state = not seen[id] and redis.call('HGET', KEYS[1], id)
+  seen[id] = true
+  if state and (state == 'sent' or state == 'unknown' or string.sub(state, 1, 8) == 'sending:'
+                or string.sub(state, 1, 7) == 'ending:') then
+    local had = redis.call('HGET', KEYS[1], id .. ':receipt')
+    local rank = had and RANK[had] or 0
+    local outcome = nil
+    if kind == 'sent' then
+      if state == 'unknown' then outcome = 'sent' end
+    elseif kind == 'failed' then
+      if rank < RANK.delivered then outcome = 'failed' end
+    elseif RANK[kind] > rank and rank < RANK.failed then
+      outcome = kind
+    end
+    if outcome or (kind == 'sent' and rank < RANK.sent) then
+      if mode == 'apply' then
+        if kind == 'failed' or RANK[kind] > rank then redis.call('HSET', KEYS[1], id .. ':receipt', kind) end
+        if state == 'unknown' then redis.call('HSET', KEYS[1], id, 'sent') end  -- the platform had it
+      end
+      if outcome then
+        out[#out + 1] = id
+        out[#out + 1] = outcome
+      end
+    end
+  end
+end
+return out
 """
 
 
@@ -88,6 +250,10 @@ class Ledger:
         self._published = redis.register_script(_PUBLISHED_SCRIPT)
         self._claim = redis.register_script(_CLAIM_SCRIPT)
         self._set_state = redis.register_script(_SET_STATE_SCRIPT)
+        self._sender_claim = redis.register_script(_SENDER_CLAIM_SCRIPT)
+        self._begin_ending = redis.register_script(_BEGIN_ENDING_SCRIPT)
+        self._move = redis.register_script(_MOVE_SCRIPT)
+        self._receipt = redis.register_script(_RECEIPT_SCRIPT)
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -118,10 +284,79 @@ class Ledger:
         return verdict.decode()
 
     async def set_state(self, request: FollowupRequest, state: str) -> bool:
-        """Move an existing field; False when the user was erased meanwhile."""
+        """Move a field the generator holds; False when the user was erased meanwhile, or
+        the follow-up has already gone past the generator."""
         return bool(await self._set_state(keys=[ledger_key(request.user_id)], args=[request.followup_id, state]))
+
+    # -- the sender ------------------------------------------------------------------------
+
+    async def claim_send(self, request: FollowupRequest, tries: int, now: int, lease_end: int) -> str:
+        """``claimed`` (the field is now ``sending:<tries + 1>:<lease_end>``), ``missing``,
+        ``done``, ``stale``, ``pending`` (the generator is not done), ``busy:<lease end>``,
+        ``lost:<attempt>:<final>`` or ``ending:<final>`` (this copy now ends it: the field
+        is ``ending:<lease_end>:<final>``; publish the outcome, then move it to ``<final>``)."""
+        verdict = await self._sender_claim(keys=[ledger_key(request.user_id)],
+                                           args=[request.followup_id, tries, now, lease_end])
+        return verdict.decode()
+
+    async def begin_ending(self, request: FollowupRequest, sending: str, final: str, lease_end: int,
+                           message_id: str | None = None, sent_at: int = 0) -> str | None:
+        """``sending`` -> ``ending:<lease_end>:<final>``, keeping a sent message's id for the
+        receipts; the ending state, or None when the field is no longer ours."""
+        entry = orjson.dumps({"id": request.followup_id, "bot": request.bot_id, "app": request.app, "at": sent_at})
+        moved, state = await self._begin_ending(
+            keys=[ledger_key(request.user_id)],
+            args=[request.followup_id, sending, final, lease_end, message_id or "", entry])
+        return state.decode() if moved else None
+
+    async def move(self, request: FollowupRequest, expected: str, state: str) -> bool:
+        """Compare and set: ``expected`` -> ``state``; False when the field is not ``expected``."""
+        return bool(await self._move(keys=[ledger_key(request.user_id)], args=[request.followup_id, expected, state]))
+
+    # -- receipts (ingest) -------------------------------------------------------------------
+
+    async def receipt_outcomes(self, receipts: list[Receipt], apply: bool) -> list[list[tuple[str, str]]]:
+        """For each receipt, the (followup_id, outcome) records it adds to stories, in one
+        round trip. ``apply=False`` only reads; ``apply=True`` records the receipts (after
+        their records were published)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for receipt in receipts:
+                by, value = _named_by(receipt)
+                await self._receipt(keys=[ledger_key(receipt.user_id)],  # queued in the pipeline
+                                    args=["apply" if apply else "check", receipt.kind, by, value,
+                                          receipt.bot_id, receipt.app], client=pipe)
+            answers = await pipe.execute()
+        return [[(answer[i].decode(), answer[i + 1].decode()) for i in range(0, len(answer), 2)] for answer in answers]
 
     @staticmethod
     def queue_exists(pipe, request: FollowupRequest) -> None:
         """Queue, in a caller's pipeline, whether the request's field still exists (not erased)."""
         pipe.hexists(ledger_key(request.user_id), request.followup_id)
+
+
+def sending_state(attempt: int, lease_end: int) -> str:
+    """What ``claim_send`` wrote for attempt ``attempt``."""
+    return f"sending:{attempt}:{lease_end}"
+
+
+def ending_state(lease_end: int, final: str) -> str:
+    return f"ending:{lease_end}:{final}"
+
+
+def final_of(ending: str) -> str:
+    """``ending:<lease>:<final>`` -> ``<final>``."""
+    return ending.split(":", 2)[2]
+
+
+def outcome_of(final: str) -> tuple[str, str | None]:
+    """A final state as (outcome, reason): ``failed:131026`` -> (``failed``, ``131026``)."""
+    outcome, _, reason = final.partition(":")
+    return outcome, reason or None
+
+
+def _named_by(receipt: Receipt) -> tuple[str, str]:
+    if receipt.followup_id is not None:
+        return "id", receipt.followup_id
+    if receipt.mids:
+        return "mid", "\n".join(receipt.mids)
+    return "watermark", str(receipt.watermark)

@@ -235,13 +235,13 @@ def _raise_for_status(response: aiohttp.ClientResponse, body: bytes) -> None:
         return
     detail = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
     if status == 429:
-        raise _Retryable(detail, status, _retry_after(response.headers.get("Retry-After")))
+        raise _Retryable(detail, status, retry_after_seconds(response.headers.get("Retry-After")))
     if status >= 500:
         raise _Retryable(detail, status)
     raise LLMError(detail, retryable=False, status=status)
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds: either delta-seconds or an HTTP date."""
     if not value:
         return None

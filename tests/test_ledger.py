@@ -48,3 +48,164 @@ async def test_published_requests_are_never_published_again_and_erasure_forgets_
     assert 0 < await redis_client.ttl(ledger_key("u-1")) <= 60
     await ledger.erase(["u-1"])
     assert await ledger.unpublished([REQUEST]) == [REQUEST]
+
+
+# -- the sender's moves (spec section 9: at most once) --------------------------------------
+
+from schemas.records import Receipt  # noqa: E402
+from streams.ledger import ENDING, LOST, PENDING, ending_state, final_of, sending_state  # noqa: E402
+
+
+async def generated(redis_client, request: FollowupRequest = REQUEST) -> None:
+    await redis_client.hset(ledger_key(request.user_id), request.followup_id, "generated")
+
+
+@pytest.mark.kafka
+async def test_a_send_is_claimed_once_and_a_copy_waits_for_the_lease(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    key = ledger_key("u-1")
+    await redis_client.hset(key, "f-1", REQUEST.due_ts)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == PENDING  # the generator is not done
+    await redis_client.hset(key, "f-1", "try:1:50")
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == PENDING
+    await generated(redis_client)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == CLAIMED
+    assert await redis_client.hget(key, "f-1") == sending_state(1, 100).encode()
+    assert await ledger.claim_send(REQUEST, 0, now=50, lease_end=150) == f"{BUSY}:100"  # a copy, while it runs
+    # The generator's late try can no longer take it back.
+    assert await ledger.set_state(REQUEST, "generated") is False
+    assert await ledger.claim(REQUEST, 0, now=50, lease_end=150) == DONE
+
+
+@pytest.mark.kafka
+async def test_a_send_whose_holder_died_is_unknown_and_never_claimed_again(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == CLAIMED
+    # The lease ran out: the call may have reached the platform.
+    assert await ledger.claim_send(REQUEST, 0, now=100, lease_end=300) == f"{LOST}:1:unknown"
+    ending = ending_state(300, "unknown")
+    assert await redis_client.hget(ledger_key("u-1"), "f-1") == ending.encode()
+    assert await ledger.claim_send(REQUEST, 0, now=200, lease_end=400) == f"{BUSY}:300"
+    # Its outcome never published (a second crash): the next copy publishes it.
+    assert await ledger.claim_send(REQUEST, 0, now=300, lease_end=500) == f"{ENDING}:unknown"
+    assert await ledger.move(REQUEST, ending_state(500, "unknown"), "unknown")
+    for tries in (0, 1, 2):
+        assert await ledger.claim_send(REQUEST, tries, now=600, lease_end=700) == DONE
+
+
+@pytest.mark.kafka
+async def test_a_refused_send_is_tried_again_by_the_next_copy_only(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == CLAIMED
+    assert await ledger.move(REQUEST, sending_state(1, 100), "retry:1")
+    assert await ledger.claim_send(REQUEST, 1, now=10, lease_end=110) == CLAIMED
+    assert await ledger.move(REQUEST, sending_state(2, 110), "retry:2")
+    assert await ledger.claim_send(REQUEST, 0, now=20, lease_end=120) == STALE  # two rounds old
+    # The copy that made attempt 2 may claim too: the next copy might not have been published.
+    assert await ledger.claim_send(REQUEST, 1, now=20, lease_end=120) == CLAIMED
+    assert await ledger.claim_send(REQUEST, 2, now=30, lease_end=130) == f"{BUSY}:120"
+
+
+@pytest.mark.kafka
+async def test_an_ending_keeps_the_message_id_and_is_ours_alone(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    await ledger.claim_send(REQUEST, 0, now=0, lease_end=100)
+    assert await ledger.begin_ending(REQUEST, sending_state(9, 100), "sent", 200) is None  # not our state
+    ending = await ledger.begin_ending(REQUEST, sending_state(1, 100), "sent", 200, "wamid.A", sent_at=5)
+    assert ending == ending_state(200, "sent") and final_of(ending) == "sent"
+    assert await redis_client.hget(ledger_key("u-1"), "mid:wamid.A") is not None
+    assert await ledger.move(REQUEST, ending, "sent")
+    assert not await ledger.move(REQUEST, ending, "sent")  # compare and set
+
+
+@pytest.mark.kafka
+async def test_a_definite_answer_settles_an_unknown_declared_by_another_copy(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await redis_client.hset(ledger_key("u-1"), "f-1", "unknown")
+    assert await ledger.begin_ending(REQUEST, sending_state(1, 100), "unknown", 200) is None
+    assert await ledger.begin_ending(REQUEST, sending_state(1, 100), "sent", 200) == ending_state(200, "sent")
+
+
+@pytest.mark.kafka
+async def test_sender_moves_never_recreate_an_erased_ledger(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == MISSING
+    assert await ledger.begin_ending(REQUEST, sending_state(1, 100), "sent", 200, "m_1") is None
+    assert await ledger.receipt_outcomes([Receipt("whatsapp", "read", "u-1", "maestro", 0, followup_id="f-1")], apply=True) == [[]]
+    assert await redis_client.exists(ledger_key("u-1")) == 0
+
+
+# -- receipts (spec section 9, "Receipts back") ----------------------------------------------
+
+FB = FollowupRequest("f-2", "u-1", "maestro", "facebook", 1_795_856_400_000, 1_795_813_200_000, 5)
+
+
+async def sent(ledger: Ledger, redis_client, request: FollowupRequest, mid: str, at: int) -> None:
+    await generated(redis_client, request)
+    assert await ledger.claim_send(request, 0, now=0, lease_end=100) == CLAIMED
+    ending = await ledger.begin_ending(request, sending_state(1, 100), "sent", 200, mid, sent_at=at)
+    assert await ledger.move(request, ending, "sent")
+
+
+async def steps(ledger: Ledger, *receipts: Receipt) -> list[list[tuple[str, str]]]:
+    """What the receipts add to the stories, then recorded, as ingest does."""
+    found = await ledger.receipt_outcomes(list(receipts), apply=False)
+    await ledger.receipt_outcomes(list(receipts), apply=True)
+    return found
+
+
+@pytest.mark.kafka
+async def test_each_receipt_adds_its_step_once_and_never_goes_back(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await sent(ledger, redis_client, REQUEST, "wamid.A", 1000)
+
+    def status(kind: str) -> Receipt:
+        return Receipt("whatsapp", kind, "u-1", "maestro", 2000, followup_id="f-1", mids=("wamid.A",))
+
+    assert await steps(ledger, status("sent")) == [[]]  # the sender already said so
+    assert await steps(ledger, status("read")) == [[("f-1", "read")]]  # out of order: read first
+    assert await steps(ledger, status("delivered"), status("read")) == [[], []]  # nothing after read
+    assert await steps(ledger, status("failed")) == [[]]  # it was read: it did not fail
+    assert await redis_client.hget(ledger_key("u-1"), "f-1") == b"sent"
+
+
+@pytest.mark.kafka
+async def test_a_receipt_settles_an_unknown_send(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await redis_client.hset(ledger_key("u-1"), "f-1", "unknown")
+    echo = Receipt("facebook", "sent", "u-1", "maestro", 2000, followup_id="f-1")
+    assert await steps(ledger, echo) == [[("f-1", "sent")]]
+    assert await redis_client.hget(ledger_key("u-1"), "f-1") == b"sent"
+    assert await steps(ledger, echo) == [[]]  # the platform re-sends webhooks
+
+
+@pytest.mark.kafka
+async def test_a_receipt_during_the_call_makes_a_lost_send_sent_not_unknown(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    await ledger.claim_send(REQUEST, 0, now=0, lease_end=100)
+    delivered = Receipt("whatsapp", "delivered", "u-1", "maestro", 50, followup_id="f-1")
+    assert await steps(ledger, delivered) == [[("f-1", "delivered")]]
+    assert await ledger.claim_send(REQUEST, 0, now=100, lease_end=300) == f"{LOST}:1:sent"
+
+
+@pytest.mark.kafka
+async def test_messenger_receipts_find_their_followup_by_message_id_or_watermark(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await sent(ledger, redis_client, FB, "m_A", at=1000)
+    later = FollowupRequest("f-3", "u-1", "maestro", "facebook", 1_795_900_000_000, 1_795_850_000_000, 5)
+    await sent(ledger, redis_client, later, "m_B", at=5000)
+    other_bot = FollowupRequest("f-4", "u-1", "chef-lucie", "facebook", 1, 0, 5)
+    await sent(ledger, redis_client, other_bot, "m_C", at=1000)
+
+    delivery = Receipt("facebook", "delivered", "u-1", "maestro", 6000, mids=("m_A", "m_unknown"))
+    assert await steps(ledger, delivery) == [[("f-2", "delivered")]]
+    read = Receipt("facebook", "read", "u-1", "maestro", 6000, watermark=4999)  # before f-3 was sent
+    assert await steps(ledger, read) == [[("f-2", "read")]]
+    read_all = Receipt("facebook", "read", "u-1", "maestro", 7000, watermark=5000)
+    assert await steps(ledger, read_all) == [[("f-3", "read")]]  # f-2 already read; f-4 is another bot's
+    foreign = Receipt("facebook", "delivered", "u-1", "maestro", 7000, mids=("m_C",))
+    assert await steps(ledger, foreign) == [[]]

@@ -1,0 +1,84 @@
+"""The send rate of each business number, page and account, shared by every sender: Redis.
+
+A sliding-window log per account, one sorted set of admission times: a send is admitted
+when fewer than ``limit`` sends were admitted in the last ``window``, all in one Lua
+script, on Redis's own clock (``TIME``). However many sender processes ask, admissions
+never number more than ``limit`` in any span of ``window``. The window is a second plus
+a slack: a request admitted at the end of one second and delayed on its way (a busy
+event loop, the network) must not land in the platform's next second beside that
+second's own.
+
+A platform that says "slow down" (a throughput error) pauses the account for everyone.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+PREFIX = "relance:rate"
+_JITTER_S = 0.005  # spreads the waiters of one account over a few milliseconds
+
+
+def log_key(app: str, account_id: str) -> str:
+    """Sorted set: admission times (µs, Redis clock) of the account's sends in the window."""
+    return f"{PREFIX}:{{{app}:{account_id}}}"
+
+
+def pause_key(app: str, account_id: str) -> str:
+    """String with a time to live: the platform asked this account to slow down."""
+    return f"{PREFIX}-pause:{{{app}:{account_id}}}"
+
+
+# KEYS: log, pause. ARGV: limit, window µs. Returns {1, admission time µs} or {0, wait µs}.
+_ACQUIRE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return {0, paused * 1000} end
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - window))
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. count)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return {1, now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now}
+"""
+
+
+class SendRateLimiter:
+    """Admissions per (app, account) at most ``limit`` per ``window_ms``, across processes
+    (``domain.sendapi.rate_window`` turns a rate into the two)."""
+
+    def __init__(self, redis, rng: random.Random | None = None) -> None:
+        self.redis = redis
+        self.rng = rng or random.Random()
+        self._acquire = redis.register_script(_ACQUIRE_SCRIPT)
+
+    async def try_acquire(self, app: str, account_id: str, limit: int, window_ms: int) -> tuple[bool, int]:
+        """(True, admission time µs) or (False, µs to wait before asking again)."""
+        admitted, value = await self._acquire(keys=[log_key(app, account_id), pause_key(app, account_id)],
+                                              args=[limit, window_ms * 1000])
+        return bool(admitted), int(value)
+
+    async def acquire(self, app: str, account_id: str, limit: int, window_ms: int, max_wait_s: float) -> float | None:
+        """Seconds waited for a slot, or None when none came within ``max_wait_s`` (the
+        caller puts the send off rather than hold a worker)."""
+        started = time.monotonic()
+        while True:
+            admitted, wait_us = await self.try_acquire(app, account_id, limit, window_ms)
+            waited = time.monotonic() - started
+            if admitted:
+                return waited
+            pause = wait_us / 1e6 + self.rng.random() * _JITTER_S
+            if waited + pause > max_wait_s:
+                return None
+            await asyncio.sleep(pause)
+
+    async def pause(self, app: str, account_id: str, ms: int) -> None:
+        """No admissions for the account during ``ms``: the platform asked to slow down."""
+        await self.redis.set(pause_key(app, account_id), "1", px=max(1, ms))
+
