@@ -2,6 +2,10 @@
 
 - ``raw.<app>`` webhooks become canonical events on ``messages``, keyed by ``user_id``,
   in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``).
+- Receipts of follow-ups (WhatsApp ``statuses``, Messenger and Instagram ``delivery``,
+  ``read`` and echoes, spec section 9) become steps of their stories on
+  ``followups.outcomes``, through the ledger (``streams/ledger.py``). Only batches that
+  hold such receipts ask Redis anything: two round trips, around their publication.
 - ``control`` events join the same stream, so each partition's engine sees messages and
   controls in one order: per-user events go to their user's partition, global ones
   (kill switches, ticks) to every partition. Kill switches are also mirrored in Redis,
@@ -16,12 +20,13 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
 from domain.normalize import normalize_webhook
-from schemas.records import InvalidRecord, Kill, Tick, control_to_dict, loads, parse_control
+from schemas.records import FollowupOutcome, InvalidRecord, Kill, Receipt, Tick, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
 from streams.wiring import Wiring, dead_letter_for, dead_letter_label
 from streams.kafkaloop import KafkaLoop
+from streams.ledger import Ledger, ledger_ttl_s
 from streams.outbox import Outbox
-from streams.topics import CONTROL, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
+from streams.topics import CONTROL, DEADLETTER, FOLLOWUP_OUTCOMES, MESSAGES, RAW_BY_APP, topic_name
 from streams.rediskeys import KILLS_KEY
 
 
@@ -34,7 +39,10 @@ class WebhookIngest:
         self.app_of_topic = {topic_name(spec, prefix): app for app, spec in RAW_BY_APP.items()}
         self._messages = topic_name(MESSAGES, prefix)
         self._deadletter = topic_name(DEADLETTER, prefix)
+        self._outcomes = topic_name(FOLLOWUP_OUTCOMES, prefix)
         self.outbox: Outbox | None = None
+        self.outcomes_out: Outbox | None = None  # apart: flushed inline, before the ledger records receipts
+        self.ledger: Ledger | None = None
         self.loop: KafkaLoop | None = None
 
     async def on_assigned(self, partitions: list[int]) -> None:
@@ -47,7 +55,8 @@ class WebhookIngest:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         registry = self.registry.current()
-        webhooks, receipts = collections.Counter(), collections.Counter()
+        webhooks, dropped = collections.Counter(), collections.Counter()
+        receipts: list[Receipt] = []
         for tp, records in batch.items():
             app = self.app_of_topic[tp.topic]
             webhooks[app] += len(records)
@@ -57,16 +66,37 @@ class WebhookIngest:
                 except InvalidRecord as exc:
                     self._dead_letter(record, str(exc))
                     continue
-                receipts[app] += result.dropped
+                dropped[app] += result.dropped
+                receipts += result.receipts
                 for event in result.events:
                     self.outbox.add(self._messages, event.to_json(), key=event.user_id.encode())
                 for reason in result.errors:
                     self._dead_letter(record, reason)
         for app, count in webhooks.items():
             self.metrics.webhooks_in.labels(app=app).inc(count)
-        for app, count in receipts.items():
-            self.metrics.receipts_dropped.labels(app=app).inc(count)
         await self.outbox.send()
+        if receipts:
+            await self._settle_receipts(receipts, dropped)
+        for app, count in dropped.items():
+            self.metrics.receipts_dropped.labels(app=app).inc(count)
+
+    async def _settle_receipts(self, receipts: list[Receipt], dropped: collections.Counter) -> None:
+        """Each receipt's new steps published, then the receipts recorded in the ledger: a
+        crash in between publishes them again rather than never."""
+        found = await self.ledger.receipt_outcomes(receipts, apply=False)
+        published = set()
+        for receipt, steps in zip(receipts, found):
+            fresh = [(followup_id, outcome) for followup_id, outcome in steps if (followup_id, outcome) not in published]
+            if not fresh:
+                dropped[receipt.app] += 1
+            for followup_id, outcome in fresh:
+                published.add((followup_id, outcome))
+                reason = (receipt.error_code or "undelivered") if outcome == "failed" else None
+                step = FollowupOutcome(followup_id, receipt.user_id, receipt.bot_id, receipt.app, outcome, reason, 0, receipt.ts)
+                self.outcomes_out.add(self._outcomes, step.to_json(), key=receipt.user_id.encode())
+                self.metrics.receipts.labels(app=receipt.app, outcome=outcome).inc()
+        await self.outcomes_out.flush()
+        await self.ledger.receipt_outcomes(receipts, apply=True)
 
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self.metrics.dead_letters.labels(stage="ingest", reason=dead_letter_label(reason)).inc()
@@ -86,6 +116,9 @@ def install(wiring: Wiring) -> None:
     async def start_ingest_loop() -> None:
         ingest.outbox = Outbox(await wiring.producer())
         await ingest.outbox.know(ingest._messages, ingest._deadletter)
+        ingest.outcomes_out = Outbox(await wiring.producer())
+        await ingest.outcomes_out.know(ingest._outcomes)
+        ingest.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
         ingest.loop = KafkaLoop(
             bootstrap=settings.broker, topics=list(ingest.app_of_topic),
             group=f"{settings.topic_prefix}{settings.app_id}.ingest", stage=ingest,

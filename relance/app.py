@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from agents import context, engine, generator, ingest
+from agents import context, engine, generator, ingest, sender
 from foundation.settings import Settings
 from streams.wiring import Wiring, new_wiring
 
@@ -16,6 +16,7 @@ INSTALLERS: dict[str, Callable[[Wiring], None]] = {
     "engine": engine.install,
     "context": context.install,
     "generator": generator.install,
+    "sender": sender.install,
 }
 ROLES = tuple(INSTALLERS)
 

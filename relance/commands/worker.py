@@ -8,7 +8,7 @@ from relance.cliflags import add_setting_flags, load_settings
 
 WORKER_SETTINGS = (
     "clock", "broker", "redis_url", "topic_prefix", "partitions", "app_id", "data_dir", "store",
-    "web_port", "registry", "llm_base_url", "llm_model",
+    "web_port", "registry", "llm_base_url", "llm_model", "graph_base_url",
 )
 
 
@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from relance.app import ROLES
     parser = subparsers.add_parser(
         "worker",
-        help="run the stream agents (ingest, engine, context, generator) as a Faust worker",
+        help="run the stream agents (ingest, engine, context, generator, sender) as a Faust worker",
         description="Run a Relance worker. Workers with the same app id share the partitions "
         "of every topic, so more workers means more throughput. Topics of the catalog are "
         "created first if missing. Health at /health, metrics at /metrics, a pair's state at "
