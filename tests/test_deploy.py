@@ -31,7 +31,7 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "relance.json"
 K8S = DEPLOY / "k8s"
-ROLES = ("ingest", "engine", "generator")  # the worker services / Deployments, by their first role
+ROLES = ("ingest", "engine", "generator", "sender")  # the worker services / Deployments, by their first role
 
 
 def _roles_run(command: list[str]) -> set[str]:
