@@ -30,7 +30,7 @@ from agents.explain import install_explain
 from domain.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from foundation.clock import wall_ms
-from streams.wiring import Wiring, dead_letter_for, dead_letter_label
+from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
 from streams.idlestore import RocksDueTimes, RocksIdleStore
 from streams.outbox import Outbox
@@ -122,20 +122,20 @@ class Engine:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = wall_ms() if self._wall else None
-        invalid: list[tuple[ConsumerRecord, str]] = []
+        invalid: list[tuple[ConsumerRecord, InvalidRecord]] = []
         for tp, records in batch.items():
             core = self.cores[tp.partition]  # restored in on_assigned
             kills_before = core.kills.to_dict()
             self._feed(core, records, now, invalid)
             if core.kills.to_dict() != kills_before:
                 self._meta_changed.add(tp.partition)
-        for record, reason in invalid:
-            self._dead_letter(record, reason)
+        for record, error in invalid:
+            self.wiring.batch_dead_letter(self.outbox, "engine", record, error)
         self._count_events()  # before the decisions they lead to, as a scrape may come between
         await self._emit(batch_partitions=[tp.partition for tp in batch])
 
     def _feed(self, core: DecisionCore, records: list[ConsumerRecord], now: int | None,
-              invalid: list[tuple[ConsumerRecord, str]]) -> None:
+              invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> None:
         """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
         event_mode, feed, advance, events_in = not self._wall, core.feed, core.advance, self._events_in
         for record in records:
@@ -149,7 +149,7 @@ class Engine:
                 parsed = parse_record(loads(record.value))
                 feed(parsed, now)
             except InvalidRecord as exc:
-                invalid.append((record, str(exc)))
+                invalid.append((record, exc))
                 continue
             if type(parsed) is MessageEvent:
                 events_in[parsed.app] += 1
@@ -215,11 +215,6 @@ class Engine:
         for (outcome, reason), count in outcomes.items():
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self.metrics.dead_letters.labels(stage="engine", reason=dead_letter_label(reason)).inc()
-        log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
-        self.outbox.add(self._deadletter_topic, dead_letter_for("engine", reason, record))  # unkeyed, as cataloged
-
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
         """The changed users and each clock as they are now, to be written once every
         follow-up decided so far is acknowledged and in the ledger.
@@ -268,26 +263,15 @@ class Engine:
 
 
 def install(wiring: Wiring) -> None:
-    app, settings = wiring.app, wiring.settings
+    settings = wiring.settings
     engine = Engine(wiring)
     install_explain(wiring, engine)
 
-    @app.task
-    async def start_engine_loop() -> None:
+    async def prepare() -> None:
         engine.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
         producer = await wiring.producer()
         engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
         await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)
         await engine.requests_out.know(engine._requests_topic)
-        engine.loop = KafkaLoop(
-            bootstrap=settings.broker, topics=[topic_name(MESSAGES, settings.topic_prefix)],
-            group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,
-        )
-        engine.loop.on_commit = lambda: wiring.metrics.last_commit.set_to_current_time()
-        await app.add_runtime_dependency(engine.loop)
-        wiring.ready = True
 
-    @app.timer(interval=5.0)
-    async def engine_lag() -> None:
-        if engine.loop is not None:
-            wiring.observe_lag(engine.loop)
+    wiring.install_batch_stage("engine", [topic_name(MESSAGES, settings.topic_prefix)], engine, prepare)

@@ -24,7 +24,17 @@ _MESSAGE_FIELDS = ("event_id", "app", "user_id", "bot_id", "direction", "ts", "t
 
 
 class InvalidRecord(ValueError):
-    """A record that breaks its contract; the message is a reason a person can read."""
+    """A record that breaks its contract. The message is a reason a person can read (it goes
+    into the dead letter); ``kind`` is a bounded word for metrics and alerts
+    (``foundation.metrics.DEAD_LETTER_REASONS``)."""
+
+    def __init__(self, reason: str, kind: str = "invalid_field") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+    def located(self, where: str) -> "InvalidRecord":
+        """The same error, its reason prefixed by where it sits in a larger document."""
+        return InvalidRecord(f"{where}: {self}", self.kind)
 
 
 # -- time ------------------------------------------------------------------------------
@@ -139,7 +149,7 @@ def _minute_prefix(minute: int) -> str:
 
 def _object(obj: Any) -> dict:
     if not isinstance(obj, dict):
-        raise InvalidRecord(f"a record must be a JSON object, got {type(obj).__name__}")
+        raise InvalidRecord(f"a record must be a JSON object, got {type(obj).__name__}", "not_object")
     return obj
 
 
@@ -147,7 +157,7 @@ def _identifier(obj: dict, name: str, *, nullable: bool = False) -> str | None:
     if name not in obj:
         if nullable:
             return None
-        raise InvalidRecord(f"missing field {name}")
+        raise InvalidRecord(f"missing field {name}", "missing_field")
     value = obj[name]
     if value is None and nullable:
         return None
@@ -170,7 +180,7 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecord(f"not JSON: {exc}") from None
+        raise InvalidRecord(f"not JSON: {exc}", "not_json") from None
 
 
 # -- canonical message event -----------------------------------------------------------
@@ -216,13 +226,13 @@ def _checked_message(obj: Any) -> MessageEvent:
     event_id = _identifier(obj, "event_id")
     text = obj.get("text", None)
     if "text" not in obj:
-        raise InvalidRecord("missing field text")
+        raise InvalidRecord("missing field text", "missing_field")
     if not isinstance(text, str):
         raise InvalidRecord("text must be a string")
     if len(text) > MAX_TEXT_LENGTH:
         raise InvalidRecord(f"text is {len(text)} characters long, more than {MAX_TEXT_LENGTH}")
     if "ts" not in obj:
-        raise InvalidRecord("missing field ts")
+        raise InvalidRecord("missing field ts", "missing_field")
     extra = {k: v for k, v in obj.items() if k not in _MESSAGE_FIELDS} if len(obj) > 7 else {}
     return MessageEvent(
         event_id=event_id,
@@ -338,7 +348,7 @@ def parse_control(obj: Any) -> ControlEvent:
     kind = _one_of(obj, "type", CONTROL_TYPES)
     if kind == "tick":
         if "ts" not in obj:
-            raise InvalidRecord("missing field ts")
+            raise InvalidRecord("missing field ts", "missing_field")
         return Tick(ts=parse_ts(obj["ts"]))
     if kind == "kill":
         scope = _one_of(obj, "scope", KILL_SCOPES)
@@ -420,7 +430,7 @@ def parse_followup(obj: Any) -> FollowupRequest:
         raise InvalidRecord("inbound_in_window must be a non-negative integer")
     for name in ("due_ts", "last_inbound_ts"):
         if name not in obj:
-            raise InvalidRecord(f"missing field {name}")
+            raise InvalidRecord(f"missing field {name}", "missing_field")
     return FollowupRequest(
         followup_id=_identifier(obj, "followup_id"),
         user_id=_identifier(obj, "user_id"),
@@ -512,7 +522,7 @@ def parse_outcome(obj: Any) -> FollowupOutcome:
     if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
         raise InvalidRecord("tries must be a non-negative integer")
     if "at" not in obj:
-        raise InvalidRecord("missing field at")
+        raise InvalidRecord("missing field at", "missing_field")
     return FollowupOutcome(
         followup_id=_identifier(obj, "followup_id"), user_id=_identifier(obj, "user_id"),
         bot_id=_identifier(obj, "bot_id"), app=_one_of(obj, "app", APPS), outcome=outcome,
@@ -644,7 +654,7 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
     app = _one_of(obj, "app", APPS)
     _check_send_body(app, obj.get("body"))
     if "generated_at" not in obj:
-        raise InvalidRecord("missing field generated_at")
+        raise InvalidRecord("missing field generated_at", "missing_field")
     replaced = obj.get("replaced")
     if not isinstance(replaced, bool):
         raise InvalidRecord("replaced must be true or false")
