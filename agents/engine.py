@@ -41,6 +41,19 @@ META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
 
 
+def stream_clock(headers) -> int | None:
+    """The feeder's stream clock (ms) from a record's headers, if it carries one."""
+    for name, value in headers:
+        if name != CLOCK_HEADER:
+            continue
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidRecord(f"header {CLOCK_HEADER} is not a whole number of ms: {bytes(value)[:40]!r}",
+                                "invalid_header") from None
+    return None
+
+
 class Engine:
     """The cores of the partitions this worker owns, and how their output leaves."""
 
@@ -67,6 +80,7 @@ class Engine:
         self._requests_topic = topic_name(FOLLOWUPS_REQUESTED, prefix)
         self._deadletter_topic = topic_name(DEADLETTER, prefix)
         self._events_in: collections.Counter = collections.Counter()
+        self._empty_values = 0
 
     def owned(self) -> list[int]:
         return self.loop.owned() if self.loop else []
@@ -139,13 +153,13 @@ class Engine:
         """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
         event_mode, feed, advance, events_in = not self._wall, core.feed, core.advance, self._events_in
         for record in records:
-            if event_mode:
-                for name, value in record.headers or ():
-                    if name == CLOCK_HEADER:
-                        advance(int(value), inclusive=False)
-            if not record.value:  # an empty value only carries the stream clock
-                continue
             try:
+                clock = stream_clock(record.headers) if event_mode and record.headers else None
+                if clock is not None:
+                    advance(clock, inclusive=False)
+                if not record.value:  # the feeder's clock-only record; any other empty one is counted
+                    self._empty_values += clock is None
+                    continue
                 parsed = parse_record(loads(record.value))
                 feed(parsed, now)
             except InvalidRecord as exc:
@@ -260,6 +274,9 @@ class Engine:
         for app, count in self._events_in.items():
             self.metrics.events_in.labels(app=app).inc(count)
         self._events_in.clear()
+        if self._empty_values:
+            self.metrics.records_dropped.labels(stage="engine", reason="empty_value").inc(self._empty_values)
+            self._empty_values = 0
 
 
 def install(wiring: Wiring) -> None:

@@ -58,6 +58,7 @@ DEAD_LETTER_REASONS = (
     "unknown_bot",       # a webhook for a page/number/account no bot in the registry owns
     "future_ts",         # wall mode: ts more than 5 minutes ahead of the clock
     "too_large",         # a record over the size limits
+    "invalid_header",    # a header a stage reads (the feeder's clock) is unreadable
     "generation_failed", # generation tries exhausted (followups.retry gave up)
     "text_refused",      # every generated text was refused by the honesty checks
     "other",             # anything :func:`label` could not keep
@@ -116,6 +117,7 @@ class Metrics:
     llm_errors: Counter            # labels: kind
     llm_circuit_open: Gauge
     # -- every stage -----------------------------------------------------------------
+    records_dropped: Counter       # labels: stage, reason
     dead_letters: Counter          # labels: stage, reason
     consumer_lag: Gauge            # labels: topic, partition; messages
     last_commit: Gauge             # unix seconds
@@ -190,6 +192,10 @@ def new_metrics() -> Metrics:
         llm_circuit_open=gauge(
             "relance_llm_circuit_open",
             "1 while the LLM circuit breaker is open (calls are not attempted), else 0."),
+        records_dropped=counter(
+            "relance_records_dropped_total",
+            "Records a stage dropped without a dead letter, by bounded reason (empty_value: "
+            "an empty or null value, which carries nothing to keep).", ("stage", "reason")),
         dead_letters=counter(
             "relance_dead_letters_total",
             "Records sent to the dead-letter topic, by stage and bounded reason.",

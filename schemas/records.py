@@ -5,6 +5,8 @@ programs; ``tests/test_schemas.py`` keeps the two in agreement.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -578,9 +580,18 @@ class DecisionRecord:
 
 # -- dead letters ----------------------------------------------------------------------
 
+# A dead letter keeps at most this much of its original: with JSON escaping (up to six
+# bytes a byte) it stays well under the broker's default 1 MB message limit, so that an
+# oversized record can always be dead-lettered instead of stopping its stage.
+MAX_DEAD_LETTER_ORIGINAL = 64 * 1024
+MAX_REASON_LENGTH = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A record that could not be used, kept whole with where it came from and why."""
+    """A record that could not be used, with where it came from and why: whole when it
+    fits (``original`` as UTF-8 text, else ``original_b64``), else its first
+    ``MAX_DEAD_LETTER_ORIGINAL`` bytes (``truncated``); always its size and SHA-256."""
 
     reason: str
     source_topic: str
@@ -591,14 +602,17 @@ class DeadLetter:
 
     def to_dict(self) -> dict:
         body = {
-            "reason": self.reason, "stage": self.stage, "source_topic": self.source_topic,
+            "reason": self.reason[:MAX_REASON_LENGTH], "stage": self.stage, "source_topic": self.source_topic,
             "partition": self.partition, "offset": self.offset,
+            "original_size": len(self.original), "original_sha256": hashlib.sha256(self.original).hexdigest(),
         }
+        kept = self.original[:MAX_DEAD_LETTER_ORIGINAL]
+        if len(kept) < len(self.original):
+            body["truncated"] = True
         try:
-            body["original"] = self.original.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-            body["original_b64"] = base64.b64encode(self.original).decode("ascii")
+            body["original"] = kept.decode("utf-8")
+        except UnicodeDecodeError:  # not text, or cut inside a character
+            body["original_b64"] = base64.b64encode(kept).decode("ascii")
         return body
 
     def to_json(self) -> bytes:

@@ -33,6 +33,7 @@ EXPECTED = {
     "relance_webhooks_in_total": ("counter", ("app",)),
     "relance_receipts_dropped_total": ("counter", ("app",)),
     "relance_dead_letters_total": ("counter", ("stage", "reason")),
+    "relance_records_dropped_total": ("counter", ("stage", "reason")),
     "relance_duplicates_total": ("counter", ("app",)),
     "relance_pairs_tracked": ("gauge", ()),
     "relance_decisions_total": ("counter", ("outcome", "reason")),
