@@ -30,7 +30,7 @@ from agents.explain import install_explain
 from domain.rules import DecisionCore, UserState
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from foundation.clock import wall_ms
-from streams.wiring import Wiring, dead_letter_for, dead_letter_label
+from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
 from streams.idlestore import RocksDueTimes, RocksIdleStore
 from streams.outbox import Outbox
@@ -39,6 +39,19 @@ from streams.ledger import Ledger, ledger_ttl_s
 
 META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
+
+
+def stream_clock(headers) -> int | None:
+    """The feeder's stream clock (ms) from a record's headers, if it carries one."""
+    for name, value in headers:
+        if name != CLOCK_HEADER:
+            continue
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidRecord(f"header {CLOCK_HEADER} is not a whole number of ms: {bytes(value)[:40]!r}",
+                                "invalid_header") from None
+    return None
 
 
 class Engine:
@@ -67,6 +80,7 @@ class Engine:
         self._requests_topic = topic_name(FOLLOWUPS_REQUESTED, prefix)
         self._deadletter_topic = topic_name(DEADLETTER, prefix)
         self._events_in: collections.Counter = collections.Counter()
+        self._empty_values = 0
 
     def owned(self) -> list[int]:
         return self.loop.owned() if self.loop else []
@@ -122,34 +136,34 @@ class Engine:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = wall_ms() if self._wall else None
-        invalid: list[tuple[ConsumerRecord, str]] = []
+        invalid: list[tuple[ConsumerRecord, InvalidRecord]] = []
         for tp, records in batch.items():
             core = self.cores[tp.partition]  # restored in on_assigned
             kills_before = core.kills.to_dict()
             self._feed(core, records, now, invalid)
             if core.kills.to_dict() != kills_before:
                 self._meta_changed.add(tp.partition)
-        for record, reason in invalid:
-            self._dead_letter(record, reason)
+        for record, error in invalid:
+            self.wiring.batch_dead_letter(self.outbox, "engine", record, error)
         self._count_events()  # before the decisions they lead to, as a scrape may come between
         await self._emit(batch_partitions=[tp.partition for tp in batch])
 
     def _feed(self, core: DecisionCore, records: list[ConsumerRecord], now: int | None,
-              invalid: list[tuple[ConsumerRecord, str]]) -> None:
+              invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> None:
         """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
         event_mode, feed, advance, events_in = not self._wall, core.feed, core.advance, self._events_in
         for record in records:
-            if event_mode:
-                for name, value in record.headers or ():
-                    if name == CLOCK_HEADER:
-                        advance(int(value), inclusive=False)
-            if not record.value:  # an empty value only carries the stream clock
-                continue
             try:
+                clock = stream_clock(record.headers) if event_mode and record.headers else None
+                if clock is not None:
+                    advance(clock, inclusive=False)
+                if not record.value:  # the feeder's clock-only record; any other empty one is counted
+                    self._empty_values += clock is None
+                    continue
                 parsed = parse_record(loads(record.value))
                 feed(parsed, now)
             except InvalidRecord as exc:
-                invalid.append((record, str(exc)))
+                invalid.append((record, exc))
                 continue
             if type(parsed) is MessageEvent:
                 events_in[parsed.app] += 1
@@ -215,11 +229,6 @@ class Engine:
         for (outcome, reason), count in outcomes.items():
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self.metrics.dead_letters.labels(stage="engine", reason=dead_letter_label(reason)).inc()
-        log.warning("dead letter: %s", reason, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
-        self.outbox.add(self._deadletter_topic, dead_letter_for("engine", reason, record))  # unkeyed, as cataloged
-
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
         """The changed users and each clock as they are now, to be written once every
         follow-up decided so far is acknowledged and in the ledger.
@@ -265,29 +274,21 @@ class Engine:
         for app, count in self._events_in.items():
             self.metrics.events_in.labels(app=app).inc(count)
         self._events_in.clear()
+        if self._empty_values:
+            self.metrics.records_dropped.labels(stage="engine", reason="empty_value").inc(self._empty_values)
+            self._empty_values = 0
 
 
 def install(wiring: Wiring) -> None:
-    app, settings = wiring.app, wiring.settings
+    settings = wiring.settings
     engine = Engine(wiring)
     install_explain(wiring, engine)
 
-    @app.task
-    async def start_engine_loop() -> None:
+    async def prepare() -> None:
         engine.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
         producer = await wiring.producer()
         engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
         await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)
         await engine.requests_out.know(engine._requests_topic)
-        engine.loop = KafkaLoop(
-            bootstrap=settings.broker, topics=[topic_name(MESSAGES, settings.topic_prefix)],
-            group=f"{settings.topic_prefix}{settings.app_id}.engine", stage=engine,
-        )
-        engine.loop.on_commit = lambda: wiring.metrics.last_commit.set_to_current_time()
-        await app.add_runtime_dependency(engine.loop)
-        wiring.ready = True
 
-    @app.timer(interval=5.0)
-    async def engine_lag() -> None:
-        if engine.loop is not None:
-            wiring.observe_lag(engine.loop)
+    wiring.install_batch_stage("engine", [topic_name(MESSAGES, settings.topic_prefix)], engine, prepare)

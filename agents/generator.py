@@ -39,7 +39,7 @@ from schemas.records import (
 )
 from schemas.registry import Bot, RegistryFile
 from foundation.clock import wall_ms
-from streams.wiring import Wiring, dead_letter_label
+from streams.wiring import Wiring
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
 from streams.ledger import (
     BUSY, CANCELLED, CLAIMED, DEAD_LETTERED, GENERATED, MISSING, Ledger, final_state, ledger_ttl_s,
@@ -121,8 +121,7 @@ class Generator:
         try:
             attempt = parse_attempt(loads(event.value))
         except InvalidRecord as exc:
-            reason = str(exc)
-            await self.wiring.dead_letter(STAGE, dead_letter_label(reason), reason, event)
+            await self.wiring.dead_letter(STAGE, exc.kind, str(exc), event)
             return
         if from_retry:
             await asyncio.sleep(wait_ms(attempt.not_before, wall_ms()) / 1000)

@@ -22,7 +22,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from domain.normalize import normalize_webhook
 from schemas.records import FollowupOutcome, InvalidRecord, Kill, Receipt, Tick, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
-from streams.wiring import Wiring, dead_letter_for, dead_letter_label
+from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop
 from streams.ledger import Ledger, ledger_ttl_s
 from streams.outbox import Outbox
@@ -64,14 +64,14 @@ class WebhookIngest:
                 try:
                     result = normalize_webhook(app, record.value or b"", registry)
                 except InvalidRecord as exc:
-                    self._dead_letter(record, str(exc))
+                    self.wiring.batch_dead_letter(self.outbox, "ingest", record, exc)
                     continue
                 dropped[app] += result.dropped
                 receipts += result.receipts
                 for event in result.events:
                     self.outbox.add(self._messages, event.to_json(), key=event.user_id.encode())
-                for reason in result.errors:
-                    self._dead_letter(record, reason)
+                for error in result.errors:
+                    self.wiring.batch_dead_letter(self.outbox, "ingest", record, error)
         for app, count in webhooks.items():
             self.metrics.webhooks_in.labels(app=app).inc(count)
         await self.outbox.send()
@@ -98,10 +98,6 @@ class WebhookIngest:
         await self.outcomes_out.flush()
         await self.ledger.receipt_outcomes(receipts, apply=True)
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self.metrics.dead_letters.labels(stage="ingest", reason=dead_letter_label(reason)).inc()
-        self.outbox.add(self._deadletter, dead_letter_for("ingest", reason, record))  # unkeyed, as cataloged
-
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
         """Every event of the batches so far acknowledged: the outbox holds them in order."""
         return self.outbox.flush
@@ -112,23 +108,14 @@ def install(wiring: Wiring) -> None:
     messages = wiring.topic(MESSAGES)
     ingest = WebhookIngest(wiring, RegistryFile(settings.registry))
 
-    @app.task
-    async def start_ingest_loop() -> None:
+    async def prepare() -> None:
         ingest.outbox = Outbox(await wiring.producer())
         await ingest.outbox.know(ingest._messages, ingest._deadletter)
         ingest.outcomes_out = Outbox(await wiring.producer())
         await ingest.outcomes_out.know(ingest._outcomes)
         ingest.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
-        ingest.loop = KafkaLoop(
-            bootstrap=settings.broker, topics=list(ingest.app_of_topic),
-            group=f"{settings.topic_prefix}{settings.app_id}.ingest", stage=ingest,
-        )
-        await app.add_runtime_dependency(ingest.loop)
 
-    @app.timer(interval=5.0)
-    async def ingest_lag() -> None:
-        if ingest.loop is not None:
-            wiring.observe_lag(ingest.loop)
+    wiring.install_batch_stage("ingest", list(ingest.app_of_topic), ingest, prepare)
 
     @app.agent(wiring.topic(CONTROL), name="control")
     async def control(stream):
@@ -136,7 +123,7 @@ def install(wiring: Wiring) -> None:
             try:
                 record = parse_control(loads(event.value))
             except InvalidRecord as exc:
-                await wiring.dead_letter("ingest", dead_letter_label(str(exc)), str(exc), event)
+                await wiring.dead_letter("ingest", exc.kind, str(exc), event)
                 continue
             body = orjson.dumps(control_to_dict(record))
             if isinstance(record, Kill):

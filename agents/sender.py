@@ -44,7 +44,7 @@ from streams.ledger import (
 )
 from streams.ratelimit import SendRateLimiter
 from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES
-from streams.wiring import Wiring, dead_letter_label
+from streams.wiring import Wiring
 
 log = logging.getLogger("relance.sender")
 
@@ -88,8 +88,7 @@ class Sender:
         try:
             attempt = parse_send_attempt(loads(event.value))
         except InvalidRecord as exc:
-            reason = str(exc)
-            await self.wiring.dead_letter(STAGE, dead_letter_label(reason), reason, event)
+            await self.wiring.dead_letter(STAGE, exc.kind, str(exc), event)
             return
         if from_retry and attempt.not_before is not None:
             wait_s = (attempt.not_before - wall_ms()) / 1000

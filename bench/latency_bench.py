@@ -51,7 +51,7 @@ async def one_run(bootstrap: str, redis_url: str, work, args, index: int) -> lis
     worker = WorkerProcess(work, ["engine"], clock="wall", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=args.partitions, app_id=app_id, data_dir=work / f"data-{app_id}",
                     idle_delay=f"{args.delay}s", quiet_hours="off", user_cap_day=0, user_cap_week=0,
-                    min_inbound=1, timer_interval=f"{args.timer_ms}ms")
+                    min_inbound=1)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     with running([worker]):
         async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic_name(MESSAGES, prefix): args.partitions}) as watch:
@@ -95,7 +95,7 @@ async def one_run(bootstrap: str, redis_url: str, work, args, index: int) -> lis
 
 async def main_async(args: argparse.Namespace) -> None:
     print(f"{args.pairs} pairs, messages spread over {args.spread}s, D={args.delay}s, "
-          f"timer {args.timer_ms} ms, {args.repeat} run(s); latency = append time - due time")
+          f"{args.repeat} run(s); latency = append time - due time")
     p50s, p99s, maxes, everything = [], [], [], []
     with bench_stack(args) as (bootstrap, redis_url, work):
         for index in range(1, args.repeat + 1):
@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--spread", type=float, default=4.0, help="seconds over which the messages are sent")
     parser.add_argument("--delay", type=float, default=5.0, help="idle delay D in seconds")
-    parser.add_argument("--timer-ms", type=int, default=200, help="the worker's timer_interval")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
     add_stack_flags(parser)

@@ -21,7 +21,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from foundation.settings import SettingError, Settings
 from streams.admin import list_topics, run_sync
 
 __all__ = [
@@ -389,6 +391,18 @@ class LocalStack:
         self.state_dir = Path(state_dir).resolve()
         self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port)
         self.redis = RedisServer(self.state_dir, redis_port)
+
+    @classmethod
+    def of(cls, settings: Settings, state_dir: Path | str) -> "LocalStack":
+        """The stack the settings point at: Kafka and Redis on their ports of 127.0.0.1."""
+        host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
+        redis = urlsplit(settings.redis_url)
+        for name, address in (("broker", host), ("redis_url", redis.hostname)):
+            if address not in ("127.0.0.1", "localhost"):
+                raise SettingError(f"setting {name}: the local stack listens on 127.0.0.1, not {address}")
+        if not kafka_port.isdigit():
+            raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
+        return cls(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379)
 
     @property
     def bootstrap(self) -> str:

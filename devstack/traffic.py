@@ -13,9 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-from schemas.records import format_ts, parse_ts
+from schemas.records import APPS, format_ts, parse_ts
 
-APPS = ("whatsapp", "facebook", "instagram")
 USER_LINES = (
     "Any film music tips?", "I loved the Interstellar score", "What should I cook tonight?",
     "Can you suggest a workout?", "How do I say this in Portuguese?", "thanks!", "haha",

@@ -11,8 +11,8 @@ platform posted it, into a ``NormalizeResult``:
 - ``dropped``: other entries that are not messages (statuses of the bot's other
   messages, non-message changes, postbacks, reactions, unsent-message notices,
   ``standby`` and ``changes`` items, receipts too broken to use);
-- ``errors``: one reason per message that could not be used, prefixed by where it sits
-  in the document (``entry[0].messaging[2]: ...``).
+- ``errors``: one ``InvalidRecord`` per message that could not be used, its reason
+  prefixed by where it sits in the document (``entry[0].messaging[2]: ...``).
 
 A document that is not JSON, or whose envelope (``object``, ``entry``, ``changes``,
 ``value``, ``messages``, ``messaging``) has the wrong shape, raises ``InvalidRecord``:
@@ -64,7 +64,7 @@ class AccountOwners(Protocol):
 class NormalizeResult:
     events: list[MessageEvent] = field(default_factory=list)
     dropped: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[InvalidRecord] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
 
     @property
@@ -77,7 +77,7 @@ def decode_webhook(document: bytes | str | dict) -> dict:
     """The decoded document, checked to be a JSON object."""
     body = document if isinstance(document, dict) else loads(document)
     if type(body) is not dict:
-        raise InvalidRecord(f"a webhook must be a JSON object, got {_json_type(body)}")
+        raise InvalidRecord(f"a webhook must be a JSON object, got {_json_type(body)}", "not_object")
     return body
 
 
@@ -158,22 +158,22 @@ def _whatsapp_value(value: dict, where: str, owners: Mapping[str, str], result: 
     for k, message in enumerate(messages):
         try:
             if no_bot:
-                raise InvalidRecord(no_bot)
+                raise no_bot
             result.events.append(_whatsapp_event(message, bot_id))
         except InvalidRecord as exc:
-            result.errors.append(f"{where}.messages[{k}]: {exc}")
+            result.errors.append(exc.located(f"{where}.messages[{k}]"))
 
 
-def _whatsapp_bot(value: dict, owners: Mapping[str, str]) -> tuple[str, str]:
-    """(bot id, "") or ("", reason): every message of one ``value`` shares its number."""
+def _whatsapp_bot(value: dict, owners: Mapping[str, str]) -> tuple[str, InvalidRecord | None]:
+    """(bot id, None) or ("", why not): every message of one ``value`` shares its number."""
     metadata = value.get("metadata")
     number = metadata.get("phone_number_id") if type(metadata) is dict else None
     if type(number) is not str or not number:
-        return "", "metadata.phone_number_id is missing, so the bot is unknown"
+        return "", InvalidRecord("metadata.phone_number_id is missing, so the bot is unknown", "unknown_bot")
     bot_id = owners.get(number)
     if bot_id is None:
-        return "", f"no bot in the registry owns {ACCOUNT_KIND['whatsapp']} {number[:MAX_ID_LENGTH]}"
-    return bot_id, ""
+        return "", InvalidRecord(f"no bot in the registry owns {ACCOUNT_KIND['whatsapp']} {number[:MAX_ID_LENGTH]}", "unknown_bot")
+    return bot_id, None
 
 
 def _whatsapp_receipt(status: Any, bot_id: str) -> Receipt | None:
@@ -253,7 +253,7 @@ def _messaging(app: str, entries: list, owners: Mapping[str, str]) -> NormalizeR
             try:
                 event = _messaging_event(app, item, owners)
             except InvalidRecord as exc:
-                result.errors.append(f"entry[{i}].messaging[{k}]: {exc}")
+                result.errors.append(exc.located(f"entry[{i}].messaging[{k}]"))
                 continue
             if event is not None:
                 result.events.append(event)
@@ -325,7 +325,7 @@ def _messaging_event(app: str, item: Any, owners: Mapping[str, str]) -> MessageE
     text = _text(message.get("text"))
     bot_id = owners.get(account_id)
     if bot_id is None:
-        raise InvalidRecord(f"no bot in the registry owns {ACCOUNT_KIND[app]} {account_id}")
+        raise InvalidRecord(f"no bot in the registry owns {ACCOUNT_KIND[app]} {account_id}", "unknown_bot")
     return MessageEvent(
         event_id=event_id, app=app, user_id=user_id, bot_id=bot_id,
         direction="outbound" if echo else "inbound", ts=ts, text=text,

@@ -96,7 +96,7 @@ class DecisionCore:
         if type(record) is MessageEvent:  # nearly every record: checked first
             target = now if wall else record.ts
             if wall and record.ts > target + FUTURE_TOLERANCE_MS:
-                raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({record.ts - target} ms)")
+                raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({record.ts - target} ms)", "future_ts")
             if target > self.clock or self._next_due < self.clock:  # else advance has nothing to do
                 self.advance(target, inclusive=False)
             self._apply_message(record)

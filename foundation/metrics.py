@@ -13,9 +13,9 @@ messages), ``_total`` on counters, ``_seconds`` on durations. The dashboards in
 Label values must come from small, bounded sets, because every distinct value is a new
 time series kept by Prometheus forever after:
 
-- ``app``: ``whatsapp``, ``facebook``, ``instagram`` (:data:`APPS`).
-- ``stage``: the worker stage that gave up on the record, ``ingest``, ``engine``,
-  ``generator``, ``delivery`` (:data:`STAGES`).
+- ``app``: ``whatsapp``, ``facebook``, ``instagram`` (``schemas.records.APPS``).
+- ``stage``: the worker stage that gave up on the record (``ingest``, ``engine``,
+  ``generator``...).
 - ``reason`` (dead letters, cancellations, refusals, decisions), ``outcome``, ``kind``:
   short snake_case words such as ``not_json``, ``invalid_field``, ``unknown_bot``.
   Never an exception message, an id or user text: the human-readable detail belongs in
@@ -43,8 +43,6 @@ from prometheus_client.exposition import generate_latest
 
 __all__ = [
     "CONTENT_TYPE",
-    "APPS",
-    "STAGES",
     "DEAD_LETTER_REASONS",
     "LLM_SECONDS_BUCKETS",
     "SEND_RESULTS",
@@ -56,8 +54,6 @@ __all__ = [
     "render",
 ]
 
-APPS = ("whatsapp", "facebook", "instagram")
-STAGES = ("ingest", "engine", "generator", "delivery", "sender")
 SEND_RESULTS = ("sent", "unknown", "failed", "window_closed", "slow_down", "retry", "not_reached", "token_refused")
 
 # The dead-letter reasons the stages are expected to use. Not enforced (a stage may add a
@@ -67,10 +63,11 @@ DEAD_LETTER_REASONS = (
     "not_object",        # JSON, but not an object
     "missing_field",     # a required field is absent
     "invalid_field",     # a field has the wrong type, length or value
-    "unknown_app",       # app is not one of APPS
+    "unknown_app",       # app is not one of the three apps
     "unknown_bot",       # a webhook for a page/number/account no bot in the registry owns
     "future_ts",         # wall mode: ts more than 5 minutes ahead of the clock
     "too_large",         # a record over the size limits
+    "invalid_header",    # a header a stage reads (the feeder's clock) is unreadable
     "generation_failed", # generation tries exhausted (followups.retry gave up)
     "text_refused",      # every generated text was refused by the honesty checks
     "other",             # anything :func:`label` could not keep
@@ -138,6 +135,7 @@ class Metrics:
     send_token_ok: Gauge           # labels: app, bot
     receipts: Counter              # labels: app, outcome
     # -- every stage -----------------------------------------------------------------
+    records_dropped: Counter       # labels: stage, reason
     dead_letters: Counter          # labels: stage, reason
     consumer_lag: Gauge            # labels: topic, partition; messages
     last_commit: Gauge             # unix seconds
@@ -174,8 +172,8 @@ def new_metrics() -> Metrics:
             "(user_id, bot_id) pairs this worker holds state for."),
         decisions=counter(
             "relance_decisions_total",
-            "Decisions made at a pair's due time; outcome such as sent, held or skipped, and "
-            "reason the rule that decided (a bounded snake_case word).", ("outcome", "reason")),
+            "Decisions made at a pair's due time: outcome emitted, suppressed or deferred; "
+            "reason the rule that stopped it (none when emitted).", ("outcome", "reason")),
         followups_requested=counter(
             "relance_followups_requested_total",
             "Follow-up requests emitted to followups.requested.", ("app",)),
@@ -189,7 +187,8 @@ def new_metrics() -> Metrics:
             registry=registry, buckets=TIMER_LAG_SECONDS_BUCKETS),
         followups_cancelled=counter(
             "relance_followups_cancelled_total",
-            "Follow-ups cancelled before delivery (user back, opt-out, kill...).",
+            "Follow-up requests cancelled between the decision and the hand-over, by reason "
+            "(user_returned, killed, erased, window_closed...).",
             ("app", "reason")),
         followups_generated=counter(
             "relance_followups_generated_total",
@@ -207,7 +206,7 @@ def new_metrics() -> Metrics:
             ("provider",), registry=registry, buckets=LLM_SECONDS_BUCKETS),
         llm_errors=counter(
             "relance_llm_errors_total",
-            "Failed LLM calls, by kind (timeout, http_5xx, http_4xx, rate_limited, "
+            "Failed LLM calls, by kind (timeout, connection, http_5xx, http_4xx, rate_limited, "
             "bad_response, circuit_open).", ("kind",)),
         llm_circuit_open=gauge(
             "relance_llm_circuit_open",
@@ -238,6 +237,10 @@ def new_metrics() -> Metrics:
             "relance_receipts_total",
             "Receipts and echoes that added a step to a follow-up's story, by outcome "
             "(sent: an unknown send settled; delivered, read, failed).", ("app", "outcome")),
+        records_dropped=counter(
+            "relance_records_dropped_total",
+            "Records a stage dropped without a dead letter, by bounded reason (empty_value: "
+            "an empty or null value, which carries nothing to keep).", ("stage", "reason")),
         dead_letters=counter(
             "relance_dead_letters_total",
             "Records sent to the dead-letter topic, by stage and bounded reason.",
@@ -248,8 +251,7 @@ def new_metrics() -> Metrics:
             ("topic", "partition")),
         last_commit=gauge(
             "relance_last_commit_timestamp_seconds",
-            "Unix time of the worker's last successful offset commit (set to the start "
-            "time when the worker starts)."),
+            "Unix time of the worker's last successful offset commit, of any of its stages."),
     )
 
 

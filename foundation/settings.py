@@ -116,6 +116,39 @@ def parse_rates(value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(rates.items()))
 
 
+def format_duration(ms: int) -> str:
+    """A duration as a person writes it: the largest unit that divides it (``14d``, ``90s``)."""
+    for unit in ("d", "h", "m", "s"):  # 24h rather than 1d, as the spec writes them
+        if ms % _UNIT_MS[unit] == 0 and ms // _UNIT_MS[unit] >= 2:
+            return f"{ms // _UNIT_MS[unit]}{unit}"
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def format_quiet_hours(value: tuple[int, int] | None) -> str:
+    if value is None:
+        return "off"
+    return "-".join(f"{minute // 60:02d}:{minute % 60:02d}" for minute in value)
+
+
+def format_rates(value: tuple[tuple[str, float], ...]) -> str:
+    return ",".join(f"{account}={rate:g}" for account, rate in value) or "none"
+
+
+# How a parsed default is shown to a person (--help, `relance settings`, the README).
+_SHOWN_AS: dict[Callable[[Any], Any], Callable[[Any], str]] = {
+    parse_duration: format_duration, parse_quiet_hours: format_quiet_hours, parse_rates: format_rates,
+    _positive_number: lambda number: f"{number:g}",
+}
+
+
+def _shown(value: Any, parse: Callable[[Any], Any]) -> str:
+    if value is None:
+        return "unset"
+    if value == "":
+        return "empty"
+    return _SHOWN_AS.get(parse, str)(value)
+
+
 def setting(default: Any, doc: str, parse: Callable[[Any], Any] = str) -> Any:
     return field(default=default, metadata={"doc": doc, "parse": parse})
 
@@ -131,7 +164,7 @@ class Settings:
     user_cap_day: int = setting(1, "Follow-ups per user per rolling 24 hours, all bots and apps; 0 means no cap.", _non_negative_int)
     user_cap_week: int = setting(3, "Follow-ups per user per rolling 7 days, all bots and apps; 0 means no cap.", _non_negative_int)
     unknown_age: str = setting("allow", "allow or deny follow-ups to users whose age is unknown.", _choice("allow", "deny"))
-    distress_cooloff: int = setting(14 * 86_400_000, "How long a pair gets no follow-up after signs of distress.", parse_duration)
+    distress_cooloff: int = setting(14 * 86_400_000, "How long a user gets no follow-up, from any bot, after signs of distress.", parse_duration)
     registry: str = setting("deploy/bots.toml", "Path of the bot registry (TOML).")
     holdout: float = setting(0.0, "Share of pairs (0 to 1), chosen by a stable hash, that never get follow-ups.", _share)
     # -- running ---------------------------------------------------------------------
@@ -141,10 +174,9 @@ class Settings:
     topic_prefix: str = setting("", "Prefix of every topic name, to run several pipelines on one broker.")
     partitions: int = setting(4, "Partitions of the keyed topics when Relance creates them.", _positive_int)
     app_id: str = setting("relance", "Kafka consumer group and Faust application id.")
-    data_dir: str = setting(".relance/data", "Where a worker keeps its local stores (Faust tables, the rocksdb store).")
+    data_dir: str = setting(".relance/data", "Where a worker keeps its local files (Faust's own, and the rocksdb store).")
     store: str = setting("memory", "Where the engine keeps idle users (packed) and due times: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
-    timer_interval: int = setting(200, "How often a wall-mode worker looks for due pairs.", parse_duration)
     # -- generation and delivery -------------------------------------------------------
     context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
     llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)
@@ -181,10 +213,11 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """(name, env var, default, doc) for every setting, for --help and the README."""
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """(name, env var, default as written, doc) for every setting: the one source of
+        ``--help``, ``relance settings`` and the README's table."""
         return [
-            (f.name, ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"])
+            (f.name, ENV_PREFIX + f.name.upper(), _shown(f.default, f.metadata["parse"]), f.metadata["doc"])
             for f in dataclasses.fields(cls)
         ]
 

@@ -16,7 +16,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
         env, default, doc = _DOCS[name]
         group.add_argument(
             f"--{name.replace('_', '-')}", dest=f"setting_{name}", metavar=name.upper(),
-            help=f"{doc} [{env}; default {default!r}]",
+            help=f"{doc} [{env}; default {default}]",
         )
 
 

@@ -5,6 +5,8 @@ programs; ``tests/test_schemas.py`` keeps the two in agreement.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -24,7 +26,17 @@ _MESSAGE_FIELDS = ("event_id", "app", "user_id", "bot_id", "direction", "ts", "t
 
 
 class InvalidRecord(ValueError):
-    """A record that breaks its contract; the message is a reason a person can read."""
+    """A record that breaks its contract. The message is a reason a person can read (it goes
+    into the dead letter); ``kind`` is a bounded word for metrics and alerts
+    (``foundation.metrics.DEAD_LETTER_REASONS``)."""
+
+    def __init__(self, reason: str, kind: str = "invalid_field") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+    def located(self, where: str) -> "InvalidRecord":
+        """The same error, its reason prefixed by where it sits in a larger document."""
+        return InvalidRecord(f"{where}: {self}", self.kind)
 
 
 # -- time ------------------------------------------------------------------------------
@@ -139,7 +151,7 @@ def _minute_prefix(minute: int) -> str:
 
 def _object(obj: Any) -> dict:
     if not isinstance(obj, dict):
-        raise InvalidRecord(f"a record must be a JSON object, got {type(obj).__name__}")
+        raise InvalidRecord(f"a record must be a JSON object, got {type(obj).__name__}", "not_object")
     return obj
 
 
@@ -147,7 +159,7 @@ def _identifier(obj: dict, name: str, *, nullable: bool = False) -> str | None:
     if name not in obj:
         if nullable:
             return None
-        raise InvalidRecord(f"missing field {name}")
+        raise InvalidRecord(f"missing field {name}", "missing_field")
     value = obj[name]
     if value is None and nullable:
         return None
@@ -170,7 +182,7 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecord(f"not JSON: {exc}") from None
+        raise InvalidRecord(f"not JSON: {exc}", "not_json") from None
 
 
 # -- canonical message event -----------------------------------------------------------
@@ -216,13 +228,13 @@ def _checked_message(obj: Any) -> MessageEvent:
     event_id = _identifier(obj, "event_id")
     text = obj.get("text", None)
     if "text" not in obj:
-        raise InvalidRecord("missing field text")
+        raise InvalidRecord("missing field text", "missing_field")
     if not isinstance(text, str):
         raise InvalidRecord("text must be a string")
     if len(text) > MAX_TEXT_LENGTH:
         raise InvalidRecord(f"text is {len(text)} characters long, more than {MAX_TEXT_LENGTH}")
     if "ts" not in obj:
-        raise InvalidRecord("missing field ts")
+        raise InvalidRecord("missing field ts", "missing_field")
     extra = {k: v for k, v in obj.items() if k not in _MESSAGE_FIELDS} if len(obj) > 7 else {}
     return MessageEvent(
         event_id=event_id,
@@ -338,7 +350,7 @@ def parse_control(obj: Any) -> ControlEvent:
     kind = _one_of(obj, "type", CONTROL_TYPES)
     if kind == "tick":
         if "ts" not in obj:
-            raise InvalidRecord("missing field ts")
+            raise InvalidRecord("missing field ts", "missing_field")
         return Tick(ts=parse_ts(obj["ts"]))
     if kind == "kill":
         scope = _one_of(obj, "scope", KILL_SCOPES)
@@ -420,7 +432,7 @@ def parse_followup(obj: Any) -> FollowupRequest:
         raise InvalidRecord("inbound_in_window must be a non-negative integer")
     for name in ("due_ts", "last_inbound_ts"):
         if name not in obj:
-            raise InvalidRecord(f"missing field {name}")
+            raise InvalidRecord(f"missing field {name}", "missing_field")
     return FollowupRequest(
         followup_id=_identifier(obj, "followup_id"),
         user_id=_identifier(obj, "user_id"),
@@ -518,7 +530,7 @@ def parse_outcome(obj: Any) -> FollowupOutcome:
     if not isinstance(tries, int) or isinstance(tries, bool) or tries < 0:
         raise InvalidRecord("tries must be a non-negative integer")
     if "at" not in obj:
-        raise InvalidRecord("missing field at")
+        raise InvalidRecord("missing field at", "missing_field")
     return FollowupOutcome(
         followup_id=_identifier(obj, "followup_id"), user_id=_identifier(obj, "user_id"),
         bot_id=_identifier(obj, "bot_id"), app=_one_of(obj, "app", APPS), outcome=outcome,
@@ -600,9 +612,18 @@ class DecisionRecord:
 
 # -- dead letters ----------------------------------------------------------------------
 
+# A dead letter keeps at most this much of its original: with JSON escaping (up to six
+# bytes a byte) it stays well under the broker's default 1 MB message limit, so that an
+# oversized record can always be dead-lettered instead of stopping its stage.
+MAX_DEAD_LETTER_ORIGINAL = 64 * 1024
+MAX_REASON_LENGTH = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A record that could not be used, kept whole with where it came from and why."""
+    """A record that could not be used, with where it came from and why: whole when it
+    fits (``original`` as UTF-8 text, else ``original_b64``), else its first
+    ``MAX_DEAD_LETTER_ORIGINAL`` bytes (``truncated``); always its size and SHA-256."""
 
     reason: str
     source_topic: str
@@ -613,14 +634,17 @@ class DeadLetter:
 
     def to_dict(self) -> dict:
         body = {
-            "reason": self.reason, "stage": self.stage, "source_topic": self.source_topic,
+            "reason": self.reason[:MAX_REASON_LENGTH], "stage": self.stage, "source_topic": self.source_topic,
             "partition": self.partition, "offset": self.offset,
+            "original_size": len(self.original), "original_sha256": hashlib.sha256(self.original).hexdigest(),
         }
+        kept = self.original[:MAX_DEAD_LETTER_ORIGINAL]
+        if len(kept) < len(self.original):
+            body["truncated"] = True
         try:
-            body["original"] = self.original.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-            body["original_b64"] = base64.b64encode(self.original).decode("ascii")
+            body["original"] = kept.decode("utf-8")
+        except UnicodeDecodeError:  # not text, or cut inside a character
+            body["original_b64"] = base64.b64encode(kept).decode("ascii")
         return body
 
     def to_json(self) -> bytes:
@@ -690,7 +714,7 @@ def parse_delivery(obj: Any) -> DeliveryRecord:
     _check_send_body(app, obj.get("body"), followup_id)
     for name in ("generated_at", "due_ts", "last_inbound_ts"):
         if name not in obj:
-            raise InvalidRecord(f"missing field {name}")
+            raise InvalidRecord(f"missing field {name}", "missing_field")
     replaced = obj.get("replaced")
     if not isinstance(replaced, bool):
         raise InvalidRecord("replaced must be true or false")

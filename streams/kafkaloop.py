@@ -212,11 +212,6 @@ async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIte
         await consumer.stop()
 
 
-async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord]:
-    """Every record of one partition, from the beginning to its end now, in one list."""
-    return [record async for batch in read_partition(bootstrap, topic, partition) for record in batch]
-
-
 def new_producer(bootstrap: str) -> AIOKafkaProducer:
     # acks=all and idempotence: a retried batch is not written twice, order kept per partition.
     return AIOKafkaProducer(

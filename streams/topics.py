@@ -13,7 +13,7 @@ class TopicSpec:
     name: str
     doc: str
     keyed: bool = True          # keyed by user_id, so it has the catalog's partition count
-    compacted: bool = False     # changelogs and ledgers keep the latest value per key
+    compacted: bool = False     # a changelog keeps the latest value per key
     retention_ms: int | None = 7 * DAY_MS
 
     def config(self) -> dict[str, str]:

@@ -10,20 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, Protocol
 
 import faust
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import ConsumerRecord
 
 from foundation.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
 from foundation.settings import Settings
-from schemas.records import DeadLetter
-from streams.kafkaloop import new_producer
+from schemas.records import DeadLetter, InvalidRecord
+from streams.kafkaloop import KafkaLoop, Stage, new_producer
+from streams.outbox import Outbox
 from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
 
 log = logging.getLogger("relance")
 
+
+
+class BatchStage(Stage, Protocol):
+    loop: KafkaLoop | None  # set when the loop starts
 
 
 @dataclass
@@ -55,41 +61,50 @@ class Wiring:
             await self._producer.start()
         return self._producer
 
-    def observe_lag(self, loop: Any) -> None:
-        """Consumer lag of a KafkaLoop, per topic and partition, into the metrics."""
-        for tp, lag in loop.lag().items():
-            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+    def install_batch_stage(self, name: str, topics: list[str], stage: BatchStage,
+                            prepare: Callable[[], Awaitable[None]]) -> None:
+        """Run ``stage`` in this worker on a ``KafkaLoop`` of its own consumer group
+        (``<prefix><app_id>.<name>``): ``prepare`` first (outboxes on the shared producer,
+        scripts), then the loop. Its commits are timestamped and its lag observed every 5 s."""
+        settings, metrics = self.settings, self.metrics
 
-    async def dead_letter(self, stage: str, reason_label: str, reason: str, event: Any) -> None:
-        """Keep an unusable record whole, with where it came from and why."""
+        async def start() -> None:
+            await prepare()
+            stage.loop = KafkaLoop(bootstrap=settings.broker, topics=topics,
+                                   group=f"{settings.topic_prefix}{settings.app_id}.{name}", stage=stage)
+            stage.loop.on_commit = metrics.last_commit.set_to_current_time
+            await self.app.add_runtime_dependency(stage.loop)
+            self.ready = True
+
+        async def observe_lag() -> None:
+            if stage.loop is None:
+                return
+            for tp, lag in stage.loop.lag().items():
+                metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+        self.app.task(start)
+        self.app.timer(interval=5.0, name=f"{name}_lag")(observe_lag)
+
+    async def dead_letter(self, stage: str, kind: str, reason: str, event: Any) -> None:
+        """A Faust agent's unusable record, kept whole with where it came from and why."""
         message = event.message
         original = message.value if isinstance(message.value, bytes) else orjson.dumps(message.value)
-        letter = DeadLetter(
-            reason=reason, source_topic=message.topic, partition=message.partition,
-            offset=message.offset, original=original, stage=stage,
-        )
-        self.metrics.dead_letters.labels(stage=stage, reason=label(reason_label)).inc()
-        log.warning("dead letter", extra={"stage": stage, "reason": reason, "topic": message.topic,
-                                          "partition": message.partition, "offset": message.offset})
-        await self.topic(DEADLETTER).send(value=letter.to_json())
+        letter = self._dead_letter(stage, kind, reason, message.topic, message.partition, message.offset, original)
+        await self.topic(DEADLETTER).send(value=letter)
 
+    def batch_dead_letter(self, outbox: Outbox, stage: str, record: ConsumerRecord, error: InvalidRecord) -> None:
+        """A batch stage's unusable record, into its outbox: acknowledged before the next commit."""
+        letter = self._dead_letter(stage, error.kind, str(error), record.topic, record.partition,
+                                   record.offset, record.value or b"")
+        outbox.add(topic_name(DEADLETTER, self.settings.topic_prefix), letter)  # unkeyed, as cataloged
 
-_REASON_LABELS = (
-    ("not json", "not_json"), ("missing field", "missing_field"), ("must be a json object", "not_object"),
-    ("ahead of the clock", "future_ts"), ("no bot in the registry", "unknown_bot"),
-)
-
-
-def dead_letter_label(reason: str) -> str:
-    """The bounded metric label of a readable dead-letter reason (foundation/metrics.py)."""
-    text = reason.lower()
-    return next((name for needle, name in _REASON_LABELS if needle in text), "invalid_field")
-
-
-def dead_letter_for(stage: str, reason: str, record: Any) -> bytes:
-    """The dead letter of a record a batch stage could not use (an aiokafka record)."""
-    return DeadLetter(reason=reason, source_topic=record.topic, partition=record.partition,
-                      offset=record.offset, original=record.value or b"", stage=stage).to_json()
+    def _dead_letter(self, stage: str, kind: str, reason: str, topic: str, partition: int, offset: int,
+                     original: bytes) -> bytes:
+        self.metrics.dead_letters.labels(stage=stage, reason=label(kind)).inc()
+        log.warning("dead letter: %s", reason, extra={"stage": stage, "topic": topic, "partition": partition,
+                                                      "offset": offset})
+        return DeadLetter(reason=reason, source_topic=topic, partition=partition, offset=offset,
+                          original=original, stage=stage).to_json()
 
 
 def faust_app(settings: Settings) -> faust.App:

@@ -7,6 +7,8 @@ from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafkaloop import read_partition
+
 
 class TopicReader:
     """Keeps reading a topic in the background; ``records`` grows as messages arrive."""
@@ -72,3 +74,9 @@ async def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> 
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def partition_records(bootstrap: str, topic: str, partition: int) -> list:
+    """Every record of one partition, from the beginning to its end now, in one list,
+    read the way the engine restores (``streams.kafkaloop.read_partition``)."""
+    return [record async for batch in read_partition(bootstrap, topic, partition) for record in batch]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from foundation import metrics
-from streams.wiring import dead_letter_label
 from foundation.metrics import (
     LLM_SECONDS_BUCKETS,
     SEND_SECONDS_BUCKETS,
@@ -22,7 +22,11 @@ from foundation.metrics import (
     new_metrics,
     render,
 )
+from domain.normalize import normalize_webhook
+from domain.rules import DecisionCore
 from foundation.settings import Settings
+from schemas.records import InvalidRecord, loads, parse_record
+from schemas.registry import BotRegistry
 
 # exposed name -> (type, label names)
 EXPECTED = {
@@ -30,6 +34,7 @@ EXPECTED = {
     "relance_webhooks_in_total": ("counter", ("app",)),
     "relance_receipts_dropped_total": ("counter", ("app",)),
     "relance_dead_letters_total": ("counter", ("stage", "reason")),
+    "relance_records_dropped_total": ("counter", ("stage", "reason")),
     "relance_duplicates_total": ("counter", ("app",)),
     "relance_pairs_tracked": ("gauge", ()),
     "relance_decisions_total": ("counter", ("outcome", "reason")),
@@ -188,14 +193,33 @@ def test_label_keeps_short_words_and_bounds_everything_else():
     assert label("??", fallback="unknown") == "unknown"
 
 
-@pytest.mark.parametrize("reason,label", [
-    ("not JSON: unexpected character", "not_json"),
-    ("missing field text", "missing_field"),
-    ("a record must be a JSON object, got list", "not_object"),
-    ("ts is more than 5 minutes ahead of the clock (400000 ms)", "future_ts"),
-    ("entry[0].changes[0].value.messages[0]: no bot in the registry owns whatsapp phone_number_id 1", "unknown_bot"),
-    ("tz 'Mars/Olympus' is not a known IANA time zone", "invalid_field"),
+def _error_of(parse) -> InvalidRecord:
+    with pytest.raises(InvalidRecord) as caught:
+        parse()
+    return caught.value
+
+
+def _unknown_number_error() -> InvalidRecord:
+    webhook = {"object": "whatsapp_business_account", "entry": [{"changes": [{"value": {
+        "metadata": {"phone_number_id": "1"}, "messages": [{"id": "w", "from": "u", "timestamp": "1", "type": "text"}]}}]}]}
+    return normalize_webhook("whatsapp", orjson.dumps(webhook), BotRegistry([])).errors[0]
+
+
+def _future_error() -> InvalidRecord:
+    core = DecisionCore(Settings(clock="wall"))
+    event = parse_record({"event_id": "e", "app": "whatsapp", "user_id": "u", "bot_id": "b",
+                          "direction": "inbound", "ts": 1_000_000 + 400_000, "text": ""})
+    return _error_of(lambda: core.feed(event, now=1_000_000))
+
+
+@pytest.mark.parametrize("error, kind", [
+    (lambda: _error_of(lambda: loads(b"{oops")), "not_json"),
+    (lambda: _error_of(lambda: parse_record({"event_id": "e", "app": "whatsapp"})), "missing_field"),
+    (lambda: _error_of(lambda: parse_record([1])), "not_object"),
+    (_future_error, "future_ts"),
+    (_unknown_number_error, "unknown_bot"),
+    (lambda: _error_of(lambda: parse_record({"type": "profile", "user_id": "u", "tz": "Mars/Olympus"})), "invalid_field"),
 ])
-def test_every_stage_labels_a_dead_letter_reason_the_same_bounded_way(reason, label):
-    assert dead_letter_label(reason) == label
-    assert label in metrics.DEAD_LETTER_REASONS
+def test_every_invalid_record_carries_a_bounded_dead_letter_kind(error, kind):
+    assert error().kind == kind
+    assert kind in metrics.DEAD_LETTER_REASONS

@@ -8,9 +8,8 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.feeder import feed
-from streams.kafkaloop import read_partition_to_end
 from streams.topics import ENGINE_STATE, MESSAGES, topic_name
-from tests.kafkaread import group_lag
+from tests.kafkaread import group_lag, partition_records
 from tests.test_engine_kafka import engine_worker, stream_lines
 from tests.waiting import async_wait_for
 
@@ -29,7 +28,7 @@ async def test_reading_a_partition_back_always_starts_at_the_beginning(stack, to
         await producer.stop()
     # The position reset started by assign() used to race the seek (and sometimes win).
     for _ in range(15):
-        records = await read_partition_to_end(stack.bootstrap, topic, 2)
+        records = await partition_records(stack.bootstrap, topic, 2)
         assert [r.value for r in records] == [b"v%d" % i for i in range(3000)]
 
 

@@ -9,10 +9,9 @@ from aiokafka import AIOKafkaProducer
 from streams.outbox import partition_for
 from foundation.settings import Settings
 from devstack.feeder import feed
-from streams.kafkaloop import read_partition_to_end
 from streams.topics import CONTROL, DECISIONS, ENGINE_STATE, MESSAGES, topic_name
 from streams.rediskeys import KILLS_KEY
-from tests.kafkaread import TopicReader
+from tests.kafkaread import TopicReader, partition_records
 from tests.rulebook import HOUR, MINUTE, at
 from tests.waiting import async_wait_for
 from devstack.processes import WorkerProcess
@@ -67,7 +66,7 @@ async def test_controls_from_the_control_topic_reach_every_decision_and_erasure_
 
         async def erased_everywhere() -> bool:
             left_in_redis = [key async for key in redis.scan_iter(match="*u-ok*")]
-            latest = {r.key: r.value for r in await read_partition_to_end(stack.bootstrap, state_topic, partition)}
+            latest = {r.key: r.value for r in await partition_records(stack.bootstrap, state_topic, partition)}
             return worker.check_alive() and not left_in_redis and latest.get(b"u-ok") == b""
 
         await async_wait_for(erased_everywhere, timeout=60, what="u-ok gone from Redis and tombstoned in engine.state")

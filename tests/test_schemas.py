@@ -8,6 +8,7 @@ listed apart, so the gap is on record.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -117,6 +118,21 @@ def test_records_written_by_the_code_validate(name, record):
     assert errors == []
     if name in PARSERS:
         assert parser_accepts(name, decoded)
+
+
+def test_an_oversized_original_is_cut_with_its_size_and_digest_and_still_fits_a_kafka_message():
+    # Issue 14: a dead letter must always fit the broker's default 1 MB limit, or one
+    # oversized record stops its stage. A 1 MB document of quotes doubles when escaped.
+    original = b'"' * 1_000_000
+    letter = DeadLetter("not JSON", "raw.whatsapp", 0, 7, original, "ingest")
+    body = orjson.loads(letter.to_json())
+    assert len(letter.to_json()) < 1_000_000
+    assert body["truncated"] is True and body["original_size"] == 1_000_000
+    assert body["original_sha256"] == hashlib.sha256(original).hexdigest()
+    assert body["original"] == '"' * 64 * 1024
+    assert schema_accepts("deadletter", body)
+    whole = orjson.loads(DeadLetter("x", "raw.whatsapp", 0, 1, b"{oops", "ingest").to_json())
+    assert "truncated" not in whole and whole["original"] == "{oops" and whole["original_size"] == 5
 
 
 def test_a_binary_dead_letter_keeps_its_bytes_in_base64():

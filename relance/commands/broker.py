@@ -5,11 +5,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from devstack.localstack import LocalStack, StackError
 from streams.admin import create_topics
-from foundation.settings import SettingError, Settings
+from foundation.settings import Settings
 from streams.topics import CATALOG
 
 STATE_DIR = Path(".relance/stack")
@@ -37,21 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def local_stack(settings: Settings) -> LocalStack:
-    host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
-    redis = urlsplit(settings.redis_url)
-    for name, address in (("broker", host), ("redis_url", redis.hostname)):
-        if address not in ("127.0.0.1", "localhost"):
-            raise SettingError(f"setting {name}: the local stack listens on 127.0.0.1, not {address}")
-    if not kafka_port.isdigit():
-        raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
-    return LocalStack(STATE_DIR, kafka_port=int(kafka_port), redis_port=redis.port or 6379)
-
-
 def run(args: argparse.Namespace) -> int:
     settings = Settings.load({"broker": args.broker, "redis_url": args.redis_url,
                               "topic_prefix": args.topic_prefix, "partitions": args.partitions})
-    stack = local_stack(settings)
+    stack = LocalStack.of(settings, STATE_DIR)
     try:
         if args.action == "up":
             began = time.monotonic()

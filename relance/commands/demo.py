@@ -25,7 +25,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -33,7 +32,8 @@ from relance.cliflags import add_setting_flags, load_settings
 from devstack.localstack import REPO_ROOT, LocalStack, StackError, fetch_kafka, pid_alive, port_in_use, stop_pid
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
-from foundation.settings import SettingError, Settings, parse_duration
+from foundation.settings import Settings, parse_duration
+from schemas.records import APPS
 from streams.topics import CATALOG, DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, topic_name
 
 DEMO_STATE = Path(".relance")
@@ -41,7 +41,6 @@ REFRESH_SECONDS = 0.5
 READY_TIMEOUT_SECONDS = 120.0
 RATE_WINDOW_SECONDS = 5.0
 LATEST_SHOWN = 6
-APPS = tuple(DELIVERY_BY_APP)
 ENGINE_ROLES = ("ingest", "engine", "context")
 GENERATOR_ROLES = ("generator",)
 DEFAULT_WEB_PORT = Settings().web_port
@@ -136,7 +135,7 @@ class Demo:
         self.args, self.settings = args, settings
         self.prefix = f"demo-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}-"
         self.run_dir = (DEMO_STATE / "demo" / self.prefix.rstrip("-")).resolve()
-        self.stack = _local_stack(settings, Path(args.state_dir))
+        self.stack = LocalStack.of(settings, Path(args.state_dir))
         self.registry = _registry_path(settings.registry)
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
         self.workers: list[Child] = []
@@ -251,17 +250,6 @@ class Demo:
             run_sync(lambda: _delete_topics(self.settings.broker, self.prefix))
         except Exception as exc:  # the broker may already be gone: the topics go with its data
             self.say(f"could not delete the demo's topics: {exc}")
-
-
-def _local_stack(settings: Settings, state_dir: Path) -> LocalStack:
-    host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
-    redis = urlsplit(settings.redis_url)
-    for name, address in (("broker", host), ("redis_url", redis.hostname)):
-        if address not in ("127.0.0.1", "localhost"):
-            raise SettingError(f"setting {name}: the demo runs its stack on 127.0.0.1, not {address}")
-    if not kafka_port.isdigit():
-        raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
-    return LocalStack(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379)
 
 
 def _registry_path(registry: str) -> str:

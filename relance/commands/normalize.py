@@ -54,8 +54,8 @@ def normalize_stream(app: str, registry: BotRegistry, lines: BinaryIO, out: Bina
             continue
         for event in result.events:
             out.write(event.to_json() + b"\n")
-        for reason in result.errors:
-            print(f"line {number}: {reason}", file=err)
+        for error in result.errors:
+            print(f"line {number}: {error}", file=err)
         written += len(result.events)
         problems += len(result.errors)
     out.flush()
