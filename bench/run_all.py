@@ -23,6 +23,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
             ("ingest", ["bench.ingest_bench", "--webhooks", "500", "--repeat", "1"]),
             ("latency", ["bench.latency_bench", "--pairs", "50", "--spread", "0.5", "--delay", "1", "--repeat", "1"]),
             ("memory", ["bench.memory_bench", "--pairs", "2000"]),
+            ("sender", ["bench.sender_bench", "--records", "300", "--numbers", "2"]),
         ]
     return [
         ("pipeline", ["bench.pipeline_bench", "--events", str(args.events), "--repeat", str(args.repeat),
@@ -30,6 +31,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]),
         ("latency", ["bench.latency_bench", "--pairs", "2000", "--repeat", str(args.repeat)]),
         ("memory", ["bench.memory_bench", "--pairs", args.pairs] + (["--source", args.source] if args.source else [])),
+        ("sender", ["bench.sender_bench", "--records", str(args.sends), "--numbers", "4"]),
     ]
 
 
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--webhooks", type=int, default=50_000)
     parser.add_argument("--pairs", default="100000,1000000")
+    parser.add_argument("--sends", type=int, default=4000, help="follow-ups the sender bench sends, per phase")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,latency,memory")
+    parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,latency,memory,sender")
     parser.add_argument("--source", help="memory bench workers run from this copy of the code")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     add_stack_flags(parser)
@@ -97,6 +100,10 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
          "1M pairs <=512 MB"),
         ("engine worker RSS at 1M pairs, store memory", "worker_memory_rss_mb_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
         ("engine worker RSS at 1M pairs, store rocksdb", "worker_rocksdb_rss_mb_1000000", "MB", None, "flat"),
+        ("sender x1 at the fake's limit (4 x 80/s)", "sender_sends_at_limit", "sends/s",
+         lambda v: extra("sender_sends_at_limit", "busiest_second") and int(extra("sender_sends_at_limit", "busiest_second")) <= 80,
+         "never over 80/s a number"),
+        ("sender x1, no limit (its own ceiling)", "sender_sends_unlimited", "sends/s", None, "-"),
     ]
     print(f"{'measure':<44} {'value':>12} {'unit':<11} {'spread / ratio':<34} {'target':<26} {'met':<4}")
     for label, name, unit, check, target in rows:
@@ -110,6 +117,8 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
             note += f", {value / get('engine_x1'):.2f}x of x1"
         if name.startswith("latency") and extra(name, "runs"):
             note = "runs " + extra(name, "runs")
+        if name == "sender_sends_at_limit":
+            note = f"limit {extra(name, 'limit')}/s, busiest number-second {extra(name, 'busiest_second')}"
         if name.startswith("worker_rss"):
             note = f"{extra(name, 'bytes_per_pair')} B/pair over empty, restored {extra(name, 'restored_pairs')}/{extra(name, 'pairs')} pairs"
         met = "-" if check is None else ("yes" if check(value) else "NO")

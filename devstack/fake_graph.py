@@ -114,9 +114,11 @@ class FakeGraph:
         self.accepted: collections.Counter[str] = collections.Counter()           # follow-up id -> messages
         self.per_second: collections.Counter[tuple[str, str, int]] = collections.Counter()  # (app, account, s) -> requests
         self.answers: collections.Counter[str] = collections.Counter()            # what it answered
+        self.first_accepted_at: float | None = None   # wall seconds, for rates measured here
+        self.last_accepted_at: float | None = None
         self.webhooks_posted = 0
         self.webhook_failures = 0
-        self.last_body: Any = None
+        self.received: collections.deque[tuple[str, Any]] = collections.deque(maxlen=10_000)  # (path, body)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()
         self._http: aiohttp.ClientSession | None = None
@@ -165,6 +167,12 @@ class FakeGraph:
 
     # -- what tests ask ------------------------------------------------------------------
 
+    def accepted_per_second(self) -> float:
+        """Messages accepted a second, from the first to the last."""
+        accepted = sum(self.accepted.values())
+        span = (self.last_accepted_at or 0) - (self.first_accepted_at or 0)
+        return (accepted - 1) / span if accepted > 1 and span > 0 else 0.0
+
     def max_per_second(self, app: str, account_id: str) -> int:
         """The most requests received for the account in one wall-clock second."""
         return max((n for (a, acct, _), n in self.per_second.items() if (a, acct) == (app, account_id)), default=0)
@@ -175,7 +183,7 @@ class FakeGraph:
             "accepted": dict(self.accepted), "answers": dict(self.answers),
             "per_second": [[app, account, second, n] for (app, account, second), n in sorted(self.per_second.items())],
             "webhooks_posted": self.webhooks_posted, "webhook_failures": self.webhook_failures,
-            "last_body": self.last_body,
+            "last": list(self.received)[-1:],
         }
 
     # -- the send APIs -------------------------------------------------------------------
@@ -193,7 +201,7 @@ class FakeGraph:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             body = None
-        self.last_body = body
+        self.received.append((request.path, body))
         recipient, followup_id, text = _fields(account.app, body)
         if not recipient or not text:
             return self._error("invalid", account.app)
@@ -205,6 +213,8 @@ class FakeGraph:
         message_id = _message_id(account, recipient)
         if followup_id:
             self.accepted[followup_id] += 1
+        self.first_accepted_at = self.first_accepted_at or arrived
+        self.last_accepted_at = arrived
         self._receipts_later(account, recipient, message_id, followup_id, text, int(arrived * 1000),
                              failed=mode == "failed_status")
         if mode == "drop":

@@ -6,12 +6,24 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Iterator
+
+import orjson
 
 from devstack.localstack import REPO_ROOT, free_port
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
+
+
+def worker_ready(port: int) -> bool:
+    """A worker's ``/health`` says it is ready (it joined its groups and can work)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return bool(orjson.loads(response.read()).get("ready"))
+    except (OSError, ValueError):
+        return False
 
 
 class WorkerProcess:

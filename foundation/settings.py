@@ -194,7 +194,7 @@ class Settings:
     # (developers.facebook.com/docs/graph-api/changelog); every version lives two years or more.
     graph_api_version: str = setting("v26.0", "Graph API version in the send URLs.")
     send_timeout: int = setting(10_000, "Timeout of one send-API call; a send that times out is unknown, never repeated.", parse_duration)
-    send_concurrency: int = setting(32, "Sends in progress (rate slot, ledger, call) at once per sender worker.", _positive_int)
+    send_concurrency: int = setting(64, "Sends in progress (rate slot, ledger, call) at once per sender worker.", _positive_int)
     send_backoff: int = setting(1_000, "Wait before a refused send (429, 5xx, unreachable) is tried again; doubled each try, with jitter.", parse_duration)
     send_backoff_max: int = setting(300_000, "The longest wait between two tries of one send.", parse_duration)
     send_token_probe: int = setting(60_000, "How often a bot whose token was refused is tried again with the same token.", parse_duration)

@@ -158,12 +158,14 @@ return 'done'
 # KEYS: ledger. ARGV: followup_id, the 'sending' state this sender wrote, the final state,
 # the new lease end, and (for a sent one) its message id and that id's entry.
 # The outcome is known: 'ending:<lease>:<final>', unless the field moved meanwhile. A
-# definite answer still settles an 'unknown' declared by another copy after a lease ran out.
+# definite answer still settles an 'unknown' declared by another copy after a lease ran out;
+# an answer lost after a receipt already came is 'sent': the platform had the message.
 _BEGIN_ENDING_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if not state then return {0, ''} end
 local final = ARGV[3]
 if state ~= ARGV[2] and not (state == 'unknown' and final ~= 'unknown') then return {0, state} end
+if final == 'unknown' and redis.call('HEXISTS', KEYS[1], ARGV[1] .. ':receipt') == 1 then final = 'sent' end
 local ending = 'ending:' .. ARGV[4] .. ':' .. final
 redis.call('HSET', KEYS[1], ARGV[1], ending)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'mid:' .. ARGV[5], ARGV[6]) end

@@ -31,16 +31,19 @@ def pause_key(app: str, account_id: str) -> str:
 
 
 # KEYS: log, pause. ARGV: limit, window µs. Returns {1, admission time µs} or {0, wait µs}.
+# Times are written with %d: Lua turns a number into text with 14 significant digits,
+# which would round today's microseconds to hundreds of them (and merge log entries).
 _ACQUIRE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return {0, paused * 1000} end
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - window))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - window))
 local count = redis.call('ZCARD', KEYS[1])
 if count < limit then
-  redis.call('ZADD', KEYS[1], now, now .. ':' .. count)
+  local stamp = string.format('%d', now)
+  redis.call('ZADD', KEYS[1], stamp, stamp .. ':' .. count)
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
   return {1, now}
 end

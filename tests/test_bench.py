@@ -48,3 +48,10 @@ def test_latency_bench_measures_every_followup(stack):
 def test_memory_bench_core_figure(stack):
     results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only")
     assert results["core_bytes_per_pair_2000"] > 0
+
+
+def test_sender_bench_measures_every_send_and_keeps_the_limit(stack):
+    results = run_bench(stack, "bench.sender_bench", "--records", "200", "--numbers", "2", timeout=120)
+    assert results["sender_sends_at_limit"] > 0 and results["sender_limit"] == 160
+    assert results["sender_busiest_number_second"] <= 80  # WhatsApp's rate per number, spec section 9
+    assert results["sender_sends_unlimited"] > 0

@@ -56,7 +56,8 @@ async def test_an_accepted_message_comes_back_with_a_real_shaped_id(app):
     prefix = {"whatsapp": "wamid.", "facebook": "m_", "instagram": "aWdf"}[app]
     assert verdict.message_id.startswith(prefix)
     assert fake.accepted == {"f-1": 1}
-    assert fake.last_body == body(app)
+    path = f"/v26.0/{WA}/messages" if app == "whatsapp" else "/v26.0/me/messages"
+    assert list(fake.received) == [(path, body(app))]
 
 
 @pytest.mark.parametrize("mode, whatsapp, messenger", [

@@ -193,6 +193,15 @@ async def test_a_receipt_during_the_call_makes_a_lost_send_sent_not_unknown(redi
 
 
 @pytest.mark.kafka
+async def test_an_answer_lost_after_a_receipt_came_is_sent(redis_client):
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    await ledger.claim_send(REQUEST, 0, now=0, lease_end=100)
+    await steps(ledger, Receipt("facebook", "sent", "u-1", "maestro", 50, followup_id="f-1"))  # the echo, first
+    assert await ledger.begin_ending(REQUEST, sending_state(1, 100), "unknown", 200) == ending_state(200, "sent")
+
+
+@pytest.mark.kafka
 async def test_messenger_receipts_find_their_followup_by_message_id_or_watermark(redis_client):
     ledger = Ledger(redis_client, ttl_s=60)
     await sent(ledger, redis_client, FB, "m_A", at=1000)

@@ -30,6 +30,7 @@ import orjson
 
 from relance.cliflags import add_setting_flags, load_settings
 from devstack.localstack import REPO_ROOT, LocalStack, StackError, fetch_kafka, pid_alive, port_in_use, stop_pid
+from devstack.processes import worker_ready
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
 from foundation.settings import Settings, parse_duration
@@ -204,7 +205,7 @@ class Demo:
 
     def wait_ready(self, child: Child) -> None:
         began = time.monotonic()
-        while not _ready(child.web_port):
+        while not worker_ready(child.web_port):
             if child.exited():
                 raise DemoError(f"the {child.name} exited with {child.process.returncode}; "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
@@ -260,16 +261,6 @@ def _registry_path(registry: str) -> str:
     if not path.exists():
         raise DemoError(f"no bot registry at {registry}; give one with --registry")
     return str(path.resolve())
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-            return bool(orjson.loads(response.read()).get("ready"))
-    except (OSError, ValueError):
-        return False
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:

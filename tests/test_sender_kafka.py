@@ -1,0 +1,344 @@
+"""The sender through the real Kafka broker and Redis, against the project's fake Graph API
+(spec section 9): a follow-up sent once, with the right body, to the right endpoint, and its
+receipts back on ``followups.outcomes``; then, under every fault mode of the fake and with
+the sender SIGKILLed mid-stream, the spec's promises counted where the platform would
+count them: no follow-up sent twice, one final outcome each, never over a number's rate.
+
+Webhooks come back through ``tests/webhook_relay.py``, which checks each signature and
+writes the body to ``raw.<app>`` as the gateway does, for ingest to read.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from devstack.fake_graph import FakeGraph, accounts_from_registry
+from devstack.feeder import feed
+from devstack.processes import WorkerProcess
+from domain.delivery import delivery_record
+from domain.honesty import finalize
+from foundation.clock import wall_ms
+from schemas.records import DeliveryRecord, FollowupRequest, format_ts
+from schemas.registry import BotRegistry
+from streams.ledger import ledger_key
+from streams.topics import DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, topic_name
+from tests.kafkaread import TopicReader
+from tests.waiting import async_wait_for
+from tests.webhook_relay import WebhookRelay
+
+pytestmark = pytest.mark.kafka
+
+WA1, WA2, PAGE1, IG1 = "106540352242922", "106540352242923", "112233445566778", "17841400000000001"
+SECRET = "test-app-secret"
+RATE = 20  # messages a second per account: the sender's setting and the fake's own limit
+MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
+# What ends a request at the sender; receipts may add delivered, read, and failed later.
+ENDINGS = ("sent", "unknown", "failed", "cancelled", "dead_lettered")
+# Short waits, so that each fault shows in seconds: a call times out after 1 s, refusals
+# come back after 0.2 to 1 s, a refused token is probed every second.
+SENDER_SETTINGS = dict(send_timeout="1s", send_backoff="200ms", send_backoff_max="1s", send_token_probe="1s",
+                       whatsapp_send_rate=RATE, facebook_send_rate=RATE, instagram_send_rate=RATE,
+                       send_rate_slack="200ms", send_concurrency=16)
+
+
+def registry_file(tmp_path: Path) -> Path:
+    """Two bots whose tokens are files, read by the sender when it sends."""
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    for name in ("wa", "maestro-page", "maestro-ig"):
+        (tokens / name).write_text(f"EAAG-{name}\n")
+    path = tmp_path / "bots.toml"
+    path.write_text(f'''
+[[bot]]
+id = "maestro"
+name = "Maestro of Movie Magic"
+persona = "A warm film-music lover who suggests soundtracks and composers."
+language = "en"
+whatsapp = ["{WA1}"]
+facebook = ["{PAGE1}"]
+instagram = ["{IG1}"]
+tokens = {{ whatsapp = "file:{tokens / 'wa'}", facebook = "file:{tokens / 'maestro-page'}", instagram = "file:{tokens / 'maestro-ig'}" }}
+
+[[bot]]
+id = "chef-lucie"
+name = "Chef Lucie"
+persona = "Une cheffe lyonnaise chaleureuse."
+language = "fr"
+whatsapp = ["{WA2}"]
+tokens = {{ whatsapp = "file:{tokens / 'wa'}" }}
+''')
+    return path
+
+
+class Rig:
+    """A sender worker (and ingest, for the receipts), the fake Graph API, the relay, and
+    what the test reads and writes: followups.outcomes, the delivery topics, the ledger."""
+
+    def __init__(self, stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str], **settings) -> None:
+        self.stack, self.prefix, self.redis_url, self.tmp_path, self.roles = stack, prefix, redis_url, tmp_path, roles
+        self.registry = registry_file(tmp_path)
+        self.settings = {**SENDER_SETTINGS, "clock": "wall", **settings}
+        self.worker: WorkerProcess | None = None
+
+    async def __aenter__(self) -> "Rig":
+        self.relay = await WebhookRelay(self.stack.bootstrap, self.prefix, SECRET).start()
+        self.fake = FakeGraph(accounts_from_registry(BotRegistry.load(self.registry)), callback_url=self.relay.url,
+                              app_secret=SECRET, limits={"whatsapp": RATE, "facebook": RATE, "instagram": RATE},
+                              slow_delay=2.0, receipt_delay=0.05)
+        await self.fake.start()
+        self.outcomes = await TopicReader(self.stack.bootstrap, topic_name(FOLLOWUP_OUTCOMES, self.prefix), 4).start()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.stack.bootstrap, acks="all")
+        await self.producer.start()
+        self.redis = aioredis.Redis.from_url(self.redis_url)
+        self.start_worker()
+        return self
+
+    def start_worker(self) -> None:
+        self.worker = WorkerProcess(
+            self.tmp_path, self.roles, broker=self.stack.bootstrap, redis_url=self.redis_url,
+            topic_prefix=self.prefix, partitions=4, data_dir=self.tmp_path / "data", registry=self.registry,
+            graph_base_url=self.fake.base_url, quiet_hours="off", user_cap_day=0, user_cap_week=0, **self.settings,
+        ).start()
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.worker.stop()
+        await self.outcomes.stop()
+        await self.producer.stop()
+        await self.redis.aclose()
+        await self.fake.stop()
+        await self.relay.stop()
+        assert self.relay.refused == 0
+        assert "Traceback" not in self.worker.log_tail(3000), self.worker.log_tail(80)
+
+    async def publish(self, *records: DeliveryRecord) -> None:
+        """As the generator hands them on: the ledger says generated, then the record."""
+        for record in records:
+            await self.redis.hset(ledger_key(record.user_id), record.followup_id, "generated")
+            await self.producer.send_and_wait(topic_name(DELIVERY_BY_APP[record.app], self.prefix), record.to_json(),
+                                              key=record.user_id.encode())
+
+    def stories(self) -> dict[str, list[dict]]:
+        found: dict[str, list[dict]] = {}
+        for message in self.outcomes.records:
+            value = orjson.loads(message.value)
+            found.setdefault(value["followup_id"], []).append(value)
+        return found
+
+    async def wait_for_stories(self, followup_ids, what: str, timeout: float = 45,
+                               done=lambda story: ending(story) is not None) -> dict[str, list[dict]]:
+        wanted = set(followup_ids)
+
+        def all_done() -> bool:
+            self.worker.check_alive()
+            stories = self.stories()
+            return all(fid in stories and done(stories[fid]) for fid in wanted)
+        await async_wait_for(all_done, timeout, what)
+        return {fid: self.stories()[fid] for fid in wanted}
+
+    async def metric(self, name: str, **labels: str) -> float | None:
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{self.worker.web_port}/metrics") as response:
+            text = await response.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
+
+def record(followup_id: str, user: str, app: str = "whatsapp", bot: str = "maestro",
+           last_inbound_ts: int | None = None) -> DeliveryRecord:
+    now = wall_ms()
+    request = FollowupRequest(followup_id, user, bot, app, due_ts=now - MINUTE,
+                              last_inbound_ts=last_inbound_ts or now - HOUR, inbound_in_window=5)
+    return delivery_record(request, finalize("Two more film scores for you?", "en"), now)
+
+
+def ending(story: list[dict]) -> str | None:
+    """The request's one final outcome, None while it has none; AssertionError if it has two.
+    Receipts add steps after it: delivered, read, a failed status; ``sent`` settling an unknown.
+    A crash between an outcome's publication and the ledger's final state publishes the same
+    outcome again (at least once, never lost): the same ending twice is still one ending."""
+    endings = list(dict.fromkeys(step["outcome"] for step in story if step["outcome"] in ENDINGS))
+    if endings[:2] == ["unknown", "sent"]:
+        endings = endings[:1] + endings[2:]
+    if endings[:2] == ["sent", "failed"]:
+        endings = endings[:1]
+    assert len(endings) <= 1, f"two final outcomes: {story}"
+    return endings[0] if endings else None
+
+
+def steps(story: list[dict]) -> list[str]:
+    return [step["outcome"] for step in story]
+
+
+def never_twice_and_never_over_the_rate(fake: FakeGraph) -> None:
+    """Spec section 9, counted at the platform: at most once per follow-up, and at most the
+    rate per number, page and account in any one-second bucket."""
+    assert [fid for fid, sends in fake.accepted.items() if sends > 1] == []
+    over = {key: n for key, n in fake.per_second.items() if n > RATE}
+    assert over == {}, over
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+START = 1_795_856_400_000  # 2026-11-28T09:00:00Z
+
+
+def conversation(user: str, app: str, event_id: str) -> list[bytes]:
+    return [orjson.dumps({"event_id": f"{event_id}.{i}", "app": app, "user_id": user, "bot_id": "maestro",
+                          "direction": "inbound", "ts": format_ts(START + i * MINUTE), "text": f"question {i} about film music"})
+            for i in range(5)]
+
+
+async def test_canonical_events_in_a_followup_sent_once_then_delivered_and_read(stack, topic_prefix, redis_db, tmp_path):
+    roles = ["ingest", "engine", "context", "generator", "sender"]
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, roles, clock="event") as rig:
+        deliveries = [await TopicReader(stack.bootstrap, topic_name(spec, topic_prefix), 4).start()
+                      for spec in (DELIVERY_WHATSAPP, DELIVERY_FACEBOOK)]
+        try:
+            lines = conversation("16505551234", "whatsapp", "wamid.e2e") + conversation("6945512345678901", "facebook", "m_e2e")
+            lines.append(orjson.dumps({"type": "tick", "ts": format_ts(START + 13 * HOUR)}))
+            assert (await feed(lines, stack.bootstrap, topic_prefix)).errors == []
+            for reader in deliveries:
+                await reader.wait_for(lambda got: got, 60, "the follow-up handed to its delivery topic")
+            sent = {app: orjson.loads(reader.records[0].value) for app, reader in zip(("whatsapp", "facebook"), deliveries)}
+            stories = await rig.wait_for_stories([d["followup_id"] for d in sent.values()], "delivered and read",
+                                                 done=lambda story: steps(story)[-2:] == ["delivered", "read"])
+        finally:
+            for reader in deliveries:
+                await reader.stop()
+        # Each sent once, its body as the generator wrote it, to its app's endpoint (spec section 9).
+        assert sorted(rig.fake.received) == sorted([(f"/v26.0/{WA1}/messages", sent["whatsapp"]["body"]),
+                                                    ("/v26.0/me/messages", sent["facebook"]["body"])])
+        assert sent["whatsapp"]["body"]["biz_opaque_callback_data"] == sent["whatsapp"]["followup_id"]
+        assert sent["facebook"]["body"]["message"]["metadata"] == sent["facebook"]["followup_id"]
+        for delivery in sent.values():
+            fid = delivery["followup_id"]
+            assert rig.fake.accepted[fid] == 1
+            # Its story, on followups.outcomes: generated, sent, then the receipts' delivered and read.
+            assert steps(stories[fid]) == ["generated", "sent", "delivered", "read"], stories[fid]
+        assert rig.relay.relayed >= 6  # WhatsApp sent, delivered, read; Messenger echo, delivery, read
+
+
+# -- every fault of the fake -----------------------------------------------------------------
+
+async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_over_the_rate(stack, topic_prefix, redis_db, tmp_path):
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender", "ingest"]) as rig:
+        fake, made = rig.fake, [0]
+
+        async def batch(mode: str, count: int, app: str = "whatsapp", bot: str = "maestro", fail_times: int | None = None,
+                        last_inbound_ts: int | None = None, done=None) -> dict[str, list[dict]]:
+            """The stories of ``count`` new requests sent while the fake is in ``mode``."""
+            fake.set_mode(mode, fail_times)
+            records = [record(f"{mode}-{made[0] + i}", f"u-{mode}-{made[0] + i}", app, bot, last_inbound_ts) for i in range(count)]
+            made[0] += count
+            started = time.monotonic()
+            await rig.publish(*records)
+            stories = await rig.wait_for_stories([r.followup_id for r in records], f"the {mode} batch",
+                                                 **({"done": done} if done else {}))
+            print(f"\n{mode:>14} x{count} {app}: {time.monotonic() - started:4.1f}s, endings "
+                  f"{sorted({ending(s) for s in stories.values()})}, fake answers {dict(fake.answers)}")
+            return stories
+
+        def endings(stories) -> set[str]:
+            return {ending(story) for story in stories.values()}
+
+        def reasons(stories) -> set:
+            return {next(s["reason"] for s in story if s["outcome"] == ending(story)) for story in stories.values()}
+
+        # The rate: 60 on one number and 20 on another at once, 20 a second each.
+        stories = await batch("ok", 60)
+        stories |= await batch("ok", 20, bot="chef-lucie")
+        assert endings(stories) == {"sent"}
+        assert fake.max_per_second("whatsapp", WA1) >= RATE - 5  # the limit is used, not only kept
+        await rig.wait_for_stories(list(stories), "their receipts", done=lambda story: steps(story)[-1] == "read")
+
+        # Refusals that the platform made before taking the message: tried again, sent once.
+        for mode, app in (("throughput", "whatsapp"), ("too_many", "instagram"), ("pair_rate", "whatsapp"),
+                          ("server_error", "facebook")):
+            assert endings(await batch(mode, 4, app, fail_times=6)) == {"sent"}
+        assert await rig.metric("relance_sends_total", app="whatsapp", result="slow_down") >= 1
+
+        # Refused for good, by their code.
+        window = await batch("window_closed", 3)
+        assert endings(window) == {"cancelled"} and reasons(window) == {"window_closed"}
+        undeliverable = await batch("undeliverable", 3, "facebook")
+        assert endings(undeliverable) == {"failed"} and reasons(undeliverable) == {"551"}
+
+        # Taken by the platform, the answer lost: unknown, never sent again, and the receipts
+        # settle it (sent); or sent at once when a receipt came before the answer was lost.
+        for mode in ("drop", "slow"):
+            lost = await batch(mode, 3, done=lambda story: "sent" in steps(story))
+            assert endings(lost) <= {"unknown", "sent"} and all(fake.accepted[fid] == 1 for fid in lost)
+        fake.set_mode("ok")
+        failed_later = await batch("failed_status", 2, done=lambda story: steps(story)[-1:] == ["failed"])
+        assert all(steps(story) == ["sent", "failed"] for story in failed_later.values()), failed_later
+
+        # Refused before it reached the platform: the platform down, then back.
+        await fake.stop()
+        down = [record(f"down-{i}", f"u-down-{i}") for i in range(3)]
+        await rig.publish(*down)
+        await async_wait_for(lambda: rig.metric("relance_sends_total", app="whatsapp", result="not_reached"), 20,
+                             "a send that could not reach the platform")
+        await fake.start()  # the same port
+        assert endings(await rig.wait_for_stories([r.followup_id for r in down], "sends once the platform is back")) == {"sent"}
+
+        # A platform refusing until the window closes: window_closed, not tried forever.
+        closing = await batch("server_error", 2, last_inbound_ts=wall_ms() - DAY + 2_500)
+        assert endings(closing) == {"cancelled"} and reasons(closing) == {"window_closed"}
+
+        # A refused token: the bot's sends stop (probed once a second), wait, then go once it works.
+        fake.set_mode("token_invalid")
+        held = [record(f"token-{i}", f"u-token-{i}", "instagram") for i in range(4)]
+        requests_before = fake.requests
+        await rig.publish(*held)
+        async def refused() -> bool:
+            return await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 0
+        await async_wait_for(refused, 20, "the token reported refused")
+        await asyncio.sleep(2.0)  # the fault lasts: nothing may end meanwhile
+        assert not set(rig.stories()) & {r.followup_id for r in held}
+        assert fake.requests - requests_before <= 4  # probes, not every request again and again
+        fake.set_mode("ok")
+        assert endings(await rig.wait_for_stories([r.followup_id for r in held], "sends once the token works")) == {"sent"}
+        assert await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 1
+
+        never_twice_and_never_over_the_rate(fake)
+        print(f"\nfake: {fake.requests} requests, {sum(fake.accepted.values())} accepted, busiest second "
+              f"{max(fake.per_second.values())} (limit {RATE})")
+
+
+# -- a crash mid-stream ---------------------------------------------------------------------------
+
+async def test_a_sender_killed_mid_stream_and_restarted_sends_nothing_twice(stack, topic_prefix, redis_db, tmp_path):
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender", "ingest"]) as rig:
+        rig.fake.slow_delay = 0.3  # calls in flight when the blow falls
+        rig.fake.set_mode("slow")
+        records = [record(f"crash-{app}-{bot}-{i}", f"u-crash-{app}-{i}", app, bot)
+                   for i in range(40) for app, bot in (("whatsapp", "maestro"), ("whatsapp", "chef-lucie"), ("facebook", "maestro"))]
+        await rig.publish(*records)
+        await async_wait_for(lambda: rig.worker.check_alive() and sum(rig.fake.accepted.values()) >= 30, 30, "sends under way")
+        rig.worker.kill()
+        in_flight = sum(rig.fake.accepted.values()) - sum(ending(s) == "sent" for s in rig.stories().values())
+        rig.start_worker()
+        stories = await rig.wait_for_stories([r.followup_id for r in records], "every request ended", timeout=90)
+        # An unknown send is settled by its receipt when one comes: the platform had them all.
+        stories = await rig.wait_for_stories(list(stories), "the unknown ones settled",
+                                             done=lambda story: ending(story) == "sent" or steps(story)[:2] == ["unknown", "sent"])
+    never_twice_and_never_over_the_rate(rig.fake)
+    counts = {name: sum(ending(story) == name for story in stories.values()) for name in ENDINGS}
+    republished = sum(len(steps(story)) != len(set(steps(story))) for story in stories.values())
+    print(f"\nkilled with ~{in_flight} accepted but not yet recorded: endings {counts} (each unknown settled "
+          f"sent by its receipt; {republished} outcome(s) published again after the crash), "
+          f"fake accepted {sum(rig.fake.accepted.values())} of {len(records)}")
+    assert counts["sent"] + counts["unknown"] == len(records)
+    assert len(rig.fake.accepted) == len(records)  # each taken once by the platform
