@@ -125,3 +125,15 @@ class Ledger:
     def queue_exists(pipe, request: FollowupRequest) -> None:
         """Queue, in a caller's pipeline, whether the request's field still exists (not erased)."""
         pipe.hexists(ledger_key(request.user_id), request.followup_id)
+
+
+def durability_problems(info: dict) -> list[str]:
+    """What makes a Redis unfit to keep the ledger, from its ``INFO`` (persistence and
+    memory sections): a restart would forget which follow-ups went out, or an eviction
+    would forget one, and the same follow-up could go twice."""
+    problems = []
+    if int(info.get("aof_enabled", 0)) != 1:
+        problems.append("the append-only file is off (appendonly no): a restart loses the ledger")
+    if info.get("maxmemory_policy", "noeviction") != "noeviction":
+        problems.append(f"maxmemory-policy is {info['maxmemory_policy']}: it may evict ledger keys")
+    return problems
