@@ -118,6 +118,10 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     return topic, int(counted * len(items) / events), seconds
 
 
+def _from(source: str | None) -> str:
+    return "" if source is None else f" (from {source})"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     users = max(4, args.events // 98)  # about 98 records per user over 14 days
     lines = canonical_lines(users, 14.0, args.seed, limit=args.events)
@@ -127,7 +131,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
     core = [core_rates(lines, args.partitions) for _ in range(args.repeat)]
     plain: list[float] = []
-    engine: dict[int, list[float]] = {k: [] for k in worker_counts}
+    # (workers, source): source None is this tree; --before runs another tree beside it.
+    sources = [None] + ([args.before] if args.before else [])
+    engine: dict[tuple[int, str | None], list[float]] = {(k, source): [] for k in worker_counts for source in sources}
     with bench_stack(args) as (bootstrap, redis_url, work):
         own_redis = not args.redis_url
         run = 0
@@ -135,13 +141,14 @@ async def main_async(args: argparse.Namespace) -> None:
         for repetition in range(args.repeat):
             topic = None
             for k in worker_counts:
-                run += 1
-                url = redis_db_url(redis_url, run, flush=own_redis)
-                topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
-                                                           args.timeout)
-                engine[k].append(records / seconds)
-                print(f"  rep {repetition + 1}: engine x{k}: {records:,} records committed in {seconds:.2f}s "
-                      f"({records / seconds:,.0f}/s)", flush=True)
+                for source in sources:  # alternating, so both see the same machine
+                    run += 1
+                    url = redis_db_url(redis_url, run, flush=own_redis)
+                    topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
+                                                               args.timeout, pythonpath=source)
+                    engine[k, source].append(records / seconds)
+                    print(f"  rep {repetition + 1}: engine x{k}{_from(source)}: {records:,} records committed in "
+                          f"{seconds:.2f}s ({records / seconds:,.0f}/s)", flush=True)
             count, seconds = await plain_consume(bootstrap, topic, args.partitions, len(items))
             plain.append(count / seconds)
             print(f"  rep {repetition + 1}: plain consumer {count:,} in {seconds:.2f}s ({count / seconds:,.0f}/s)",
@@ -154,7 +161,8 @@ async def main_async(args: argparse.Namespace) -> None:
     for name in ("parse", "feed", "parse+feed", "parse+feed+encode"):
         rows.append((f"DecisionCore in-process: {name}", [c[name] for c in core]))
     for k in worker_counts:
-        rows.append((f"engine worker x{k} (relance worker)", engine[k]))
+        for source in sources:
+            rows.append((f"engine worker x{k}{_from(source)}", engine[k, source]))
     for name, values in rows:
         median = sorted(values)[len(values) // 2]
         print(f"{name:<40} {spread(values):>30} {median / limit:>8.3f}x")
@@ -164,10 +172,13 @@ async def main_async(args: argparse.Namespace) -> None:
         values = [c[name] for c in core]
         result(f"core_{name.replace('+', '_')}", statistics.median(values), "events/s", spread=spread(values).replace(" ", ""))
     for k in worker_counts:
-        result(f"engine_x{k}", statistics.median(engine[k]), "events/s", spread=spread(engine[k]).replace(" ", ""),
-               ratio_plain=f"{statistics.median(engine[k]) / statistics.median(plain):.4f}")
-    if 1 in engine and 2 in engine:
-        result("engine_x2_over_x1", statistics.median(engine[2]) / statistics.median(engine[1]), "ratio")
+        rates = engine[k, None]
+        result(f"engine_x{k}", statistics.median(rates), "events/s", spread=spread(rates).replace(" ", ""),
+               ratio_plain=f"{statistics.median(rates) / statistics.median(plain):.4f}")
+        if args.before:
+            result(f"engine_x{k}_over_before", statistics.median(rates) / statistics.median(engine[k, args.before]), "ratio")
+    if 1 in worker_counts and 2 in worker_counts:
+        result("engine_x2_over_x1", statistics.median(engine[2, None]) / statistics.median(engine[1, None]), "ratio")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1,2", help="engine worker counts to run, comma-separated")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
+    parser.add_argument("--before", metavar="TREE", help="also run the engine from this copy of the code (a git "
+                        "worktree of an earlier commit), alternating with this one, and print the ratio")
     add_stack_flags(parser)
     asyncio.run(main_async(parser.parse_args(argv)))
 

@@ -11,6 +11,7 @@ children in their own process group and are tracked by pid files in a state fold
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ __all__ = [
 # Newest Kafka on Maven Central that faust-streaming 0.15.3 + aiokafka 0.14 work against
 # (tests/test_localstack.py proves it). Keep in step with deploy/kafka/pom.xml.
 KAFKA_VERSION = "4.4.0"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 INSTALL_JAVA = "apt-get install openjdk-17-jre-headless maven"
@@ -134,14 +136,25 @@ def stop_pid(pid: int, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel sends it SIGTERM when the process that started it
+    dies, however that one ends (SIGKILL included). Tests and the demo start their servers
+    and workers so; nothing they start can outlive them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 class _Server:
-    """A detached server process tracked by a pid file in the state folder."""
+    """A server process in a session of its own, tracked by a pid file in the state folder."""
 
     name = "server"
 
-    def __init__(self, state_dir: Path | str, port: int) -> None:
+    def __init__(self, state_dir: Path | str, port: int, outlive_parent: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
+        # `relance broker up` leaves its servers running; tests and the demo tie theirs to themselves.
+        self.outlive_parent = outlive_parent
         self.pid_file = self.state_dir / f"{self.name}.pid"
         self.log_file = self.state_dir / f"{self.name}.log"
 
@@ -183,6 +196,7 @@ class _Server:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.state_dir, start_new_session=True,
+                preexec_fn=None if self.outlive_parent else die_with_parent,
             )
         self.pid_file.write_text(f"{process.pid} {process_start_time(process.pid)}\n")
         try:
@@ -277,9 +291,9 @@ class KafkaBroker(_Server):
 
     name = "kafka"
 
-    def __init__(self, state_dir: Path | str, port: int = 19092,
-                 controller_port: int | None = None, version: str = KAFKA_VERSION) -> None:
-        super().__init__(state_dir, port)
+    def __init__(self, state_dir: Path | str, port: int = 19092, controller_port: int | None = None,
+                 version: str = KAFKA_VERSION, outlive_parent: bool = False) -> None:
+        super().__init__(state_dir, port, outlive_parent)
         self.controller_port = controller_port or port + 1
         self.version = version
         self.config_file = self.state_dir / "kafka.properties"
@@ -352,7 +366,7 @@ num.partitions=1
 # -- Redis ---------------------------------------------------------------------------------
 
 class RedisServer(_Server):
-    """redis-server with a generated config: no persistence, data in the state folder."""
+    """redis-server with a generated config: append-only persistence, data in the state folder."""
 
     name = "redis"
 
@@ -366,9 +380,12 @@ class RedisServer(_Server):
         data.mkdir(parents=True, exist_ok=True)
         config = self.state_dir / "redis.conf"
         config.write_text(
-            "# Written by devstack.localstack: a throwaway Redis for development and tests.\n"
+            "# Written by devstack.localstack, configured as production should be (README, Redis):\n"
+            "# every write in the append-only file before it is acknowledged, flushed to disk each\n"
+            "# second, and no key ever evicted (a lost ledger field would let a follow-up go twice).\n"
             f"port {self.port}\nbind 127.0.0.1\ndir {data}\n"
-            'save ""\nappendonly no\ndaemonize no\nlogfile ""\n')
+            'save ""\nappendonly yes\nappendfsync everysec\nmaxmemory-policy noeviction\n'
+            'daemonize no\nlogfile ""\n')
         return [redis_server, str(config)]
 
     def probe(self) -> None:
@@ -387,13 +404,13 @@ class LocalStack:
     """Kafka and Redis together, sharing one state folder."""
 
     def __init__(self, state_dir: Path | str, kafka_port: int = 19092, redis_port: int = 16379,
-                 controller_port: int | None = None) -> None:
+                 controller_port: int | None = None, outlive_parent: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port)
-        self.redis = RedisServer(self.state_dir, redis_port)
+        self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port, outlive_parent=outlive_parent)
+        self.redis = RedisServer(self.state_dir, redis_port, outlive_parent)
 
     @classmethod
-    def of(cls, settings: Settings, state_dir: Path | str) -> "LocalStack":
+    def of(cls, settings: Settings, state_dir: Path | str, outlive_parent: bool = False) -> "LocalStack":
         """The stack the settings point at: Kafka and Redis on their ports of 127.0.0.1."""
         host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
         redis = urlsplit(settings.redis_url)
@@ -402,7 +419,7 @@ class LocalStack:
                 raise SettingError(f"setting {name}: the local stack listens on 127.0.0.1, not {address}")
         if not kafka_port.isdigit():
             raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
-        return cls(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379)
+        return cls(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379, outlive_parent=outlive_parent)
 
     @property
     def bootstrap(self) -> str:

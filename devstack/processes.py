@@ -12,7 +12,7 @@ from typing import Iterator
 
 import orjson
 
-from devstack.localstack import REPO_ROOT, free_port
+from devstack.localstack import REPO_ROOT, die_with_parent, free_port
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
 
@@ -53,7 +53,7 @@ class WorkerProcess:
             args += ["--role", role]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, cwd=self.cwd)
+                                            start_new_session=True, cwd=self.cwd, preexec_fn=die_with_parent)
         return self
 
     @property

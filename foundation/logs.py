@@ -14,7 +14,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "logging_config"]
+__all__ = ["JsonFormatter", "RepeatLimit", "logging_config"]
+
+REPEAT_WINDOW_S = 10.0
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -41,6 +43,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+class RepeatLimit(logging.Filter):
+    """At most one line per ``window`` seconds for each warning or error of the same logger
+    and message template; the line that ends a quiet spell says how many it stood for
+    (``repeated``). A broker outage makes aiokafka log the same failure thousands of times
+    a second from every worker: its start is logged at once, its course once per window."""
+
+    def __init__(self, window: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, int, object], list] = {}  # key -> [last passed at, suppressed since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.msg)
+        seen = self._seen.get(key)
+        if seen is None or record.created - seen[0] >= self.window:
+            if seen is not None and seen[1]:
+                record.repeated = seen[1]
+            self._seen[key] = [record.created, 0]
+            if len(self._seen) > 10_000:  # templates are few; never let odd ones grow it
+                self._seen.clear()
+            return True
+        seen[1] += 1
+        return False
+
+
 def _utc(created: float) -> str:
     moment = datetime.fromtimestamp(created, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -54,8 +83,10 @@ def logging_config(level: str | int = "info", stream: str = "ext://sys.stderr") 
         # Loggers created at import time (faust, aiokafka, relance.*) must keep logging.
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"repeats": {"()": RepeatLimit}},
         "handlers": {
-            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": stream},
+            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": stream,
+                     "filters": ["repeats"]},
         },
         "root": {"level": level_name, "handlers": ["json"]},
     }

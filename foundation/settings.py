@@ -170,13 +170,15 @@ class Settings:
     # -- running ---------------------------------------------------------------------
     clock: str = setting("wall", "wall (current UTC time) or event (largest ts seen, and ticks).", _choice("wall", "event"))
     broker: str = setting("127.0.0.1:19092", "Kafka bootstrap servers, host:port[,host:port].")
-    redis_url: str = setting("redis://127.0.0.1:16379/0", "Redis URL for the emission ledger and conversation context.")
+    redis_url: str = setting("redis://127.0.0.1:16379/0", "Redis URL for the follow-up ledger and conversation context.")
+    redis_durability: str = setting("require", "require: a worker refuses a Redis that could lose the ledger (no append-only file, or evicting keys); warn: it only logs it.", _choice("require", "warn"))
     topic_prefix: str = setting("", "Prefix of every topic name, to run several pipelines on one broker.")
     partitions: int = setting(4, "Partitions of the keyed topics when Relance creates them.", _positive_int)
     app_id: str = setting("relance", "Kafka consumer group and Faust application id.")
     data_dir: str = setting(".relance/data", "Where a worker keeps its local files (Faust's own, and the rocksdb store).")
     store: str = setting("memory", "Where the engine keeps idle users (packed) and due times: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
+    shutdown_grace: int = setting(10_000, "How long a stopping worker may take before it exits anyway, leaving what it could not flush to the next owner.", parse_duration)
     # -- generation and delivery -------------------------------------------------------
     context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
     llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)

@@ -336,6 +336,18 @@ class Ledger:
         pipe.hexists(ledger_key(request.user_id), request.followup_id)
 
 
+def durability_problems(info: dict) -> list[str]:
+    """What makes a Redis unfit to keep the ledger, from its ``INFO`` (persistence and
+    memory sections): a restart would forget which follow-ups went out, or an eviction
+    would forget one, and the same follow-up could go twice."""
+    problems = []
+    if int(info.get("aof_enabled", 0)) != 1:
+        problems.append("the append-only file is off (appendonly no): a restart loses the ledger")
+    if info.get("maxmemory_policy", "noeviction") != "noeviction":
+        problems.append(f"maxmemory-policy is {info['maxmemory_policy']}: it may evict ledger keys")
+    return problems
+
+
 def sending_state(attempt: int, lease_end: int) -> str:
     """What ``claim_send`` wrote for attempt ``attempt``."""
     return f"sending:{attempt}:{lease_end}"

@@ -15,6 +15,9 @@ from typing import Any, Awaitable, Callable, Protocol
 import faust
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 from aiokafka import ConsumerRecord
 
 from foundation.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
@@ -25,6 +28,7 @@ from streams.outbox import Outbox
 from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
 
 log = logging.getLogger("relance")
+REDIS_RETRIES = 20
 
 
 
@@ -51,7 +55,14 @@ class Wiring:
     def redis(self) -> aioredis.Redis:
         # Created on first use, inside the worker's event loop.
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+            self._redis = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                # A restarted Redis leaves every pooled connection stale: each command
+                # retries on a fresh one for about 15 s before the stage gives up and crashes.
+                retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                health_check_interval=30,
+            )
         return self._redis
 
     async def producer(self) -> Any:

@@ -6,6 +6,7 @@ tests do not see each other's data although they share the servers.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +19,16 @@ from streams.admin import create_topics
 from streams.topics import CATALOG
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from waiting import wait_for`
+
+
+def _interrupted(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+# SIGTERM to pytest (a CI runner cancelling, a supervisor) ends it as Ctrl-C does, so the
+# fixtures' teardown stops every server and worker; and each of those was started to
+# die with the process that started it (devstack.localstack.die_with_parent) if even that fails.
+signal.signal(signal.SIGTERM, _interrupted)
 
 TEST_PARTITIONS = 4
 TEST_REDIS_DB = 1  # db 0 stays the stack's default; each test starts from an empty db 1

@@ -148,6 +148,10 @@ def test_compose_runs_each_worker_role_against_the_compose_kafka_and_redis():
     # the same Kafka as `relance broker`, so a test that passes locally passes in compose
     assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
     assert services["redis"]["image"].startswith("redis:7")
+    # The ledger's Redis keeps its data across restarts and never evicts a key (issue 14).
+    redis_command = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_command and "--maxmemory-policy noeviction" in redis_command
+    assert any(volume.split(":")[:2] == ["redis-data", "/data"] for volume in services["redis"]["volumes"])
     assert services["topics"]["command"] == ["topics", "create"]
     run: set[str] = set()
     for role in ROLES:

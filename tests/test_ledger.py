@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.records import FollowupRequest
-from streams.ledger import BUSY, CLAIMED, DONE, MISSING, STALE, Ledger, ledger_key
+from streams.ledger import BUSY, CLAIMED, DONE, MISSING, STALE, Ledger, durability_problems, ledger_key
 
 REQUEST = FollowupRequest("f-1", "u-1", "maestro", "whatsapp", 1_795_856_400_000, 1_795_813_200_000, 5)
 
@@ -48,6 +48,21 @@ async def test_published_requests_are_never_published_again_and_erasure_forgets_
     assert 0 < await redis_client.ttl(ledger_key("u-1")) <= 60
     await ledger.erase(["u-1"])
     assert await ledger.unpublished([REQUEST]) == [REQUEST]
+
+
+@pytest.mark.parametrize("info, problems", [
+    ({"aof_enabled": 1, "maxmemory_policy": "noeviction"}, 0),
+    ({"aof_enabled": 0, "maxmemory_policy": "noeviction"}, 1),
+    ({"aof_enabled": 1, "maxmemory_policy": "allkeys-lru"}, 1),
+    ({"aof_enabled": 0, "maxmemory_policy": "volatile-ttl"}, 2),  # the ledger's keys have a TTL
+])
+def test_a_redis_that_could_lose_the_ledger_is_named_so(info, problems):
+    assert len(durability_problems(info)) == problems
+
+
+@pytest.mark.kafka
+async def test_the_local_stack_redis_keeps_the_ledger(redis_client):
+    assert durability_problems(await redis_client.info()) == []
 
 
 # -- the sender's moves (spec section 9: at most once) --------------------------------------

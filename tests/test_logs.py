@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from foundation.logs import JsonFormatter, logging_config
+from foundation.logs import JsonFormatter, RepeatLimit, logging_config
 
 
 def _logged(emit) -> list[dict]:
@@ -49,3 +49,24 @@ def test_the_config_gives_json_to_every_logger():
     assert config["root"] == {"level": "WARNING", "handlers": ["json"]}
     assert config["disable_existing_loggers"] is False
     assert config["formatters"]["json"]["()"] is JsonFormatter
+
+
+def _record(created: float, message: str = "Unable connect to node with id %s", level: int = logging.ERROR):
+    record = logging.LogRecord("aiokafka", level, __file__, 1, message, (1,), None)
+    record.created = created
+    return record
+
+
+def test_an_outage_is_logged_when_it_starts_and_then_at_a_bounded_rate():
+    # Issue 14: a broker outage made three workers write about 8,000 lines in 20 s.
+    limit = RepeatLimit(window=10.0)
+    passed = [record for t in range(2000) if limit.filter(record := _record(t * 0.01))]  # 20 s, 100 a second
+    assert len(passed) == 2  # the start, and once in the second window
+    assert getattr(passed[0], "repeated", 0) == 0 and passed[1].repeated == 999
+    other = _record(5.0, "another failure %s")
+    assert limit.filter(other)  # another message is not hidden by the first
+    assert limit.filter(_record(5.0, level=logging.INFO))  # nor is information
+
+
+def test_the_worker_logging_config_limits_repeats():
+    assert logging_config()["handlers"]["json"]["filters"] == ["repeats"]

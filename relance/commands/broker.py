@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.load({"broker": args.broker, "redis_url": args.redis_url,
                               "topic_prefix": args.topic_prefix, "partitions": args.partitions})
-    stack = LocalStack.of(settings, STATE_DIR)
+    stack = LocalStack.of(settings, STATE_DIR, outlive_parent=True)
     try:
         if args.action == "up":
             began = time.monotonic()

@@ -29,7 +29,9 @@ from pathlib import Path
 import orjson
 
 from relance.cliflags import add_setting_flags, load_settings
-from devstack.localstack import REPO_ROOT, LocalStack, StackError, fetch_kafka, pid_alive, port_in_use, stop_pid
+from devstack.localstack import (
+    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, pid_alive, port_in_use, stop_pid,
+)
 from devstack.processes import worker_ready
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
@@ -126,7 +128,7 @@ def start_child(name: str, args: list[str], env: dict[str, str], log_path: Path,
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "relance.cli", *args], env=env, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
     return Child(name, process, log_path, web_port)
 

@@ -8,7 +8,7 @@ from relance.cliflags import add_setting_flags, load_settings
 
 WORKER_SETTINGS = (
     "clock", "broker", "redis_url", "topic_prefix", "partitions", "app_id", "data_dir", "store",
-    "web_port", "registry", "llm_base_url", "llm_model", "graph_base_url",
+    "web_port", "registry", "llm_base_url", "llm_model", "shutdown_grace", "redis_durability", "graph_base_url",
 )
 
 
@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a Relance worker. Workers with the same app id share the partitions "
         "of every topic, so more workers means more throughput. Topics of the catalog are "
         "created first if missing. Health at /health, metrics at /metrics, a pair's state at "
-        "/explain on --web-port. Logs are JSON, one object a line, on standard error.",
+        "/explain on --web-port. Logs are JSON, one object a line, on standard error. On "
+        "SIGTERM it stops within --shutdown-grace, whatever the broker and Redis are doing.",
     )
     parser.add_argument(
         "--role", action="append", choices=ROLES, metavar="ROLE",
@@ -32,9 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import faust
-
     from streams.admin import create_topics
+    from streams.process import BoundedWorker
     from foundation.logs import logging_config
     from relance.app import ROLES, build
     from streams.topics import CATALOG
@@ -42,8 +42,30 @@ def run(args: argparse.Namespace) -> int:
     log_config = logging_config(args.loglevel)
     logging.config.dictConfig(log_config)  # JSON from the first line, before Faust takes over
     settings = load_settings(args)
+    check_redis(settings)
     create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions)
     wiring = build(settings, tuple(args.role or ROLES))
-    worker = faust.Worker(wiring.app, loglevel=args.loglevel, quiet=True, logging_config=log_config)
+    worker = BoundedWorker(wiring.app, grace=settings.shutdown_grace / 1000, loglevel=args.loglevel,
+                           quiet=True, logging_config=log_config)
     worker.execute_from_commandline()
     return 0
+
+
+def check_redis(settings) -> None:
+    """Refuse (or warn about) a Redis that could lose the ledger, before anything starts."""
+    import redis
+
+    from foundation.settings import SettingError
+    from streams.ledger import durability_problems
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
+    try:
+        problems = durability_problems(client.info())
+    finally:
+        client.close()
+    if not problems:
+        return
+    message = f"Redis at {settings.redis_url.rsplit('@', 1)[-1]} cannot keep the ledger safely: " + "; ".join(problems)
+    if settings.redis_durability == "require":
+        raise SettingError(message + " (README, Redis; or set redis_durability=warn)")
+    logging.getLogger("relance.worker").warning(message)
