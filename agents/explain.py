@@ -19,6 +19,7 @@ import orjson
 
 from foundation.settings import Settings
 from schemas.records import DecisionRecord
+from streams.ledger import Ledger
 from streams.outbox import partition_for
 from streams.wiring import Wiring
 
@@ -73,6 +74,8 @@ def install_explain(wiring: Wiring, engine: Engine) -> RecentDecisions:
         if not user_id or not bot_id:
             return web.json({"error": "ask with ?user=USER_ID&bot=BOT_ID"}, status=400)
         status, body = explain(wiring.settings, engine, recent, user_id, bot_id)
+        if status == 200 and engine.ledger is not None:
+            await add_where_followups_stand(engine.ledger, body)
         return web.json(body, status=status)
 
     @app.timer(interval=SWEEP_SECONDS)
@@ -80,6 +83,15 @@ def install_explain(wiring: Wiring, engine: Engine) -> RecentDecisions:
         recent.forget_users(engine.holds_user)
 
     return recent
+
+
+async def add_where_followups_stand(ledger: Ledger, body: dict) -> None:
+    """Each emitted decision's follow-up as the ledger holds it: sent, unknown, failed...
+    and the furthest receipt (delivered, read): the end of its story (spec section 9)."""
+    emitted = [decision for decision in body["decisions"] if decision["outcome"] == "emitted"]
+    stands = await ledger.where_they_stand(body["user_id"], [decision["followup_id"] for decision in emitted])
+    for decision in emitted:
+        decision["followup"] = stands[decision["followup_id"]]
 
 
 def explain(settings: Settings, engine: Engine, recent: RecentDecisions, user_id: str, bot_id: str) -> tuple[int, dict]:

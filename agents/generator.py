@@ -31,6 +31,7 @@ from agents.context import read_context
 from domain.delivery import delivery_record
 from domain.honesty import FinalText, finalize, safe_template
 from domain.lastcheck import cancel_reason
+from domain.sendapi import backoff_ms
 from domain.writing import LLMError, PromptInputs
 from streams.llm import ChatCompletionsClient, CircuitOpen, LLMConfig, make_writer
 from foundation.metrics import label
@@ -59,10 +60,9 @@ LEDGER_POLL_S = 0.1
 # -- pure decisions ----------------------------------------------------------------------
 
 def retry_delay_ms(tries: int, base_ms: int, rng: random.Random) -> int:
-    """Exponential backoff after ``tries`` failed tries, with jitter (half to all of it),
-    so the requests of one LLM outage do not all come back at once."""
-    ceiling = min(MAX_RETRY_WAIT_MS, base_ms * 2 ** (tries - 1))
-    return int(ceiling * (0.5 + rng.random() / 2))
+    """Exponential backoff after ``tries`` failed tries, with jitter, so the requests of one
+    LLM outage do not all come back at once."""
+    return backoff_ms(tries, base_ms, MAX_RETRY_WAIT_MS, rng)
 
 
 def wait_ms(not_before: int | None, now: int) -> int:

@@ -40,8 +40,6 @@ import argparse
 import asyncio
 import base64
 import collections
-import hashlib
-import hmac
 import os
 import secrets
 import signal
@@ -53,6 +51,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from devstack.webhook_relay import hub_signature
 from schemas.registry import BotRegistry
 
 ERROR_MODES = ("throughput", "pair_rate", "too_many", "server_error", "window_closed", "undeliverable", "token_invalid")
@@ -284,8 +283,7 @@ class FakeGraph:
 
     async def _post(self, app: str, body: bytes) -> None:
         """Signed as Meta signs; tried again a few times, as Meta does, when refused."""
-        signature = "sha256=" + hmac.new(self.app_secret, body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": hub_signature(self.app_secret, body)}
         for attempt in range(5):
             try:
                 async with self._http.post(f"{self.callback_url}/webhooks/{app}", data=body, headers=headers) as answer:

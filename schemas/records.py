@@ -454,17 +454,21 @@ class FollowupAttempt:
     not_before: int | None = None  # wall ms
 
     def to_json(self) -> bytes:
-        body = self.request.to_dict()
-        body["tries"] = self.tries
-        if self.not_before is not None:
-            body["not_before"] = format_ts(self.not_before)
-        return orjson.dumps(body)
+        return _with_tries(self.request.to_dict(), self.tries, self.not_before)
 
 
 def parse_attempt(obj: Any) -> FollowupAttempt:
     """A retry record, or a plain request (no tries yet)."""
     request = parse_followup(obj)
     return FollowupAttempt(request, *_tries_and_not_before(obj))
+
+
+def _with_tries(body: dict, tries: int, not_before: int | None) -> bytes:
+    """A retry record: the record's fields, the tries made, and when to try again."""
+    body["tries"] = tries
+    if not_before is not None:
+        body["not_before"] = format_ts(not_before)
+    return orjson.dumps(body)
 
 
 def _tries_and_not_before(obj: dict) -> tuple[int, int | None]:
@@ -747,11 +751,7 @@ class SendAttempt:
     not_before: int | None = None  # wall ms
 
     def to_json(self) -> bytes:
-        body = self.delivery.to_dict()
-        body["tries"] = self.tries
-        if self.not_before is not None:
-            body["not_before"] = format_ts(self.not_before)
-        return orjson.dumps(body)
+        return _with_tries(self.delivery.to_dict(), self.tries, self.not_before)
 
 
 def parse_send_attempt(obj: Any) -> SendAttempt:

@@ -315,6 +315,13 @@ class Ledger:
         """Compare and set: ``expected`` -> ``state``; False when the field is not ``expected``."""
         return bool(await self._move(keys=[ledger_key(request.user_id)], args=[request.followup_id, expected, state]))
 
+    async def where_they_stand(self, user_id: str, followup_ids: list[str]) -> dict[str, dict]:
+        """Each follow-up's state and the furthest receipt, for ``relance explain``."""
+        fields = [field for fid in followup_ids for field in (fid, f"{fid}:receipt")]
+        values = await self.redis.hmget(ledger_key(user_id), fields) if fields else []
+        shown = [value.decode() if value is not None else None for value in values]
+        return {fid: {"state": shown[2 * i], "receipt": shown[2 * i + 1]} for i, fid in enumerate(followup_ids)}
+
     # -- receipts (ingest) -------------------------------------------------------------------
 
     async def receipt_outcomes(self, receipts: list[Receipt], apply: bool) -> list[list[tuple[str, str]]]:

@@ -1,4 +1,5 @@
-"""`relance demo`, the README's main command: it delivers follow-ups, then leaves nothing running."""
+"""`relance demo`, the README's main command: it writes and sends follow-ups, gets their
+receipts back, then leaves nothing running."""
 from __future__ import annotations
 
 import re
@@ -34,10 +35,12 @@ def test_demo_delivers_followups_and_stops_everything_it_started(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "kafka up in" in output and "redis up in" in output  # it started its own stack
-    assert re.search(r"^follow-up delivered ", result.stdout, re.M), output[-4000:]
-    delivered = int(re.search(r"summary: (\d+) follow-ups delivered", result.stdout).group(1))
-    assert delivered >= 1
+    assert re.search(r"^follow-up written ", result.stdout, re.M), output[-4000:]
+    summary = re.search(r"summary: (\d+) follow-ups written, (\d+) sent, (\d+) delivered, (\d+) read", result.stdout)
+    written, sent, delivered, read = (int(n) for n in summary.groups())
+    # Written, sent to the (fake) platform, and its receipts back (spec section 9).
+    assert written >= 1 and sent >= 1 and delivered >= 1, summary.group(0)
     started = [int(pid) for pid in re.findall(r"pid (\d+)", result.stdout)]
-    assert len(started) == 5, output  # redis, kafka, two workers, the simulator
+    assert len(started) == 7, output  # redis, kafka, the relay, the fake Graph API, two workers, the simulator
     assert [pid for pid in started if pid_alive(pid)] == []
     assert not any(port_in_use(port) for port in (kafka_port, kafka_port + 1, redis_port, web_port, web_port + 1))

@@ -4,13 +4,13 @@ receipts back on ``followups.outcomes``; then, under every fault mode of the fak
 the sender SIGKILLed mid-stream, the spec's promises counted where the platform would
 count them: no follow-up sent twice, one final outcome each, never over a number's rate.
 
-Webhooks come back through ``tests/webhook_relay.py``, which checks each signature and
+Webhooks come back through ``devstack/webhook_relay.py``, which checks each signature and
 writes the body to ``raw.<app>`` as the gateway does, for ingest to read.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.fake_graph import FakeGraph, accounts_from_registry
 from devstack.feeder import feed
-from devstack.processes import WorkerProcess
+from devstack.processes import RELANCE, WorkerProcess
+from devstack.webhook_relay import WebhookRelay
 from domain.delivery import delivery_record
 from domain.honesty import finalize
 from foundation.clock import wall_ms
@@ -33,7 +34,6 @@ from streams.ledger import ledger_key
 from streams.topics import DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, topic_name
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
-from tests.webhook_relay import WebhookRelay
 
 pytestmark = pytest.mark.kafka
 
@@ -228,6 +228,10 @@ async def test_canonical_events_in_a_followup_sent_once_then_delivered_and_read(
             # Its story, on followups.outcomes: generated, sent, then the receipts' delivered and read.
             assert steps(stories[fid]) == ["generated", "sent", "delivered", "read"], stories[fid]
         assert rig.relay.relayed >= 6  # WhatsApp sent, delivered, read; Messenger echo, delivery, read
+        # `relance explain` tells the end of the story, from the engine's decision and the ledger.
+        told = subprocess.run([RELANCE, "explain", "16505551234", "maestro", "--worker",
+                               f"http://127.0.0.1:{rig.worker.web_port}"], capture_output=True, text=True, timeout=30)
+        assert f"follow-up {sent['whatsapp']['followup_id']}: sent, then read" in told.stdout, told.stdout + told.stderr
 
 
 # -- every fault of the fake -----------------------------------------------------------------

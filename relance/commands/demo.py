@@ -1,11 +1,13 @@
 """``relance demo``: the whole pipeline on this machine, with live traffic and a live view.
 
 Starts Kafka and Redis (unless they already run on the ports), creates a fresh set of
-topics, starts two workers (ingest + engine + context, and generator) and a simulator
-posting native webhooks in real time, then shows what happens, twice a second: messages
-per second per app, pairs tracked, decisions by outcome and reason, follow-ups delivered
-per app, and the latest follow-ups written. Ctrl-C stops everything it started, by pid:
-the simulator, the workers, then Kafka and Redis.
+topics, starts the project's fake Graph API (the platforms' send APIs, which post signed
+receipts back) and a webhook relay that writes them to raw.<app> as the gateway does, two
+workers (ingest + engine + context, and generator + sender) and a simulator posting native
+webhooks in real time, then shows what happens, twice a second: messages per second per
+app, pairs tracked, decisions by outcome and reason, follow-ups written, sent, delivered
+and read per app, and the latest follow-ups written. Ctrl-C stops everything it started,
+by pid: the simulator, the workers, the fake Graph API and the relay, then Kafka and Redis.
 
 So that follow-ups happen within a minute, the demo shortens the rule: a pair is due 20
 seconds after its last message (--idle-delay), 3 inbound messages are enough, the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,9 +31,11 @@ from pathlib import Path
 
 import orjson
 
+from schemas.registry import BotRegistry
+
 from relance.cliflags import add_setting_flags, load_settings
 from devstack.localstack import (
-    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, pid_alive, port_in_use, stop_pid,
+    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
 )
 from devstack.processes import worker_ready
 from streams.admin import create_topics, run_sync
@@ -45,7 +50,7 @@ READY_TIMEOUT_SECONDS = 120.0
 RATE_WINDOW_SECONDS = 5.0
 LATEST_SHOWN = 6
 ENGINE_ROLES = ("ingest", "engine", "context")
-GENERATOR_ROLES = ("generator",)
+GENERATOR_ROLES = ("generator", "sender")
 DEFAULT_WEB_PORT = Settings().web_port
 
 
@@ -124,10 +129,11 @@ class Child:
             return "(no log)"
 
 
-def start_child(name: str, args: list[str], env: dict[str, str], log_path: Path, web_port: int | None = None) -> Child:
+def start_child(name: str, args: list[str], env: dict[str, str], log_path: Path, web_port: int | None = None,
+                module: str = "relance.cli") -> Child:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "relance.cli", *args], env=env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
     return Child(name, process, log_path, web_port)
@@ -142,8 +148,12 @@ class Demo:
         self.registry = _registry_path(settings.registry)
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
         self.workers: list[Child] = []
+        self.platform: list[Child] = []   # the fake Graph API and the webhook relay
         self.simulator: Child | None = None
         self.topics_created = False
+        self.app_secret = secrets.token_hex(16)
+        self.tokens = demo_tokens(BotRegistry.load(self.registry))
+        self.graph_url = ""
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -156,6 +166,7 @@ class Demo:
         create_topics(self.settings.broker, CATALOG, self.prefix, self.settings.partitions)
         self.topics_created = True
         self.say(f"topics created with prefix {self.prefix!r}; logs in {self.run_dir}")
+        self.start_platform()
         self.start_workers()
         self.start_simulator()
         view = LiveView(self, duration=self.args.duration)
@@ -186,8 +197,33 @@ class Demo:
             # The demo's short rule, so that follow-ups happen within a minute.
             "RELANCE_IDLE_DELAY": self.args.idle_delay, "RELANCE_MIN_INBOUND": "3",
             "RELANCE_MESSAGING_WINDOW": "10m", "RELANCE_QUIET_HOURS": "off",
+            "RELANCE_GRAPH_BASE_URL": self.graph_url,
         })
+        env.update(self.tokens)
         return env
+
+    def start_platform(self) -> None:
+        """The fake Graph API, and the relay its signed receipts come back through."""
+        env = {**os.environ, **self.tokens, "RELANCE_APP_SECRET": self.app_secret}
+        relay_port, graph_port = free_port(), free_port()
+        relay = start_child("webhook relay", ["--port", str(relay_port), "--broker", self.settings.broker,
+                                              "--topic-prefix", self.prefix],
+                            env, self.run_dir / "webhook-relay.log", module="devstack.webhook_relay")
+        graph = start_child("fake Graph API", ["--port", str(graph_port), "--registry", self.registry,
+                                               "--callback-url", f"http://127.0.0.1:{relay_port}"],
+                            env, self.run_dir / "fake-graph.log", module="devstack.fake_graph")
+        for child, port in ((relay, relay_port), (graph, graph_port)):
+            self.platform.append(child)
+            self.wait_listening(child, port)
+            self.say(f"started {child.name} on http://127.0.0.1:{port}, pid {child.pid}")
+        self.graph_url = f"http://127.0.0.1:{graph_port}"
+
+    def wait_listening(self, child: Child, port: int) -> None:
+        began = time.monotonic()
+        while not port_in_use(port):
+            if child.exited() or time.monotonic() - began > READY_TIMEOUT_SECONDS:
+                raise DemoError(f"the {child.name} did not start; last lines of {child.log_path}:\n{child.log_tail()}")
+            time.sleep(0.1)
 
     def start_workers(self) -> None:
         port = self.args.web_port
@@ -228,7 +264,8 @@ class Demo:
     # -- stop ------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop what this run started, by pid, in order: simulator, workers, topics, then the stack."""
+        """Stop what this run started, by pid, in order: simulator, workers, the fake platform,
+        topics, then the stack."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it running
         try:
             if self.simulator is not None:
@@ -238,11 +275,13 @@ class Demo:
                     child.process.send_signal(signal.SIGTERM)
             for child in self.workers:
                 stop_pid(child.pid, timeout=30)
+            for child in self.platform:
+                stop_pid(child.pid, timeout=10)
             if self.topics_created:
                 self._delete_topics()
             for server in reversed(self.started_servers):  # Kafka before Redis
                 server.stop()
-            stopped = len(self.workers) + (self.simulator is not None) + len(self.started_servers)
+            stopped = len(self.workers) + len(self.platform) + (self.simulator is not None) + len(self.started_servers)
             if stopped:
                 self.say(f"stopped {stopped} processes; logs kept in {self.run_dir}")
         finally:
@@ -253,6 +292,13 @@ class Demo:
             run_sync(lambda: _delete_topics(self.settings.broker, self.prefix))
         except Exception as exc:  # the broker may already be gone: the topics go with its data
             self.say(f"could not delete the demo's topics: {exc}")
+
+
+def demo_tokens(registry: BotRegistry) -> dict[str, str]:
+    """A made-up token for each variable the registry names (unless set already): the fake
+    Graph API accepts exactly these, and the sender sends with them."""
+    return {ref.name: os.environ.get(ref.name) or f"demo-{ref.name.lower()}-{secrets.token_hex(6)}"
+            for bot in registry for ref in bot.tokens.values() if ref.source == "env"}
 
 
 def _registry_path(registry: str) -> str:
@@ -350,7 +396,7 @@ class LiveView:
         return 0
 
     def _over(self) -> bool:
-        for child in self.demo.workers + [self.demo.simulator]:
+        for child in self.demo.workers + self.demo.platform + [self.demo.simulator]:
             if child is not None and child.exited():
                 raise DemoError(f"the {child.name} stopped (exit {child.process.returncode}); "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
@@ -371,7 +417,7 @@ class LiveView:
         while not self._over():
             await self.scrape(http)
             for followup in self.unprinted:
-                print(f"follow-up delivered +{followup.seen_at - self.began:5.1f}s  {followup.app:<9} "
+                print(f"follow-up written +{followup.seen_at - self.began:5.1f}s  {followup.app:<9} "
                       f"{followup.user_id} <- {followup.bot_id}: {_short(followup.text, 90)}", flush=True)
             self.unprinted.clear()
             if time.monotonic() >= status_at:
@@ -457,7 +503,15 @@ class LiveView:
         return (f"+{time.monotonic() - self.began:.0f}s  {events:.1f} events/s, "
                 f"{int(o.total('relance_pairs_tracked'))} pairs tracked, decisions "
                 + (", ".join(f"{k[0]} {int(v)}" for k, v in sorted(decisions.items())) or "none")
-                + f", {o.delivered_seen} follow-ups delivered")
+                + f", {o.delivered_seen} follow-ups written, " + self.sent_delivered_read())
+
+    def sent_delivered_read(self) -> str:
+        """What the platforms say of the follow-ups: sent (accepted by the send API), then
+        delivered and read (their receipts)."""
+        o = self.observed
+        return (f"{int(o.total('relance_sends_total', result='sent'))} sent, "
+                f"{int(o.total('relance_receipts_total', outcome='delivered'))} delivered, "
+                f"{int(o.total('relance_receipts_total', outcome='read'))} read")
 
     def render(self):
         from rich.console import Group
@@ -468,13 +522,17 @@ class LiveView:
         title = (f"Relance demo  ·  {elapsed:.0f}s  ·  topics {self.demo.prefix}*  ·  {self.writer}  ·  "
                  + ("Ctrl-C stops everything" if self.duration is None else f"ends after {self.duration:g}s"))
         apps = Table(title="traffic and follow-ups per app", expand=True)
-        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "written"):
+        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "written", "sent",
+                       "delivered", "read"):
             apps.add_column(column, justify="left" if column == "app" else "right")
         for app in APPS:
             apps.add_row(app, f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
                          f"{int(o.total('relance_events_in_total', app=app))}",
                          f"{int(o.total('relance_followups_requested_total', app=app))}",
-                         f"{int(o.total('relance_followups_generated_total', app=app))}")
+                         f"{int(o.total('relance_followups_generated_total', app=app))}",
+                         f"{int(o.total('relance_sends_total', app=app, result='sent'))}",
+                         f"{int(o.total('relance_receipts_total', app=app, outcome='delivered'))}",
+                         f"{int(o.total('relance_receipts_total', app=app, outcome='read'))}")
         decisions = Table(title=f"decisions  ·  {int(o.total('relance_pairs_tracked'))} pairs tracked", expand=True)
         for column in ("outcome", "stopped by", "count"):
             decisions.add_column(column, justify="right" if column == "count" else "left")
@@ -495,9 +553,9 @@ class LiveView:
         o = self.observed
         first = f"{o.first_delivery_after:.1f}s" if o.first_delivery_after is not None else "none"
         print(self.status_line())
-        print(f"summary: {o.delivered_seen} follow-ups delivered "
+        print(f"summary: {o.delivered_seen} follow-ups written, {self.sent_delivered_read()} "
               f"(outcomes: {', '.join(f'{k} {v}' for k, v in sorted(o.outcomes.items())) or 'none'}); "
-              f"first delivered follow-up after {first} of traffic", flush=True)
+              f"first follow-up written after {first} of traffic", flush=True)
 
 
 def _short(text: str, width: int) -> str:

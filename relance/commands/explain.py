@@ -4,7 +4,8 @@ Asks each ``--worker`` in turn (``GET /explain?user=..&bot=..`` on the worker's 
 until the one whose engine owns the user's partition answers, then prints the pair's
 state (inbound messages in the window, L, I, due time, last follow-up), the user's
 profile, opt-outs and follow-up history, and the pair's last decision records with the
-rule that stopped each one.
+rule that stopped each one, and where each follow-up sent stands (sent, unknown, failed,
+cancelled; then delivered or read).
 """
 from __future__ import annotations
 
@@ -139,7 +140,24 @@ def _decision_lines(decisions: list[dict]) -> list[str]:
         verdict = decision["outcome"] + (f", stopped by {stopped}" if stopped else "")
         lines.append(f"  due {decision['due_ts']}  {verdict}{f' ({why})' if why else ''}"
                      f"  [{decision['inbound_in_window']} inbound, via {decision['app']}]")
+        followup = decision.get("followup")
+        if followup:
+            lines.append(f"    follow-up {decision['followup_id']}: {_stands(followup)}")
     return lines
+
+
+def _stands(followup: dict) -> str:
+    """``sent, then read``: the ledger's state and the furthest receipt, in words."""
+    state, receipt = followup.get("state"), followup.get("receipt")
+    if state is None:
+        return "no longer in the ledger (erased or expired)"
+    if state.startswith(("sending:", "ending:")):
+        state = "being sent"
+    elif state.startswith(("try:", "wait:")) or state.isdigit():
+        state = "being written"
+    elif state.startswith("retry:"):
+        state = "waiting to be sent again"
+    return state + (f", then {receipt}" if receipt and receipt != "sent" else "")
 
 
 def _duration(ms: int) -> str:
