@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relance.commands import broker, control, demo, explain, normalize, replay, simulate, topics, worker
+from relance.commands import broker, control, demo, explain, gateway, normalize, replay, simulate, topics, worker
 from foundation.settings import SettingError
 
-COMMANDS = (broker, control, demo, explain, normalize, replay, simulate, topics, worker)
+COMMANDS = (broker, control, demo, explain, gateway, normalize, replay, simulate, topics, worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,9 +217,9 @@ async def read_partition_to_end(bootstrap: str, topic: str, partition: int) -> l
     return [record async for batch in read_partition(bootstrap, topic, partition) for record in batch]
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
+def new_producer(bootstrap: str, **options) -> AIOKafkaProducer:
     # acks=all and idempotence: a retried batch is not written twice, order kept per partition.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_batch_size=512 * 1024,
-    )
+    return AIOKafkaProducer(**{
+        "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True, "linger_ms": 5,
+        "max_batch_size": 512 * 1024, **options,
+    })
