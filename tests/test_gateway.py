@@ -220,3 +220,34 @@ def _status(request: urllib.request.Request) -> int:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+async def test_simulated_webhooks_posted_through_the_gateway_land_as_generated(stack, topic_prefix):
+    from devstack.traffic import TrafficShape, bot_accounts, generate, webhook_of
+    from schemas.registry import BotRegistry
+
+    registry = BotRegistry.load(Path(__file__).resolve().parent.parent / "deploy" / "bots.toml")
+    shape = TrafficShape(users=20, days=1.0, bots=tuple(bot.id for bot in registry))
+    accounts = bot_accounts(registry)
+    expected: dict[str, list[bytes]] = {app: [] for app in APPS}
+    for record in generate(shape, seed=4):
+        posted = None if "type" in record else webhook_of(record, accounts)
+        if posted is not None:
+            expected[posted[0]].append(orjson.dumps(posted[1]))
+    assert all(expected.values())
+    settings = gateway_settings(stack.bootstrap, topic_prefix)
+    async with running_gateway(settings):
+        simulate = await asyncio.create_subprocess_exec(
+            RELANCE, "simulate", "--days", "1", "--users", "20", "--seed", "4", "--format", "webhooks",
+            "--gateway", f"http://127.0.0.1:{settings.gateway_port}", "--broker", stack.bootstrap,
+            "--topic-prefix", topic_prefix, env={"PATH": "/usr/bin:/bin", "RELANCE_APP_SECRET": SECRET},
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            _, errors = await asyncio.wait_for(simulate.communicate(), 120)
+        finally:
+            if simulate.returncode is None:
+                simulate.kill()
+                await simulate.wait()
+        assert simulate.returncode == 0, errors.decode()[-2000:]
+    for app in APPS:
+        assert await read_raw(stack.bootstrap, topic_prefix, app, until=expected[app][-1]) == expected[app]
