@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, add_stack_flags, bench_stack, fresh_prefix, result, spread
-from devstack.localstack import free_port, port_in_use, stop_pid
+from devstack.localstack import KafkaBroker, free_port, port_in_use, stop_pid
 from devstack.processes import GatewayProcess
 from domain.signature import SIGNATURE_HEADER, sign
 
@@ -127,11 +127,13 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
 
 
-def measure(port: int, posts: int, concurrency: int, seconds: float, secret: str, servers: list[int]) -> dict:
-    """One load run from a child process, with the CPU the servers used meanwhile (the client
-    measures its own, and the machine's, over the load alone)."""
+def measure(port: int, posts: int, concurrency: int, seconds: float, secret: str, servers: list[int],
+            broker: int | None) -> dict:
+    """One load run from a child process, with the CPU the servers and the broker used
+    meanwhile (the client measures its own, and the machine's, over the load alone)."""
     env = {**os.environ, "RELANCE_BENCH_SECRET": secret}
-    before = {pid: cpu_seconds(pid) for pid in servers}   # idle until the client's load begins
+    watched = servers + ([broker] if broker else [])
+    before = {pid: cpu_seconds(pid) for pid in watched}   # about idle until the client's load begins
     client = subprocess.Popen([sys.executable, "-m", "bench.gateway_bench", "load", "--port", str(port),
                                "--posts", str(posts), "--concurrency", str(concurrency), "--seconds", str(seconds)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -145,6 +147,7 @@ def measure(port: int, posts: int, concurrency: int, seconds: float, secret: str
         raise RuntimeError(f"the load client failed ({client.returncode})")
     outcome = json.loads(out.strip().splitlines()[-1])
     outcome["server_cpu"] = sum(cpu_seconds(pid) - before[pid] for pid in servers)
+    outcome["broker_cpu"] = cpu_seconds(broker) - before[broker] if broker else float("nan")
     return outcome
 
 
@@ -168,26 +171,7 @@ async def raw_records(bootstrap: str, prefix: str) -> int:
         await consumer.stop()
 
 
-def wait_until(predicate, timeout: float, what: str, processes: list) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        for process in processes:
-            process.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not after {timeout}s")
-        time.sleep(0.1)
-
-
-def gateway_ready(gateway: GatewayProcess) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.web_port}/health/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def run_gateways(count: int, args, bootstrap: str, work: Path, secret: str) -> dict:
+def run_gateways(count: int, args, bootstrap: str, work: Path, secret: str, broker: int | None) -> dict:
     from streams.admin import create_topics
     from streams.topics import RAW_BY_APP
     prefix = fresh_prefix(f"gw{count}")
@@ -199,10 +183,10 @@ def run_gateways(count: int, args, bootstrap: str, work: Path, secret: str) -> d
         for gateway in gateways:
             gateway.start()
         for gateway in gateways:
-            wait_until(lambda: gateway_ready(gateway), 60, "gateway ready", gateways)
-        warm = measure(port, args.warmup, args.concurrency, args.seconds, secret, [g.pid for g in gateways])
+            gateway.wait_ready(60)
+        warm = measure(port, args.warmup, args.concurrency, args.seconds, secret, [g.pid for g in gateways], broker)
         check(f"gateway x{count} warm-up", warm, args.warmup)
-        outcome = measure(port, args.posts, args.concurrency, args.seconds, secret, [g.pid for g in gateways])
+        outcome = measure(port, args.posts, args.concurrency, args.seconds, secret, [g.pid for g in gateways], broker)
         check(f"gateway x{count}", outcome, args.posts)
         outcome["shares"] = [share_of(gateway) for gateway in gateways]
     finally:
@@ -224,7 +208,7 @@ def share_of(gateway: GatewayProcess) -> float:
                if line.startswith("relance_gateway_requests_total{") and 'status="200"' in line)
 
 
-def run_bare(args, secret: str) -> dict:
+def run_bare(args, secret: str, broker: int | None) -> dict:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.gateway_bench", "bare", "--port", str(port)],
                               cwd=ROOT, start_new_session=True)
@@ -234,8 +218,9 @@ def run_bare(args, secret: str) -> dict:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the bare server did not start")
             time.sleep(0.05)
-        check("bare warm-up", measure(port, args.warmup, args.concurrency, args.seconds, secret, [server.pid]), args.warmup)
-        outcome = measure(port, args.posts, args.concurrency, args.seconds, secret, [server.pid])
+        check("bare warm-up", measure(port, args.warmup, args.concurrency, args.seconds, secret, [server.pid], broker),
+              args.warmup)
+        outcome = measure(port, args.posts, args.concurrency, args.seconds, secret, [server.pid], broker)
         check("bare", outcome, args.posts)
         return outcome
     finally:
@@ -253,31 +238,33 @@ def main_run(args: argparse.Namespace) -> None:
           f"load client", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in LABELS}
     with bench_stack(args) as (bootstrap, _redis_url, work):
+        broker = KafkaBroker(work / "stack").pid()   # a broker this bench started: its CPU is measured too
         for round_ in range(1, args.repeat + 1):
-            runs["bare"].append(run_bare(args, secret))
-            runs["x1"].append(run_gateways(1, args, bootstrap, work, secret))
-            runs["x2"].append(run_gateways(2, args, bootstrap, work, secret))
+            runs["bare"].append(run_bare(args, secret, broker))
+            runs["x1"].append(run_gateways(1, args, bootstrap, work, secret, broker))
+            runs["x2"].append(run_gateways(2, args, bootstrap, work, secret, broker))
             print(f"  round {round_}: " + ", ".join(
                 f"{name} {args.posts / outcomes[-1]['seconds']:,.0f}/s p99 {outcomes[-1]['p99_ms']:.1f} ms"
                 for name, outcomes in runs.items()), flush=True)
     bare_rate = statistics.median(args.posts / o["seconds"] for o in runs["bare"])
     print(f"\n{'what (median of the rounds)':<42} {'posts/s':>22} {'p50 ms':>7} {'p99 ms':>7} {'vs bare':>8} "
-          f"{'server CPU':>11} {'client CPU':>11} {'machine busy':>13}")
+          f"{'server CPU':>11} {'us/post':>8} {'broker CPU':>11} {'client CPU':>11} {'machine busy':>13}")
     for name, outcomes in runs.items():
         rates = [args.posts / o["seconds"] for o in outcomes]
         rate = statistics.median(rates)
         p50, p99 = (statistics.median(o[key] for o in outcomes) for key in ("p50_ms", "p99_ms"))
-        server, client, busy = (statistics.median(o[key] / (o["seconds"] if key != "machine_busy" else 1)
-                                                  for o in outcomes)
-                                for key in ("server_cpu", "client_cpu", "machine_busy"))
+        server, broker_cpu, client, busy = (
+            statistics.median(o[key] / (o["seconds"] if key != "machine_busy" else 1) for o in outcomes)
+            for key in ("server_cpu", "broker_cpu", "client_cpu", "machine_busy"))
         print(f"{LABELS[name]:<42} {spread(rates):>22} {p50:>7.2f} {p99:>7.2f} {rate / bare_rate:>7.2f}x "
-              f"{server:>10.2f}c {client:>10.2f}c {busy:>12.0%}")
+              f"{server:>10.2f}c {1e6 * server / rate:>8.0f} {broker_cpu:>10.2f}c {client:>10.2f}c {busy:>12.0%}")
         result(f"gateway_{name}_rate", rate, "posts/s", spread=spread(rates).replace(" ", ""))
         result(f"gateway_{name}_p50", p50, "ms")
         result(f"gateway_{name}_p99", p99, "ms")
     shares = runs["x2"][-1]["shares"]
     print(f"x2: the two gateways answered {', '.join(f'{s / sum(shares):.0%}' for s in shares)} of the posts "
-          f"(last round). CPU in cores: CPU seconds per second of the measured run.")
+          f"(last round). CPU in cores: CPU seconds per second of the measured run; us/post: server CPU "
+          f"per post; broker CPU only when the bench started the broker.")
 
 
 def main(argv: list[str] | None = None) -> None:

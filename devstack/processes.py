@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -50,7 +52,7 @@ class RelanceProcess:
         return self.process is not None and self.process.poll() is None
 
     def check_alive(self) -> bool:
-        """True while running; a dead worker raises at once, with the end of its log."""
+        """True while running; a dead process raises at once, with the end of its log."""
         if not self.alive:
             raise RuntimeError(f"{self.command[0]} exited with {self.process.returncode}:\n{self.log_tail()}")
         return True
@@ -69,6 +71,22 @@ class RelanceProcess:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def ready(self) -> bool:
+        """``/health/ready`` on its web port answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until ready; raises at once if the process dies, or at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.check_alive() and not self.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.command[0]} not ready after {timeout:g}s:\n{self.log_tail()}")
+            time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -17,7 +17,6 @@ from devstack.processes import GatewayProcess
 from gatewaykit import (
     APPS, NEXT_SECRET, SECRET, TOKEN, gateway_settings, post, read_raw, running_gateway, signature, signed, url,
 )
-from waiting import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -175,7 +174,7 @@ def test_the_gateway_process_takes_secrets_from_files_and_never_logs_them(stack,
                              app_secret_file=tmp_path / "app-secret", verify_token_file=tmp_path / "verify-token")
     try:
         gateway.start()
-        wait_for(lambda: gateway.check_alive() and ready(gateway.web_port), 60, "the gateway ready")
+        gateway.wait_ready(60)
         body = fixture_bodies("instagram")[0]
         assert http_post(gateway.url + "/webhooks/instagram", body, signed(body, NEXT_SECRET)) == 200
         assert http_post(gateway.url + "/webhooks/instagram", body, signed(body, "wrong")) == 401
@@ -195,14 +194,6 @@ def test_the_gateway_refuses_to_start_without_an_app_secret(tmp_path):
     done = subprocess.run([RELANCE, "gateway"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert "RELANCE_APP_SECRET" in done.stderr and TOKEN not in done.stderr + done.stdout
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=3) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def http_post(address: str, body: bytes, headers: dict[str, str]) -> int:
