@@ -48,3 +48,11 @@ def test_latency_bench_measures_every_followup(stack):
 def test_memory_bench_core_figure(stack):
     results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only")
     assert results["core_bytes_per_pair_2000"] > 0
+
+
+def test_gateway_bench_measures_every_post_of_each_run(stack):
+    results = run_bench(stack, "bench.gateway_bench", "--posts", "300", "--warmup", "50", "--concurrency", "8",
+                        timeout=120)
+    for name in ("bare", "x1", "x2"):
+        assert results[f"gateway_{name}_rate"] > 0, results
+        assert 0 < results[f"gateway_{name}_p50"] <= results[f"gateway_{name}_p99"], results

@@ -1,11 +1,13 @@
 """``relance demo``: the whole pipeline on this machine, with live traffic and a live view.
 
 Starts Kafka and Redis (unless they already run on the ports), creates a fresh set of
-topics, starts two workers (ingest + engine + context, and generator) and a simulator
-posting native webhooks in real time, then shows what happens, twice a second: messages
-per second per app, pairs tracked, decisions by outcome and reason, follow-ups delivered
-per app, and the latest follow-ups written. Ctrl-C stops everything it started, by pid:
-the simulator, the workers, then Kafka and Redis.
+topics, starts two workers (ingest + engine + context, and generator), a gateway (the
+endpoint Meta posts to) and a simulator posting signed native webhooks to it over HTTP in
+real time, the whole path a real deployment takes; then shows what happens, twice a
+second: webhooks per second per app, pairs tracked, decisions by outcome and reason,
+follow-ups delivered per app, and the latest follow-ups written. Ctrl-C stops everything
+it started, by pid: the simulator, the workers and the gateway, then Kafka and Redis.
+The app secret is RELANCE_APP_SECRET if set, else one made up for the run.
 
 So that follow-ups happen within a minute, the demo shortens the rule: a pair is due 20
 seconds after its last message (--idle-delay), 3 inbound messages are enough, the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,7 +33,7 @@ import orjson
 
 from relance.cliflags import add_setting_flags, load_settings
 from devstack.localstack import (
-    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, pid_alive, port_in_use, stop_pid,
+    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
 )
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
@@ -69,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT,
                         help=f"web port of the engine worker; the generator worker gets the next one "
                         f"(default {DEFAULT_WEB_PORT}: `relance explain` asks it by default)")
+    parser.add_argument("--gateway-port", type=int, default=Settings().gateway_port,
+                        help=f"port of the gateway the simulator posts webhooks to (default {Settings().gateway_port})")
     parser.add_argument("--state-dir", default=str(DEMO_STATE / "stack"),
                         help="where a Kafka and Redis started by the demo keep their files (default .relance/stack)")
     add_setting_flags(parser, "broker", "redis_url", "partitions", "registry")
@@ -140,6 +145,8 @@ class Demo:
         self.stack = LocalStack.of(settings, Path(args.state_dir))
         self.registry = _registry_path(settings.registry)
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
+        # The gateway checks, and the simulator signs with, the operator's app secret, or one made up for the run.
+        self.app_secret = settings.app_secret[0] if settings.app_secret else secrets.token_hex(16)
         self.workers: list[Child] = []
         self.simulator: Child | None = None
         self.topics_created = False
@@ -156,6 +163,7 @@ class Demo:
         self.topics_created = True
         self.say(f"topics created with prefix {self.prefix!r}; logs in {self.run_dir}")
         self.start_workers()
+        self.start_gateway()
         self.start_simulator()
         view = LiveView(self, duration=self.args.duration)
         return asyncio.run(view.run())
@@ -216,23 +224,38 @@ class Demo:
             time.sleep(0.2)
         self.say(f"{child.name} ready in {time.monotonic() - began:.1f}s")
 
+    def start_gateway(self) -> None:
+        """The endpoint Meta posts to; its health and metrics on a free port of its own."""
+        port = self.args.gateway_port
+        if port_in_use(port):
+            raise DemoError(f"gateway port {port} is in use; choose another with --gateway-port")
+        web_port = free_port()
+        env = {**self.worker_env(web_port), "RELANCE_GATEWAY_PORT": str(port), "RELANCE_APP_SECRET": self.app_secret}
+        child = start_child("gateway", ["gateway"], env, self.run_dir / f"gateway-{port}.log", web_port)
+        self.workers.append(child)
+        self.say(f"started gateway on http://127.0.0.1:{port}/webhooks/<app>, pid {child.pid}, "
+                 f"health and metrics on http://127.0.0.1:{web_port}")
+        self.wait_ready(child)
+
     def start_simulator(self) -> None:
         args = ["simulate", "--clock", "wall", "--format", "webhooks", "--rate", str(self.args.rate),
                 "--users", str(self.args.users), "--seed", str(self.args.seed),
+                "--gateway", f"http://127.0.0.1:{self.args.gateway_port}",
                 "--broker", self.settings.broker, "--topic-prefix", self.prefix, "--registry", self.registry]
-        self.simulator = start_child("simulator", args, dict(os.environ), self.run_dir / "simulator.log")
-        self.say(f"started simulator ({self.args.rate:g} messages/s as native webhooks, "
+        env = {**os.environ, "RELANCE_APP_SECRET": self.app_secret}  # never on a command line
+        self.simulator = start_child("simulator", args, env, self.run_dir / "simulator.log")
+        self.say(f"started simulator ({self.args.rate:g} messages/s as signed webhooks to the gateway, "
                  f"{self.args.users} users), pid {self.simulator.pid}")
 
     # -- stop ------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop what this run started, by pid, in order: simulator, workers, topics, then the stack."""
+        """Stop what this run started, by pid, in order: simulator, workers and gateway, topics, then the stack."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it running
         try:
             if self.simulator is not None:
                 stop_pid(self.simulator.pid, timeout=10)
-            for child in self.workers:  # both at once: each takes seconds to leave its group
+            for child in self.workers:  # all at once: each worker takes seconds to leave its group
                 if pid_alive(child.pid):
                     child.process.send_signal(signal.SIGTERM)
             for child in self.workers:
@@ -463,7 +486,8 @@ class LiveView:
         o = self.observed
         events = sum(o.per_second(1, app) for app in APPS)
         decisions = o.by("relance_decisions_total", "outcome")
-        return (f"+{time.monotonic() - self.began:.0f}s  {events:.1f} events/s, "
+        accepted = int(o.total("relance_gateway_requests_total", status="200"))
+        return (f"+{time.monotonic() - self.began:.0f}s  {accepted} webhooks accepted by the gateway, {events:.1f} events/s, "
                 f"{int(o.total('relance_pairs_tracked'))} pairs tracked, decisions "
                 + (", ".join(f"{k[0]} {int(v)}" for k, v in sorted(decisions.items())) or "none")
                 + f", {o.delivered_seen} follow-ups delivered")
@@ -477,10 +501,11 @@ class LiveView:
         title = (f"Relance demo  ·  {elapsed:.0f}s  ·  topics {self.demo.prefix}*  ·  {self.writer}  ·  "
                  + ("Ctrl-C stops everything" if self.duration is None else f"ends after {self.duration:g}s"))
         apps = Table(title="traffic and follow-ups per app", expand=True)
-        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "written"):
+        for column in ("app", "posted (200)", "webhooks/s", "events/s", "events", "follow-ups requested", "written"):
             apps.add_column(column, justify="left" if column == "app" else "right")
         for app in APPS:
-            apps.add_row(app, f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
+            apps.add_row(app, f"{int(o.total('relance_gateway_requests_total', app=app, status='200'))}",
+                         f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
                          f"{int(o.total('relance_events_in_total', app=app))}",
                          f"{int(o.total('relance_followups_requested_total', app=app))}",
                          f"{int(o.total('relance_followups_generated_total', app=app))}")
