@@ -23,6 +23,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
             ("ingest", ["bench.ingest_bench", "--webhooks", "500", "--repeat", "1"]),
             ("latency", ["bench.latency_bench", "--pairs", "50", "--spread", "0.5", "--delay", "1", "--repeat", "1"]),
             ("memory", ["bench.memory_bench", "--pairs", "2000"]),
+            ("gateway", ["bench.gateway_bench", "--posts", "500", "--warmup", "100"]),
             ("sender", ["bench.sender_bench", "--records", "300", "--numbers", "2"]),
         ]
     return [
@@ -31,6 +32,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]),
         ("latency", ["bench.latency_bench", "--pairs", "2000", "--repeat", str(args.repeat)]),
         ("memory", ["bench.memory_bench", "--pairs", args.pairs] + (["--source", args.source] if args.source else [])),
+        ("gateway", ["bench.gateway_bench", "--posts", str(args.posts), "--repeat", str(args.repeat)]),
         ("sender", ["bench.sender_bench", "--records", str(args.sends), "--numbers", "4"]),
     ]
 
@@ -49,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--webhooks", type=int, default=50_000)
     parser.add_argument("--pairs", default="100000,1000000")
-    parser.add_argument("--sends", type=int, default=4000, help="follow-ups the sender bench sends, per phase")
+    parser.add_argument("--posts", type=int, default=20_000, help="gateway bench: posts per run")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,latency,memory,sender")
+    parser.add_argument("--sends", type=int, default=4000, help="follow-ups the sender bench sends, per phase")
+    parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,latency,memory,gateway,sender")
     parser.add_argument("--source", help="memory bench workers run from this copy of the code")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     add_stack_flags(parser)
@@ -100,6 +103,10 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
          "1M pairs <=512 MB"),
         ("engine worker RSS at 1M pairs, store memory", "worker_memory_rss_mb_1000000", "MB", lambda v: v <= 512, "<=512 MB"),
         ("engine worker RSS at 1M pairs, store rocksdb", "worker_rocksdb_rss_mb_1000000", "MB", None, "flat"),
+        ("bare aiohttp handler", "gateway_bare_rate", "posts/s", None, "-"),
+        ("gateway x1: signed posts, acks=all", "gateway_x1_rate", "posts/s", None, "-"),
+        ("gateway x1: p99 latency", "gateway_x1_p99", "ms", None, "-"),
+        ("gateway x2 (SO_REUSEPORT)", "gateway_x2_rate", "posts/s", None, "-"),
         ("sender x1 at the fake's limit (80/s a number)", "sender_sends_at_limit", "sends/s",
          lambda v: extra("sender_sends_at_limit", "busiest_second") and int(extra("sender_sends_at_limit", "busiest_second")) <= 80,
          "never over 80/s a number"),
@@ -115,6 +122,8 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
             note = f"{note} {value / plain:.3f}x plain"
         if name == "engine_x2" and get("engine_x1"):
             note += f", {value / get('engine_x1'):.2f}x of x1"
+        if name.startswith("gateway_x") and name.endswith("_rate") and get("gateway_bare_rate"):
+            note = f"{note} {value / get('gateway_bare_rate'):.2f}x bare"
         if name.startswith("latency") and extra(name, "runs"):
             note = "runs " + extra(name, "runs")
         if name == "sender_sends_at_limit":

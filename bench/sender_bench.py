@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import add_stack_flags, bench_stack, fresh_prefix, result
 from devstack.fake_graph import FakeGraph, accounts_from_registry
 from devstack.localstack import redis_db_url
-from devstack.processes import WorkerProcess, running, worker_ready
+from devstack.processes import WorkerProcess, running
 from schemas.registry import BotRegistry
 
 PLATFORM_LIMIT = 80   # WhatsApp Cloud API, per business number (spec section 9)
@@ -89,12 +89,7 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
                            send_concurrency=args.concurrency)
     try:
         with running([worker]):
-            deadline = time.monotonic() + 120
-            while not worker_ready(worker.web_port):
-                worker.check_alive()
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: the sender did not become ready:\n{worker.log_tail()}")
-                await asyncio.sleep(0.2)
+            await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready, 120)
             await write_deliveries(bootstrap, redis_url, prefix, args.records, args.numbers)
             deadline = time.monotonic() + args.records / (limit * args.numbers) + 120
             while sum(fake.accepted.values()) < args.records and time.monotonic() < deadline:

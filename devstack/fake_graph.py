@@ -51,7 +51,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from devstack.webhook_relay import hub_signature
+from domain.signature import SIGNATURE_HEADER, sign
 from schemas.registry import BotRegistry
 
 ERROR_MODES = ("throughput", "pair_rate", "too_many", "server_error", "window_closed", "undeliverable", "token_invalid")
@@ -99,7 +99,7 @@ class FakeGraph:
                  limits: Mapping[str, int] | None = None, receipt_delay: float = 0.1, retry_after: int = 1) -> None:
         self.port = port
         self.callback_url = callback_url.rstrip("/") if callback_url else None
-        self.app_secret = app_secret.encode()
+        self.app_secret = app_secret
         self.slow_delay = slow_delay
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self.receipt_delay = receipt_delay
@@ -283,7 +283,7 @@ class FakeGraph:
 
     async def _post(self, app: str, body: bytes) -> None:
         """Signed as Meta signs; tried again a few times, as Meta does, when refused."""
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": hub_signature(self.app_secret, body)}
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, self.app_secret)}
         for attempt in range(5):
             try:
                 async with self._http.post(f"{self.callback_url}/webhooks/{app}", data=body, headers=headers) as answer:

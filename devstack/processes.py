@@ -1,4 +1,4 @@
-"""Relance worker processes, started with settings and stopped by pid (tests, benchmarks)."""
+"""Relance processes (workers, gateways), started with settings and stopped by pid (tests, benchmarks)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,37 +6,28 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
-
-import orjson
 
 from devstack.localstack import REPO_ROOT, die_with_parent, free_port
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
 
 
-def worker_ready(port: int) -> bool:
-    """A worker's ``/health`` says it is ready (it joined its groups and can work)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-            return bool(orjson.loads(response.read()).get("ready"))
-    except (OSError, ValueError):
-        return False
-
-
-class WorkerProcess:
-    """``relance worker`` in its own process group, with RELANCE_* settings and a log file.
+class RelanceProcess:
+    """A ``relance`` command in its own process group, with RELANCE_* settings and a log file.
 
     The environment's own RELANCE_* variables are left out, so what runs is exactly what
     the caller asked for.
     """
 
-    def __init__(self, log_dir: Path, roles: list[str], pythonpath: str | Path | None = None,
+    def __init__(self, log_dir: Path, command: list[str], pythonpath: str | Path | None = None,
                  **settings: object) -> None:
         self.web_port = free_port()
-        self.log_path = Path(log_dir) / f"worker-{self.web_port}.log"
+        self.command = command
+        self.log_path = Path(log_dir) / f"{command[0]}-{self.web_port}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
         self.env.update({f"RELANCE_{k.upper()}": str(v) for k, v in settings.items()})
         self.env["RELANCE_WEB_PORT"] = str(self.web_port)
@@ -44,16 +35,13 @@ class WorkerProcess:
         if pythonpath:  # a patched copy of the code (a git worktree) before the installed one
             self.env["PYTHONPATH"] = str(pythonpath)
         self.cwd = Path(pythonpath) if pythonpath else REPO_ROOT
-        self.roles = roles
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
-        args = [RELANCE, "worker", "--loglevel", "info"]
-        for role in self.roles:
-            args += ["--role", role]
+    def start(self) -> "RelanceProcess":
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, cwd=self.cwd, preexec_fn=die_with_parent)
+            self.process = subprocess.Popen([RELANCE, *self.command], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd,
+                                            preexec_fn=die_with_parent)
         return self
 
     @property
@@ -65,9 +53,9 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def check_alive(self) -> bool:
-        """True while running; a dead worker raises at once, with the end of its log."""
+        """True while running; a dead process raises at once, with the end of its log."""
         if not self.alive:
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.command[0]} exited with {self.process.returncode}:\n{self.log_tail()}")
         return True
 
     def kill(self) -> None:
@@ -85,6 +73,22 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def ready(self) -> bool:
+        """``/health/ready`` on its web port answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until ready; raises at once if the process dies, or at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.check_alive() and not self.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.command[0]} not ready after {timeout:g}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -92,9 +96,32 @@ class WorkerProcess:
             return "(no log)"
 
 
+class WorkerProcess(RelanceProcess):
+    """``relance worker`` running ``roles``."""
+
+    def __init__(self, log_dir: Path, roles: list[str], pythonpath: str | Path | None = None,
+                 **settings: object) -> None:
+        command = ["worker", "--loglevel", "info"] + [word for role in roles for word in ("--role", role)]
+        super().__init__(log_dir, command, pythonpath, **settings)
+        self.roles = roles
+
+
+class GatewayProcess(RelanceProcess):
+    """``relance gateway``, on a free webhooks port unless ``gateway_port`` is given."""
+
+    def __init__(self, log_dir: Path, pythonpath: str | Path | None = None, **settings: object) -> None:
+        settings.setdefault("gateway_port", free_port())
+        super().__init__(log_dir, ["gateway", "--loglevel", "info"], pythonpath, **settings)
+        self.gateway_port = int(settings["gateway_port"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+
 @contextlib.contextmanager
-def running(workers: list[WorkerProcess]) -> Iterator[list[WorkerProcess]]:
-    """Start the workers; always stop them, by pid."""
+def running(workers: list[RelanceProcess]) -> Iterator[list[RelanceProcess]]:
+    """Start the processes; always stop them, by pid."""
     try:
         for worker in workers:
             worker.start()

@@ -24,6 +24,9 @@ time series kept by Prometheus forever after:
 - ``topic``/``partition`` (consumer lag): bounded by the topic catalog and its partitions.
 - ``language``: ISO 639-1 codes of the distress detector's word lists.
 - ``provider``: the LLM backend, ``openai`` (any OpenAI-compatible API) or ``offline``.
+- gateway ``app``: one of :data:`APPS`, or ``other`` for a path that is no app's
+  endpoint; gateway ``status``: the HTTP status code answered (``200``, ``401``...);
+  signature failure ``reason``: ``missing`` or ``mismatch``.
 - ``result`` (sends): ``sent``, ``unknown``, ``failed``, ``window_closed``,
   ``slow_down``, ``retry``, ``not_reached``, ``token_refused`` (:data:`SEND_RESULTS`).
 - ``code`` (send errors): the platform error codes the sender tells apart (131047,
@@ -45,6 +48,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DEAD_LETTER_REASONS",
     "LLM_SECONDS_BUCKETS",
+    "GATEWAY_SECONDS_BUCKETS",
     "SEND_RESULTS",
     "SEND_SECONDS_BUCKETS",
     "TIMER_LAG_SECONDS_BUCKETS",
@@ -75,6 +79,9 @@ DEAD_LETTER_REASONS = (
 
 # LLM calls: tens of milliseconds (a local model) up to the default 20 s timeout and beyond.
 LLM_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 20.0, 30.0, 60.0)
+# Gateway requests: a millisecond or two when Kafka acknowledges at once; the 5 s default
+# acknowledgement timeout (a 503) and the 10 s default body read timeout are bounds.
+GATEWAY_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Send-API calls and rate-limiter waits: milliseconds normally, up to the 10 s send timeout.
 SEND_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
@@ -127,6 +134,12 @@ class Metrics:
     llm_request: Histogram         # labels: provider; seconds
     llm_errors: Counter            # labels: kind
     llm_circuit_open: Gauge
+    # -- gateway (webhooks in) -----------------------------------------------------------
+    gateway_requests: Counter      # labels: app, status
+    gateway_signature_failures: Counter  # labels: app, reason
+    gateway_request: Histogram     # labels: app; seconds
+    gateway_forwarded_bytes: Counter  # labels: app
+    gateway_in_flight: Gauge
     # -- sender and receipts --------------------------------------------------------
     sends: Counter                 # labels: app, result
     send_errors: Counter           # labels: app, code
@@ -241,6 +254,24 @@ def new_metrics() -> Metrics:
             "relance_records_dropped_total",
             "Records a stage dropped without a dead letter, by bounded reason (empty_value: "
             "an empty or null value, which carries nothing to keep).", ("stage", "reason")),
+        gateway_requests=counter(
+            "relance_gateway_requests_total",
+            "HTTP requests the gateway answered, by app endpoint (other: no endpoint) and "
+            "status code.", ("app", "status")),
+        gateway_signature_failures=counter(
+            "relance_gateway_signature_failures_total",
+            "Webhook posts refused with 401: X-Hub-Signature-256 missing, or not the body's "
+            "signature under any app secret.", ("app", "reason")),
+        gateway_request=Histogram(
+            "relance_gateway_request_seconds",
+            "Time from a request's headers to its answer, Kafka's acknowledgement included, "
+            "in seconds.", ("app",), registry=registry, buckets=GATEWAY_SECONDS_BUCKETS),
+        gateway_forwarded_bytes=counter(
+            "relance_gateway_forwarded_bytes_total",
+            "Bytes of signed webhook bodies written to raw.<app> and acknowledged.", ("app",)),
+        gateway_in_flight=gauge(
+            "relance_gateway_requests_in_flight",
+            "Requests the gateway is handling right now (reading, checking, waiting for Kafka)."),
         dead_letters=counter(
             "relance_dead_letters_total",
             "Records sent to the dead-letter topic, by stage and bounded reason.",

@@ -142,15 +142,30 @@ _SHOWN_AS: dict[Callable[[Any], Any], Callable[[Any], str]] = {
 
 
 def _shown(value: Any, parse: Callable[[Any], Any]) -> str:
-    if value is None:
+    if value is None or value == ():
         return "unset"
     if value == "":
         return "empty"
     return _SHOWN_AS.get(parse, str)(value)
 
 
+def _secrets(value: Any) -> tuple[str, ...]:
+    """One secret, or two separated by a comma during a rotation. Errors never quote them."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    secrets = tuple(str(part).strip() for part in parts if str(part).strip())
+    if len(secrets) > 2:
+        raise ValueError(f"{len(secrets)} secrets given; at most two (the current one and, "
+                         "during a rotation, the next one), separated by a comma")
+    return secrets
+
+
 def setting(default: Any, doc: str, parse: Callable[[Any], Any] = str) -> Any:
     return field(default=default, metadata={"doc": doc, "parse": parse})
+
+
+def secret_setting(default: Any, doc: str, parse: Callable[[Any], Any]) -> Any:
+    """A setting kept out of reprs, and also read from the file named by RELANCE_<NAME>_FILE."""
+    return field(default=default, repr=False, metadata={"doc": doc, "parse": parse, "secret": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +198,22 @@ class Settings:
     context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
     llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)
     llm_model: str = setting("gpt-4o-mini", "Model name sent to the Chat Completions API.")
-    llm_api_key: str | None = setting(None, "Bearer key for the LLM API, if it needs one.", _optional_str)
+    llm_api_key: str | None = secret_setting(None, "Bearer key for the LLM API, if it needs one.", _optional_str)
     llm_timeout: int = setting(20_000, "Timeout of one LLM call.", parse_duration)
     llm_concurrency: int = setting(8, "LLM calls in flight at once per worker.", _positive_int)
     llm_attempts: int = setting(3, "LLM calls per try before the request goes to the retry topic.", _positive_int)
     generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
     generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again; doubled each try, with jitter.", parse_duration)
     llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call.", parse_duration)
+    # -- webhooks in: the gateway (spec section 9) ---------------------------------------
+    gateway_port: int = setting(8080, "Port the gateway serves the platforms' webhooks on (TLS is terminated in front).", _positive_int)
+    app_secret: tuple[str, ...] = secret_setting((), "Meta app secret that signs webhooks; two, comma-separated, during a rotation.", _secrets)
+    verify_token: str | None = secret_setting(None, "Token the platforms' verification handshake must present.", _optional_str)
+    # 1,000,000 bytes: one record under Kafka's default 1 MiB message limit, with room for
+    # the record's own framing; a webhook of chat messages weighs a few kilobytes.
+    gateway_max_body: int = setting(1_000_000, "Largest webhook body the gateway accepts, in bytes (more gets 413).", _positive_int)
+    gateway_ack_timeout: int = setting(5_000, "How long the gateway waits for Kafka to acknowledge a webhook before answering 503.", parse_duration)
+    gateway_read_timeout: int = setting(10_000, "How long a client may take to send a webhook's body before the gateway answers 408.", parse_duration)
     # -- sending (spec section 9) --------------------------------------------------------
     graph_base_url: str = setting("https://graph.facebook.com", "Base URL of Meta's Graph API, where the send APIs are.")
     # v26.0, released 2026-07-29, is the newest Graph API version in Meta's changelog
@@ -213,6 +237,10 @@ class Settings:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def secret_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("secret")]
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str, str]]:
@@ -240,6 +268,10 @@ class Settings:
             value = env.get(ENV_PREFIX + name.upper())
             if value is not None:
                 raw[name] = value
+        for name in cls.secret_names():
+            file_value = _secret_file(name, env)
+            if file_value is not None:
+                raw[name] = file_value
         raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(raw)
 
@@ -259,3 +291,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def _secret_file(name: str, env: Mapping[str, str]) -> str | None:
+    """The content of the file RELANCE_<NAME>_FILE names (a mounted secret), if it is set."""
+    variable = ENV_PREFIX + name.upper()
+    path = env.get(variable + "_FILE")
+    if not path:
+        return None
+    if env.get(variable):  # an empty one (compose's ${VAR:-}) stands for unset
+        raise SettingError(f"setting {name}: both {variable} and {variable}_FILE are set; keep one")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingError(f"setting {name} ({variable}_FILE): cannot read {path}: "
+                           f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None

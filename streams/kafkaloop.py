@@ -212,9 +212,9 @@ async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIte
         await consumer.stop()
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
+def new_producer(bootstrap: str, **options) -> AIOKafkaProducer:
     # acks=all and idempotence: a retried batch is not written twice, order kept per partition.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_batch_size=512 * 1024,
-    )
+    return AIOKafkaProducer(**{
+        "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True, "linger_ms": 5,
+        "max_batch_size": 512 * 1024, **options,
+    })

@@ -50,6 +50,12 @@ def test_memory_bench_core_figure(stack):
     assert results["core_bytes_per_pair_2000"] > 0
 
 
+def test_gateway_bench_measures_every_post_of_each_run(stack):
+    results = run_bench(stack, "bench.gateway_bench", "--posts", "300", "--warmup", "50", "--concurrency", "8",
+                        timeout=120)
+    for name in ("bare", "x1", "x2"):
+        assert results[f"gateway_{name}_rate"] > 0, results
+        assert 0 < results[f"gateway_{name}_p50"] <= results[f"gateway_{name}_p99"], results
 def test_sender_bench_measures_every_send_and_keeps_the_limit(stack):
     results = run_bench(stack, "bench.sender_bench", "--records", "200", "--numbers", "2", timeout=120)
     assert results["sender_sends_at_limit"] > 0 and results["sender_limit"] == 160

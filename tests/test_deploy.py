@@ -32,6 +32,7 @@ PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "relance.json"
 K8S = DEPLOY / "k8s"
 ROLES = ("ingest", "engine", "generator", "sender")  # the worker services / Deployments, by their first role
+GATEWAY = "gateway"                        # the gateway's compose service, and its Deployment's command
 
 
 def _roles_run(command: list[str]) -> set[str]:
@@ -216,7 +217,24 @@ def test_prometheus_scrapes_every_worker_by_its_compose_service_name_and_web_por
             port_setting = services[host]["environment"].get("RELANCE_WEB_PORT", str(WEB_PORT))
             assert port == str(port_setting), f"{target}: the worker listens on {port_setting}"
             scraped[host] = static["labels"]["role"]
-    assert scraped == {role: role for role in ROLES}
+    assert scraped == {role: role for role in ROLES + (GATEWAY,)}
+
+
+def test_compose_runs_the_gateway_with_its_secrets_from_the_environment_only():
+    services = _compose()["services"]
+    gateway = services[GATEWAY]
+    assert gateway["command"] == ["gateway"]
+    env = gateway["environment"]
+    assert env["RELANCE_BROKER"] == "kafka:9092"
+    port = env["RELANCE_GATEWAY_PORT"]
+    assert any(str(p).split(":")[-1].split("/")[0] == port for p in gateway["ports"]), gateway["ports"]
+    assert gateway["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    health = " ".join(gateway["healthcheck"]["test"])
+    assert "/health" in health and "RELANCE_WEB_PORT" in health
+    # The file itself names the variables and holds no value: secrets come from the shell or .env.
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][GATEWAY]["environment"]
+    for name in ("RELANCE_APP_SECRET", "RELANCE_VERIFY_TOKEN"):
+        assert raw[name] == "${%s:-}" % name
 
 
 # -- Prometheus ----------------------------------------------------------------------------
@@ -390,8 +408,18 @@ def _container(deployment: dict) -> dict:
     return containers[0]
 
 
+def _workers() -> list[dict]:
+    return [d for d in _by_kind("Deployment") if _container(d)["args"][0] == "worker"]
+
+
+def _role(deployment: dict) -> str:
+    """A worker Deployment's first role, or the gateway."""
+    args = _container(deployment)["args"]
+    return args[2] if args[0] == "worker" else args[0]
+
+
 def test_k8s_deploys_each_role_with_probes_resources_and_scrape_annotations():
-    deployments = _by_kind("Deployment")
+    deployments = _workers()
     roles = {}
     run: set[str] = set()
     for deployment in deployments:
@@ -427,10 +455,7 @@ def test_k8s_deploys_each_role_with_probes_resources_and_scrape_annotations():
 def test_k8s_services_select_the_pods_of_their_role():
     # A selector that matches nothing is valid YAML and a valid Service: it just has no
     # endpoints, and its role disappears from the metrics.
-    pods = {
-        _container(d)["args"][2]: (d["spec"]["template"]["metadata"]["labels"], _container(d))
-        for d in _by_kind("Deployment")
-    }
+    pods = {_role(d): (d["spec"]["template"]["metadata"]["labels"], _container(d)) for d in _by_kind("Deployment")}
     services = _by_kind("Service")
     covered = set()
     for service in services:
@@ -442,7 +467,7 @@ def test_k8s_services_select_the_pods_of_their_role():
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names or port["targetPort"] == WEB_PORT
         covered.add(matching[0])
-    assert covered == set(ROLES)
+    assert covered == set(ROLES) | {GATEWAY}
 
 
 def test_k8s_settings_are_real_settings_and_the_registry_is_mounted():
@@ -459,8 +484,9 @@ def test_k8s_settings_are_real_settings_and_the_registry_is_mounted():
     bots = tomllib.loads(registry["bots.toml"])
     assert bots["bot"] and all(bot["id"] for bot in bots["bot"])
     for deployment in _by_kind("Deployment"):
+        assert {"configMapRef": {"name": "relance-settings"}} in _container(deployment)["envFrom"]
+    for deployment in _workers():   # the gateway reads no registry and keeps no data
         container = _container(deployment)
-        assert {"configMapRef": {"name": "relance-settings"}} in container["envFrom"]
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         mounted = {
             m["mountPath"].rstrip("/") + "/" + key
@@ -471,3 +497,45 @@ def test_k8s_settings_are_real_settings_and_the_registry_is_mounted():
         assert settings["RELANCE_REGISTRY"] in mounted
         data_mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert settings["RELANCE_DATA_DIR"] in data_mounts   # the root filesystem is read-only
+
+
+def test_k8s_environment_names_only_settings_and_secret_files():
+    # RELANCE_<NAME>_FILE exists for secret settings only; anything else is silently ignored.
+    allowed = {ENV_PREFIX + name.upper() for name in Settings.names()}
+    allowed |= {ENV_PREFIX + name.upper() + "_FILE" for name in Settings.secret_names()}
+    for deployment in _by_kind("Deployment"):
+        for variable in _container(deployment).get("env", []):
+            assert variable["name"] in allowed, variable["name"]
+            if variable["name"][len(ENV_PREFIX):].lower() in Settings.secret_names():
+                assert "value" not in variable, f"{variable['name']} written in a manifest"
+
+
+def test_k8s_gateway_reads_its_secrets_from_a_mounted_secret_and_is_reached_through_tls():
+    [deployment] = [d for d in _by_kind("Deployment") if _role(d) == GATEWAY]
+    container = _container(deployment)
+    settings = {c["metadata"]["name"]: c for c in _by_kind("ConfigMap")}["relance-settings"]["data"]
+    gateway_port = Settings.from_mapping({"gateway_port": settings["RELANCE_GATEWAY_PORT"]}).gateway_port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"webhooks": gateway_port, "http": WEB_PORT}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+    # Each secret file lies in a mounted Secret volume.
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    secret_dirs = {m["mountPath"].rstrip("/") for m in container["volumeMounts"] if "secret" in volumes[m["name"]]}
+    files = {v["name"]: v["value"] for v in container["env"] if v["name"].endswith("_FILE")}
+    assert set(files) == {"RELANCE_APP_SECRET_FILE", "RELANCE_VERIFY_TOKEN_FILE"}
+    for path in files.values():
+        assert path.rsplit("/", 1)[0] in secret_dirs, path
+    # The Ingress terminates TLS for its host and sends /webhooks/ to the gateway's webhooks port.
+    [ingress] = _by_kind("Ingress")
+    [service] = [s for s in _by_kind("Service") if s["metadata"]["name"] == deployment["metadata"]["name"]]
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
+    assert all(entry["secretName"] for entry in ingress["spec"]["tls"])
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts
+        for path in rule["http"]["paths"]:
+            assert path["path"] == "/webhooks/" and path["pathType"] == "Prefix"
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert service_ports[backend["port"]["name"]]["targetPort"] == "webhooks"

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foundation import metrics
 from foundation.metrics import (
+    GATEWAY_SECONDS_BUCKETS,
     LLM_SECONDS_BUCKETS,
     SEND_SECONDS_BUCKETS,
     TIMER_LAG_SECONDS_BUCKETS,
@@ -50,6 +51,11 @@ EXPECTED = {
     "relance_timer_lag_seconds": ("histogram", ()),
     "relance_distress_detected_total": ("counter", ("language",)),
     "relance_last_commit_timestamp_seconds": ("gauge", ()),
+    "relance_gateway_requests_total": ("counter", ("app", "status")),
+    "relance_gateway_signature_failures_total": ("counter", ("app", "reason")),
+    "relance_gateway_request_seconds": ("histogram", ("app",)),
+    "relance_gateway_forwarded_bytes_total": ("counter", ("app",)),
+    "relance_gateway_requests_in_flight": ("gauge", ()),
     "relance_sends_total": ("counter", ("app", "result")),
     "relance_send_errors_total": ("counter", ("app", "code")),
     "relance_send_seconds": ("histogram", ("app",)),
@@ -159,6 +165,10 @@ def test_histogram_buckets_bound_the_thresholds_that_matter():
     assert 5.0 in TIMER_LAG_SECONDS_BUCKETS
     # A call that times out takes the LLM timeout; it must not vanish into one wide bucket.
     assert Settings().llm_timeout / 1000 in LLM_SECONDS_BUCKETS
+    # A post answered 503 took the acknowledgement timeout; a slow body, the read timeout.
+    assert Settings().gateway_ack_timeout / 1000 in GATEWAY_SECONDS_BUCKETS
+    assert Settings().gateway_read_timeout / 1000 in GATEWAY_SECONDS_BUCKETS
+    assert list(GATEWAY_SECONDS_BUCKETS) == sorted(GATEWAY_SECONDS_BUCKETS)
     assert Settings().send_timeout / 1000 in SEND_SECONDS_BUCKETS
     assert list(SEND_SECONDS_BUCKETS) == sorted(SEND_SECONDS_BUCKETS)
     assert list(TIMER_LAG_SECONDS_BUCKETS) == sorted(TIMER_LAG_SECONDS_BUCKETS)

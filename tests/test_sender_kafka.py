@@ -4,8 +4,8 @@ receipts back on ``followups.outcomes``; then, under every fault mode of the fak
 the sender SIGKILLed mid-stream, the spec's promises counted where the platform would
 count them: no follow-up sent twice, one final outcome each, never over a number's rate.
 
-Webhooks come back through ``devstack/webhook_relay.py``, which checks each signature and
-writes the body to ``raw.<app>`` as the gateway does, for ingest to read.
+Receipts come back as Meta posts them: signed, to a real gateway (``agents/gateway.py``),
+which writes them to ``raw.<app>`` for ingest to read.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.fake_graph import FakeGraph, accounts_from_registry
 from devstack.feeder import feed
 from devstack.processes import RELANCE, WorkerProcess
-from devstack.webhook_relay import WebhookRelay
 from domain.delivery import delivery_record
 from domain.honesty import finalize
 from foundation.clock import wall_ms
@@ -32,13 +31,13 @@ from schemas.records import DeliveryRecord, FollowupRequest, format_ts
 from schemas.registry import BotRegistry
 from streams.ledger import ledger_key
 from streams.topics import DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, topic_name
+from tests.gatewaykit import SECRET, gateway_settings, running_gateway
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
 
 pytestmark = pytest.mark.kafka
 
 WA1, WA2, PAGE1, IG1 = "106540352242922", "106540352242923", "112233445566778", "17841400000000001"
-SECRET = "test-app-secret"
 RATE = 20  # messages a second per account: the sender's setting and the fake's own limit
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 # What ends a request at the sender; receipts may add delivered, read, and failed later.
@@ -80,7 +79,7 @@ tokens = {{ whatsapp = "file:{tokens / 'wa'}" }}
 
 
 class Rig:
-    """A sender worker (and ingest, for the receipts), the fake Graph API, the relay, and
+    """A sender worker (and ingest, for the receipts), the fake Graph API, a gateway, and
     what the test reads and writes: followups.outcomes, the delivery topics, the ledger."""
 
     def __init__(self, stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str], **settings) -> None:
@@ -90,8 +89,11 @@ class Rig:
         self.worker: WorkerProcess | None = None
 
     async def __aenter__(self) -> "Rig":
-        self.relay = await WebhookRelay(self.stack.bootstrap, self.prefix, SECRET).start()
-        self.fake = FakeGraph(accounts_from_registry(BotRegistry.load(self.registry)), callback_url=self.relay.url,
+        self.gateway_settings = gateway_settings(self.stack.bootstrap, self.prefix)
+        self.gateway = running_gateway(self.gateway_settings)
+        await self.gateway.__aenter__()
+        self.fake = FakeGraph(accounts_from_registry(BotRegistry.load(self.registry)),
+                              callback_url=f"http://127.0.0.1:{self.gateway_settings.gateway_port}",
                               app_secret=SECRET, limits={"whatsapp": RATE, "facebook": RATE, "instagram": RATE},
                               slow_delay=2.0, receipt_delay=0.05)
         await self.fake.start()
@@ -115,8 +117,8 @@ class Rig:
         await self.producer.stop()
         await self.redis.aclose()
         await self.fake.stop()
-        await self.relay.stop()
-        assert self.relay.refused == 0
+        await self.gateway.__aexit__(None, None, None)
+        assert self.fake.webhook_failures == 0  # every receipt posted was taken by the gateway
         assert "Traceback" not in self.worker.log_tail(3000), self.worker.log_tail(80)
 
     async def publish(self, *records: DeliveryRecord) -> None:
@@ -227,7 +229,7 @@ async def test_canonical_events_in_a_followup_sent_once_then_delivered_and_read(
             assert rig.fake.accepted[fid] == 1
             # Its story, on followups.outcomes: generated, sent, then the receipts' delivered and read.
             assert steps(stories[fid]) == ["generated", "sent", "delivered", "read"], stories[fid]
-        assert rig.relay.relayed >= 6  # WhatsApp sent, delivered, read; Messenger echo, delivery, read
+        assert rig.fake.webhooks_posted >= 6  # WhatsApp sent, delivered, read; Messenger echo, delivery, read
         # `relance explain` tells the end of the story, from the engine's decision and the ledger.
         told = subprocess.run([RELANCE, "explain", "16505551234", "maestro", "--worker",
                                f"http://127.0.0.1:{rig.worker.web_port}"], capture_output=True, text=True, timeout=30)

@@ -1,13 +1,16 @@
 """``relance demo``: the whole pipeline on this machine, with live traffic and a live view.
 
 Starts Kafka and Redis (unless they already run on the ports), creates a fresh set of
-topics, starts the project's fake Graph API (the platforms' send APIs, which post signed
-receipts back) and a webhook relay that writes them to raw.<app> as the gateway does, two
-workers (ingest + engine + context, and generator + sender) and a simulator posting native
-webhooks in real time, then shows what happens, twice a second: messages per second per
-app, pairs tracked, decisions by outcome and reason, follow-ups written, sent, delivered
-and read per app, and the latest follow-ups written. Ctrl-C stops everything it started,
-by pid: the simulator, the workers, the fake Graph API and the relay, then Kafka and Redis.
+topics, starts the project's fake Graph API (Meta's send APIs, which accept follow-ups and
+post signed receipts back), two workers (ingest + engine + context, and generator +
+sender), a gateway (the endpoint Meta posts to) and a simulator posting signed native
+webhooks to it over HTTP in real time, the whole path a real deployment takes; then shows
+what happens, twice a second: webhooks per second per app, pairs tracked, decisions by
+outcome and reason, follow-ups written, sent, delivered and read per app, and the latest
+follow-ups written. Ctrl-C stops everything it started, by pid: the simulator, the
+workers and the gateway, the fake Graph API, then Kafka and Redis. The app secret is
+RELANCE_APP_SECRET if set, else one made up for the run; each bot's token, a made-up one
+unless its variable is set.
 
 So that follow-ups happen within a minute, the demo shortens the rule: a pair is due 20
 seconds after its last message (--idle-delay), 3 inbound messages are enough, the
@@ -37,7 +40,6 @@ from relance.cliflags import add_setting_flags, load_settings
 from devstack.localstack import (
     REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
 )
-from devstack.processes import worker_ready
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
 from foundation.settings import Settings, parse_duration
@@ -75,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT,
                         help=f"web port of the engine worker; the generator worker gets the next one "
                         f"(default {DEFAULT_WEB_PORT}: `relance explain` asks it by default)")
+    parser.add_argument("--gateway-port", type=int, default=Settings().gateway_port,
+                        help=f"port of the gateway the simulator posts webhooks to (default {Settings().gateway_port})")
     parser.add_argument("--state-dir", default=str(DEMO_STATE / "stack"),
                         help="where a Kafka and Redis started by the demo keep their files (default .relance/stack)")
     add_setting_flags(parser, "broker", "redis_url", "partitions", "registry")
@@ -147,11 +151,12 @@ class Demo:
         self.stack = LocalStack.of(settings, Path(args.state_dir))
         self.registry = _registry_path(settings.registry)
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
+        # The gateway checks, and the simulator signs with, the operator's app secret, or one made up for the run.
+        self.app_secret = settings.app_secret[0] if settings.app_secret else secrets.token_hex(16)
         self.workers: list[Child] = []
-        self.platform: list[Child] = []   # the fake Graph API and the webhook relay
         self.simulator: Child | None = None
+        self.fake_graph: Child | None = None
         self.topics_created = False
-        self.app_secret = secrets.token_hex(16)
         self.tokens = demo_tokens(BotRegistry.load(self.registry))
         self.graph_url = ""
 
@@ -166,8 +171,9 @@ class Demo:
         create_topics(self.settings.broker, CATALOG, self.prefix, self.settings.partitions)
         self.topics_created = True
         self.say(f"topics created with prefix {self.prefix!r}; logs in {self.run_dir}")
-        self.start_platform()
+        self.start_fake_graph()
         self.start_workers()
+        self.start_gateway()
         self.start_simulator()
         view = LiveView(self, duration=self.args.duration)
         return asyncio.run(view.run())
@@ -202,28 +208,21 @@ class Demo:
         env.update(self.tokens)
         return env
 
-    def start_platform(self) -> None:
-        """The fake Graph API, and the relay its signed receipts come back through."""
+    def start_fake_graph(self) -> None:
+        """Meta's send APIs for the sender; their receipts, signed, go to the demo's gateway."""
+        port = free_port()
+        args = ["--port", str(port), "--registry", self.registry,
+                "--callback-url", f"http://127.0.0.1:{self.args.gateway_port}"]
         env = {**os.environ, **self.tokens, "RELANCE_APP_SECRET": self.app_secret}
-        relay_port, graph_port = free_port(), free_port()
-        relay = start_child("webhook relay", ["--port", str(relay_port), "--broker", self.settings.broker,
-                                              "--topic-prefix", self.prefix],
-                            env, self.run_dir / "webhook-relay.log", module="devstack.webhook_relay")
-        graph = start_child("fake Graph API", ["--port", str(graph_port), "--registry", self.registry,
-                                               "--callback-url", f"http://127.0.0.1:{relay_port}"],
-                            env, self.run_dir / "fake-graph.log", module="devstack.fake_graph")
-        for child, port in ((relay, relay_port), (graph, graph_port)):
-            self.platform.append(child)
-            self.wait_listening(child, port)
-            self.say(f"started {child.name} on http://127.0.0.1:{port}, pid {child.pid}")
-        self.graph_url = f"http://127.0.0.1:{graph_port}"
-
-    def wait_listening(self, child: Child, port: int) -> None:
+        self.fake_graph = start_child("fake Graph API", args, env, self.run_dir / "fake-graph.log", module="devstack.fake_graph")
         began = time.monotonic()
         while not port_in_use(port):
-            if child.exited() or time.monotonic() - began > READY_TIMEOUT_SECONDS:
-                raise DemoError(f"the {child.name} did not start; last lines of {child.log_path}:\n{child.log_tail()}")
+            if self.fake_graph.exited() or time.monotonic() - began > READY_TIMEOUT_SECONDS:
+                raise DemoError(f"the fake Graph API did not start; last lines of {self.fake_graph.log_path}:\n"
+                                f"{self.fake_graph.log_tail()}")
             time.sleep(0.1)
+        self.graph_url = f"http://127.0.0.1:{port}"
+        self.say(f"started fake Graph API on {self.graph_url}, pid {self.fake_graph.pid}")
 
     def start_workers(self) -> None:
         port = self.args.web_port
@@ -243,7 +242,7 @@ class Demo:
 
     def wait_ready(self, child: Child) -> None:
         began = time.monotonic()
-        while not worker_ready(child.web_port):
+        while not _ready(child.web_port):
             if child.exited():
                 raise DemoError(f"the {child.name} exited with {child.process.returncode}; "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
@@ -253,35 +252,51 @@ class Demo:
             time.sleep(0.2)
         self.say(f"{child.name} ready in {time.monotonic() - began:.1f}s")
 
+    def start_gateway(self) -> None:
+        """The endpoint Meta posts to; its health and metrics on a free port of its own."""
+        port = self.args.gateway_port
+        if port_in_use(port):
+            raise DemoError(f"gateway port {port} is in use; choose another with --gateway-port")
+        web_port = free_port()
+        env = {**self.worker_env(web_port), "RELANCE_GATEWAY_PORT": str(port), "RELANCE_APP_SECRET": self.app_secret}
+        child = start_child("gateway", ["gateway"], env, self.run_dir / f"gateway-{port}.log", web_port)
+        self.workers.append(child)
+        self.say(f"started gateway on http://127.0.0.1:{port}/webhooks/<app>, pid {child.pid}, "
+                 f"health and metrics on http://127.0.0.1:{web_port}")
+        self.wait_ready(child)
+
     def start_simulator(self) -> None:
         args = ["simulate", "--clock", "wall", "--format", "webhooks", "--rate", str(self.args.rate),
                 "--users", str(self.args.users), "--seed", str(self.args.seed),
+                "--gateway", f"http://127.0.0.1:{self.args.gateway_port}",
                 "--broker", self.settings.broker, "--topic-prefix", self.prefix, "--registry", self.registry]
-        self.simulator = start_child("simulator", args, dict(os.environ), self.run_dir / "simulator.log")
-        self.say(f"started simulator ({self.args.rate:g} messages/s as native webhooks, "
+        env = {**os.environ, "RELANCE_APP_SECRET": self.app_secret}  # never on a command line
+        self.simulator = start_child("simulator", args, env, self.run_dir / "simulator.log")
+        self.say(f"started simulator ({self.args.rate:g} messages/s as signed webhooks to the gateway, "
                  f"{self.args.users} users), pid {self.simulator.pid}")
 
     # -- stop ------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop what this run started, by pid, in order: simulator, workers, the fake platform,
-        topics, then the stack."""
+        """Stop what this run started, by pid, in order: simulator, workers and gateway, the fake
+        Graph API, topics, then the stack."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it running
         try:
             if self.simulator is not None:
                 stop_pid(self.simulator.pid, timeout=10)
-            for child in self.workers:  # both at once: each takes seconds to leave its group
+            for child in self.workers:  # all at once: each worker takes seconds to leave its group
                 if pid_alive(child.pid):
                     child.process.send_signal(signal.SIGTERM)
             for child in self.workers:
                 stop_pid(child.pid, timeout=30)
-            for child in self.platform:
-                stop_pid(child.pid, timeout=10)
+            if self.fake_graph is not None:
+                stop_pid(self.fake_graph.pid, timeout=10)
             if self.topics_created:
                 self._delete_topics()
             for server in reversed(self.started_servers):  # Kafka before Redis
                 server.stop()
-            stopped = len(self.workers) + len(self.platform) + (self.simulator is not None) + len(self.started_servers)
+            stopped = (len(self.workers) + (self.simulator is not None) + (self.fake_graph is not None)
+                       + len(self.started_servers))
             if stopped:
                 self.say(f"stopped {stopped} processes; logs kept in {self.run_dir}")
         finally:
@@ -309,6 +324,16 @@ def _registry_path(registry: str) -> str:
     if not path.exists():
         raise DemoError(f"no bot registry at {registry}; give one with --registry")
     return str(path.resolve())
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return bool(orjson.loads(response.read()).get("ready"))
+    except (OSError, ValueError):
+        return False
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
@@ -396,7 +421,7 @@ class LiveView:
         return 0
 
     def _over(self) -> bool:
-        for child in self.demo.workers + self.demo.platform + [self.demo.simulator]:
+        for child in self.demo.workers + [self.demo.simulator, self.demo.fake_graph]:
             if child is not None and child.exited():
                 raise DemoError(f"the {child.name} stopped (exit {child.process.returncode}); "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
@@ -500,14 +525,15 @@ class LiveView:
         o = self.observed
         events = sum(o.per_second(1, app) for app in APPS)
         decisions = o.by("relance_decisions_total", "outcome")
-        return (f"+{time.monotonic() - self.began:.0f}s  {events:.1f} events/s, "
+        accepted = int(o.total("relance_gateway_requests_total", status="200"))
+        return (f"+{time.monotonic() - self.began:.0f}s  {accepted} webhooks accepted by the gateway, {events:.1f} events/s, "
                 f"{int(o.total('relance_pairs_tracked'))} pairs tracked, decisions "
                 + (", ".join(f"{k[0]} {int(v)}" for k, v in sorted(decisions.items())) or "none")
                 + f", {o.delivered_seen} follow-ups written, " + self.sent_delivered_read())
 
     def sent_delivered_read(self) -> str:
         """What the platforms say of the follow-ups: sent (accepted by the send API), then
-        delivered and read (their receipts)."""
+        delivered and read (their receipts, back through the gateway)."""
         o = self.observed
         return (f"{int(o.total('relance_sends_total', result='sent'))} sent, "
                 f"{int(o.total('relance_receipts_total', outcome='delivered'))} delivered, "
@@ -522,11 +548,12 @@ class LiveView:
         title = (f"Relance demo  ·  {elapsed:.0f}s  ·  topics {self.demo.prefix}*  ·  {self.writer}  ·  "
                  + ("Ctrl-C stops everything" if self.duration is None else f"ends after {self.duration:g}s"))
         apps = Table(title="traffic and follow-ups per app", expand=True)
-        for column in ("app", "webhooks/s", "events/s", "events", "follow-ups requested", "written", "sent",
-                       "delivered", "read"):
+        for column in ("app", "posted (200)", "webhooks/s", "events/s", "events", "follow-ups requested", "written",
+                       "sent", "delivered", "read"):
             apps.add_column(column, justify="left" if column == "app" else "right")
         for app in APPS:
-            apps.add_row(app, f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
+            apps.add_row(app, f"{int(o.total('relance_gateway_requests_total', app=app, status='200'))}",
+                         f"{o.per_second(2, app):.1f}", f"{o.per_second(1, app):.1f}",
                          f"{int(o.total('relance_events_in_total', app=app))}",
                          f"{int(o.total('relance_followups_requested_total', app=app))}",
                          f"{int(o.total('relance_followups_generated_total', app=app))}",

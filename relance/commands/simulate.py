@@ -19,6 +19,9 @@ Two formats on Kafka:
              raw.instagram (receiving ids from the bot registry), control events on
              `control`. WhatsApp posts no webhook for a bot's own reply, only its delivery
              status, so on WhatsApp only the user's messages move a pair's silence.
+             With --gateway URL, the webhooks are posted to a `relance gateway` instead,
+             as the platforms post them: signed with the app secret (RELANCE_APP_SECRET,
+             the first one during a rotation), one after the other, again after a 503.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from aiokafka.errors import KafkaError
 from relance.cliflags import add_setting_flags, load_settings
 from foundation.clock import wall_ms
 from foundation.settings import Settings
+from domain.signature import SIGNATURE_HEADER, sign
 from devstack.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
 from schemas.registry import BotRegistry, RegistryError
 from streams.topics import CONTROL, DELIVERY_BY_APP, MESSAGES, RAW_BY_APP, topic_name
@@ -66,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="PATH",
                         help="write canonical records as JSON lines to PATH (- for standard output) "
                         "instead of sending them to Kafka; the input of `relance replay`")
+    parser.add_argument("--gateway", metavar="URL",
+                        help="post the webhooks, signed, to the relance gateway at URL (http://host:port) "
+                        "instead of writing them to raw.<app>; needs --format webhooks")
     add_setting_flags(parser, "broker", "topic_prefix", "registry")
     parser.set_defaults(run=run)
 
@@ -74,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     if args.out and args.format == "webhooks":
         print("relance simulate: --out writes canonical records (replay's input); drop --format webhooks",
+              file=sys.stderr)
+        return 2
+    if args.gateway and args.format != "webhooks":
+        print("relance simulate: --gateway posts native webhooks; add --format webhooks", file=sys.stderr)
+        return 2
+    if args.gateway and not settings.app_secret:
+        print("relance simulate: --gateway signs webhooks with the app secret: set RELANCE_APP_SECRET",
               file=sys.stderr)
         return 2
     if args.users < 1 or args.rate <= 0:
@@ -89,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if args.clock == "event":
             return asyncio.run(simulate_event(args, settings, registry, bots))
         return asyncio.run(simulate_wall(args, settings, registry, bots))
-    except (OSError, KafkaError) as exc:  # the broker cannot be reached, or refused a record
+    except (OSError, KafkaError, GatewayRefused) as exc:  # the broker or the gateway cannot take it
         print(f"relance simulate: {exc}", file=sys.stderr)
         return 1
 
@@ -110,18 +124,67 @@ class LineSink:
         self.out.flush()
 
 
-class KafkaSink:
-    """Records to the topics a platform and an operator would write them to."""
+class GatewayRefused(RuntimeError):
+    """The gateway refused a webhook for good, or stayed unavailable through every retry."""
 
-    def __init__(self, settings: Settings, registry: BotRegistry, webhooks: bool) -> None:
+
+class GatewayPoster:
+    """Webhooks posted to a ``relance gateway`` as the platforms post them: signed, one at a
+    time (so in order), and sent again with a growing pause after a 503 or no answer."""
+
+    ATTEMPTS = 6
+
+    def __init__(self, base_url: str, secret: str) -> None:
+        self.base_url, self.secret = base_url.rstrip("/"), secret
+        self._session = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def post(self, app: str, body: bytes) -> None:
+        import aiohttp
+
+        headers = {SIGNATURE_HEADER: sign(body, self.secret), "Content-Type": "application/json"}
+        pause, problem = 0.25, ""
+        for _ in range(self.ATTEMPTS):
+            try:
+                async with self._session.post(f"{self.base_url}/webhooks/{app}", data=body, headers=headers) as response:
+                    if response.status == 200:
+                        return
+                    if response.status != 503:
+                        raise GatewayRefused(f"the gateway answered {response.status} to a {app} webhook"
+                                             + (" (is RELANCE_APP_SECRET the gateway's?)" if response.status == 401 else ""))
+                    problem = "503"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                problem = repr(exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+        raise GatewayRefused(f"the gateway at {self.base_url} did not take a {app} webhook "
+                             f"after {self.ATTEMPTS} attempts ({problem})")
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class KafkaSink:
+    """Records to the topics a platform and an operator would write them to; webhooks
+    through a gateway when ``gateway_url`` is given."""
+
+    def __init__(self, settings: Settings, registry: BotRegistry, webhooks: bool,
+                 gateway_url: str | None = None) -> None:
         self.settings, self.webhooks = settings, webhooks
         self.accounts = bot_accounts(registry)
         self.sent = self.skipped = 0
         self._producer = None
+        self._poster = GatewayPoster(gateway_url, settings.app_secret[0]) if gateway_url else None
 
     async def start(self) -> "KafkaSink":
         from aiokafka import AIOKafkaProducer
 
+        # Control events go to Kafka whatever the webhooks' way: the gateway takes only webhooks.
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, linger_ms=5,
                                           request_timeout_ms=10_000)
         try:
@@ -129,6 +192,8 @@ class KafkaSink:
         except BaseException:
             await self._producer.stop()  # a producer that failed to start still holds a client
             raise
+        if self._poster is not None:
+            await self._poster.start()
         return self
 
     def _topic(self, spec) -> str:
@@ -146,10 +211,15 @@ class KafkaSink:
                 self.skipped += 1
                 return
             app, document = posted
-            await self._producer.send(self._topic(RAW_BY_APP[app]), orjson.dumps(document))
+            if self._poster is not None:
+                await self._poster.post(app, orjson.dumps(document))
+            else:
+                await self._producer.send(self._topic(RAW_BY_APP[app]), orjson.dumps(document))
         self.sent += 1
 
     async def stop(self) -> None:
+        if self._poster is not None:
+            await self._poster.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -167,7 +237,7 @@ async def simulate_event(args: argparse.Namespace, settings: Settings, registry:
         print(f"sent {summary.sent} records ({args.days:g} days, {args.users} users) to "
               f"{topic_name(MESSAGES, settings.topic_prefix)}", file=sys.stderr)
         return 0
-    sink = await KafkaSink(settings, registry, webhooks=True).start()
+    sink = await KafkaSink(settings, registry, webhooks=True, gateway_url=args.gateway).start()
     try:
         for record in records:
             await sink.send(record)
@@ -207,7 +277,7 @@ async def simulate_wall(args: argparse.Namespace, settings: Settings, registry: 
         out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")
         sink = LineSink(out)
     else:
-        sink = await KafkaSink(settings, registry, webhooks=args.format == "webhooks").start()
+        sink = await KafkaSink(settings, registry, webhooks=args.format == "webhooks", gateway_url=args.gateway).start()
     answers = None if args.out else asyncio.create_task(answer_followups(settings, traffic, stop))
     try:
         await _pace(traffic, sink, stop, args.duration)

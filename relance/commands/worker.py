@@ -58,9 +58,13 @@ def check_redis(settings) -> None:
     from foundation.settings import SettingError
     from streams.ledger import durability_problems
 
+    log = logging.getLogger("relance.worker")
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
     try:
         problems = durability_problems(client.info())
+    except redis.ConnectionError as exc:  # the stages crash loudly when they need it
+        log.warning("Redis unreachable at start, its durability unchecked: %s", exc)
+        return
     finally:
         client.close()
     if not problems:
@@ -68,4 +72,4 @@ def check_redis(settings) -> None:
     message = f"Redis at {settings.redis_url.rsplit('@', 1)[-1]} cannot keep the ledger safely: " + "; ".join(problems)
     if settings.redis_durability == "require":
         raise SettingError(message + " (README, Redis; or set redis_durability=warn)")
-    logging.getLogger("relance.worker").warning(message)
+    log.warning(message)
