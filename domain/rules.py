@@ -128,7 +128,7 @@ class DecisionCore:
             elif pair.due is not None:
                 self._decide(user_id, user, bot_id, pair, time)
             else:
-                self._expire(user_id, user, bot_id)
+                self._expire(user_id, user, bot_id, time)
 
     def _schedule(self, user_id: str, bot_id: str, pair: PairState, time: int) -> None:
         """Make sure the pair comes up by ``time``: one heap entry per pair, not per message."""
@@ -334,17 +334,18 @@ class DecisionCore:
         """Suppressed if, with a follow-up sent at ``at``, some 24 hours (7 days) would hold
         more than the cap: the user's follow-ups on both sides of ``at`` count, since a
         decision made late, after a late message, can send before one already sent."""
-        self._prune_sends(user)
+        self._prune_sends(user, at)
         for span, cap, name in ((DAY_MS, self.settings.user_cap_day, "24 hours"),
                                 (WEEK_MS, self.settings.user_cap_week, "7 days")):
             if cap and _crowded(user.sends, at, span, cap):
                 return Check("user_cap", False, f"{cap} follow-ups to this user already within {name} of it")
         return _PASSED["user_cap"]
 
-    def _prune_sends(self, user: UserState) -> None:
-        # A decision may run after its due time (at the next record), and a late message
-        # can still make one due after clock - W: keep what such a decision would count.
-        horizon = self.clock - self.settings.window - WEEK_MS
+    def _prune_sends(self, user: UserState, now_due: int) -> None:
+        # Decisions run in due order, some after their due time (a tick may jump days),
+        # and a late message can still make one due after clock - W: no later decision is
+        # earlier than both, and it looks a week back.
+        horizon = min(now_due, self.clock - self._window) - WEEK_MS
         if user.sends and user.sends[0] <= horizon:
             user.sends = tuple(ts for ts in user.sends if ts > horizon)
 
@@ -359,11 +360,11 @@ class DecisionCore:
         window, delay = self.settings.window, self.settings.idle_delay
         return pair.last_ts + max(2 * window - delay, window + delay) + 1
 
-    def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
+    def _expire(self, user_id: str, user: UserState, bot_id: str, time: int) -> None:
         del user.pairs[bot_id]
         self._pairs -= 1
-        self._prune_sends(user)
-        if user.is_empty():
+        self._prune_sends(user, time)
+        if user.forgettable(self.clock, self._window):
             self.forget_user(user_id)
         self.dirty.add(user_id)
 

@@ -178,10 +178,14 @@ class UserState(SafetyFacts):
     sends: tuple[int, ...] = ()                 # send times of recent follow-ups, ascending
     pairs: dict[str, PairState] = field(default_factory=dict)
 
-    def is_empty(self) -> bool:
+    def forgettable(self, clock: int, window: int) -> bool:
+        """Nothing left that a later record could need: no pair, profile, opt-out or kept
+        follow-up, no cool-off still running, no opt-in that a late stop word (one not
+        older than ``clock - window``) could come from before."""
         return (not self.pairs and self.tz is None and self.minor is None
                 and not self.opt_out_all and not self.opt_out_bots and not self.opt_in_bots
-                and not self.sends)
+                and not self.sends and self.distress_until <= clock
+                and all(at < clock - window for at in (self.opt_in_at or {}).values()))
 
     def to_dict(self) -> dict:
         return {
