@@ -69,10 +69,10 @@ class FakeLLMProcess:
 
 
 def worker_for(stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str], llm: FakeLLMProcess, **settings) -> WorkerProcess:
+    settings = {"clock": "event", "quiet_hours": "off", "user_cap_day": 0, "user_cap_week": 0, **settings}
     return WorkerProcess(
         tmp_path, roles, broker=stack.bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=4,
-        clock="event", data_dir=tmp_path / "data", quiet_hours="off", user_cap_day=0, user_cap_week=0,
-        llm_base_url=llm.base_url, llm_model="fake", **settings,
+        data_dir=tmp_path / "data", llm_base_url=llm.base_url, llm_model="fake", **settings,
     )
 
 
