@@ -45,6 +45,7 @@ def test_latency_bench_measures_every_followup(stack):
     assert 0 <= results["latency_p50"] <= results["latency_p99"] < 10_000
 
 
-def test_memory_bench_core_figure(stack):
-    results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only")
-    assert results["core_bytes_per_pair_2000"] > 0
+def test_memory_bench_core_figures_for_minimal_and_realistic_state(stack):
+    results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only", timeout=120)
+    assert results["core_minimal_bytes_per_pair_2000"] > 0
+    assert results["core_realistic_bytes_per_pair_2000"] > 0
