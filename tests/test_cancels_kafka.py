@@ -15,7 +15,7 @@ from foundation.clock import wall_ms
 from streams.rediskeys import safety_key
 from streams.topics import DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES
 from tests.test_generator_kafka import (
-    HOUR, MINUTE, START, FakeLLMProcess, Requests, by_followup, message, readers, request, values, worker_for,
+    HOUR, MINUTE, START, FakeLLMProcess, Requests, by_followup, message, readers, request, stop_all, values, worker_for,
 )
 from tests.waiting import async_wait_for
 
@@ -65,12 +65,7 @@ async def test_opt_outs_stop_words_minors_and_distress_since_the_decision_cancel
         await delivered.wait_for(lambda found: len(found) >= 2, 30, "the two deliveries")
         assert sorted(d["user_id"] for d in values(delivered)) == ["u-back-in", "u-ok"]
     finally:
-        for reader in (delivered, outcomes):
-            await reader.stop()
-        await requests.stop()
-        await redis.aclose()
-        worker.stop()
-        llm.stop()
+        await stop_all(worker, llm, delivered, outcomes, requests, redis)
     assert "Traceback" not in worker.log_tail(2000), worker.log_tail(60)
 
 
@@ -90,8 +85,5 @@ async def test_in_wall_mode_a_request_that_can_no_longer_leave_within_m_is_cance
         got = await outcomes_of(outcomes, worker, {"f-stale", "f-fresh"})
         assert got == {"f-stale": ("cancelled", "window_closed"), "f-fresh": ("generated", None)}
     finally:
-        await outcomes.stop()
-        await requests.stop()
-        worker.stop()
-        llm.stop()
+        await stop_all(worker, llm, outcomes, requests)
     assert "Traceback" not in worker.log_tail(2000), worker.log_tail(60)

@@ -120,6 +120,14 @@ class Requests:
         await self.redis.aclose()
 
 
+async def stop_all(worker: WorkerProcess, llm: FakeLLMProcess, *started) -> None:
+    """Stop what a test started: readers, publishers and clients first, then the worker and the LLM."""
+    for thing in started:
+        await (thing.aclose() if isinstance(thing, aioredis.Redis) else thing.stop())
+    worker.stop()
+    llm.stop()
+
+
 def request(followup_id: str, user: str, bot: str = "maestro", app: str = "whatsapp", due_ts: int = START + 12 * HOUR) -> FollowupRequest:
     return FollowupRequest(followup_id, user, bot, app, due_ts=due_ts, last_inbound_ts=due_ts - 12 * HOUR, inbound_in_window=5)
 
@@ -281,12 +289,7 @@ async def test_c_requests_are_cancelled_when_the_user_is_back_killed_or_erased(s
         assert len(by_followup(outcomes)["twice"]) == 1
         assert [d["followup_id"] for d in values(delivered)] == ["twice", "after-twice"]
     finally:
-        for reader in (delivered, outcomes):
-            await reader.stop()
-        await requests.stop()
-        await redis.aclose()
-        worker.stop()
-        llm.stop()
+        await stop_all(worker, llm, delivered, outcomes, requests, redis)
     assert "Traceback" not in worker.log_tail(2000), worker.log_tail(60)
 
 
