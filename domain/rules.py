@@ -284,11 +284,11 @@ class DecisionCore:
             user.sends = tuple(sorted((*user.sends, due)))
         self._schedule(user_id, bot_id, pair, self._expiry(pair))
         pair.forget_until(self._horizon(pair))
-        request = self._record(user_id, bot_id, pair, due, send_at or due, SUPPRESSED if failed else EMITTED,
-                               failed, inbound_in_window, checks)
+        decision = self._record(user_id, bot_id, pair, due, send_at or due, SUPPRESSED if failed else EMITTED,
+                                failed, inbound_in_window, checks)
         if failed is None:
             self.requests.append(FollowupRequest(
-                request.followup_id, user_id, bot_id, pair.app, due, pair.last_inbound_ts, inbound_in_window,
+                decision.followup_id, user_id, bot_id, pair.app, due, pair.last_inbound_ts, inbound_in_window,
             ))
 
     def _record(self, user_id: str, bot_id: str, pair: PairState, due: int, send_at: int, outcome: str,
