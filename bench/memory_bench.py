@@ -35,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -75,27 +76,48 @@ class StateMaker:
 
 class RealisticStates:
     """Users' state after 21 days of the simulator's traffic, fed to a DecisionCore with the
-    default rules; user ``n`` is sample user ``n mod size``."""
+    default rules; user ``n`` is sample user ``n mod size``. Read from ``sample_file`` if
+    given (``write_sample``): the process measured must not have fed the traffic itself,
+    or the memory that feeding freed would be counted as room for the state."""
 
     SAMPLE_USERS, DAYS, SEED = 3000, 21, 7
 
-    def __init__(self) -> None:
+    def __init__(self, sample_file: str | None = None) -> None:
+        if sample_file is None:
+            self.sample, self.messages_per_pair = self.simulated()
+            return
+        with open(sample_file, "rb") as lines:  # line by line: no garbage as large as the sample
+            self.messages_per_pair = float(next(lines))
+            self.sample = [(line[line.index(b" ") + 1:-1], int(line[:line.index(b" ")])) for line in lines]
+
+    @classmethod
+    def simulated(cls) -> tuple[list[tuple[bytes, int]], float]:
+        """(changelog value, pairs) of each sample user that holds a pair, and the messages
+        a pair keeps on average."""
         from devstack.traffic import TrafficShape, generate
         from domain.rules import DecisionCore
         from foundation.settings import Settings
         from schemas.records import parse_record
         core = DecisionCore(Settings.from_mapping({"clock": "event"}))
-        for record in generate(TrafficShape(users=self.SAMPLE_USERS, days=self.DAYS), seed=self.SEED):
+        for record in generate(TrafficShape(users=cls.SAMPLE_USERS, days=cls.DAYS), seed=cls.SEED):
             core.feed(parse_record(record))
             core.drain()
         users = [core.user(user_id) for user_id in sorted({*core.users, *core.idle})]
-        self.sample = [(orjson.dumps(user.to_dict()), len(user.pairs)) for user in users if user.pairs]
+        users = [user for user in users if user.pairs]
         kept = [len(getattr(pair, name, ())) // 2 for user in users for pair in user.pairs.values()
                 for name in ("inbound", "outbound")]
-        self.messages_per_pair = sum(kept) / sum(pairs for _, pairs in self.sample)
+        sample = [(orjson.dumps(user.to_dict()), len(user.pairs)) for user in users]
+        return sample, sum(kept) / sum(pairs for _, pairs in sample)
 
     def __call__(self, n: int) -> tuple[bytes, int]:
         return self.sample[n % len(self.sample)]
+
+
+def write_sample(path: str) -> None:
+    """The sample as ``RealisticStates`` reads it: the messages a pair keeps, then one
+    ``<pairs> <value>`` line per user."""
+    sample, messages_per_pair = RealisticStates.simulated()
+    Path(path).write_bytes(b"\n".join([b"%f" % messages_per_pair] + [b"%d %s" % (p, v) for v, p in sample]) + b"\n")
 
 
 SHAPES = {"minimal": StateMaker, "realistic": RealisticStates}
@@ -111,12 +133,12 @@ def users_for(make, pairs: int):
         n += 1
 
 
-def core_child(pairs: int, shape: str) -> None:
+def core_child(pairs: int, shape: str, sample_file: str | None) -> None:
     """In this (fresh) process: RSS before and after building the state, as one RESULT line."""
     from domain.rules import DecisionCore, UserState
     from foundation.settings import Settings
     core = DecisionCore(Settings.from_mapping({"clock": "event"}))
-    make = SHAPES[shape]()
+    make = RealisticStates(sample_file) if shape == "realistic" else StateMaker()
     make(0)
     gc.collect()
     before = _self_rss()
@@ -147,8 +169,14 @@ def core_measure(pairs: int, shape: str, source: str | None = None) -> tuple[int
     """Run ``core_child`` in a fresh process, on the code of ``source`` if given (this
     script by path, so that only the measured code comes from there)."""
     root = Path(source).resolve() if source else Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-core", str(pairs), "--shape", shape],
-                         capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(root)), cwd=root)
+    run = [sys.executable, str(Path(__file__).resolve())]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    with tempfile.TemporaryDirectory(prefix="relance-sample-") as folder:
+        sample = Path(folder) / "sample.json"
+        if shape == "realistic":
+            subprocess.run(run + ["--write-sample", str(sample)], check=True, env=env, cwd=root)
+        out = subprocess.run(run + ["--child-core", str(pairs), "--shape", shape, "--sample", str(sample)],
+                             capture_output=True, text=True, check=True, env=env, cwd=root)
     line = next(line for line in out.stdout.splitlines() if line.startswith("CORE "))
     _, tracked, before, after, seconds, as_objects, messages = line.split()
     return int(tracked), float(before), float(after), float(seconds), float(as_objects), float(messages)
@@ -214,7 +242,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"pairs {sizes}, shapes {shapes}, {args.partitions} partitions")
     print(f"\n{'DecisionCore in a fresh process':<40} {'pairs':>10} {'RSS delta MB':>13} {'bytes/pair':>11} "
           f"{'build s':>8} {'msgs/pair':>10} {'as objects B/pair':>18}")
-    for shape in shapes:
+    for shape in shapes if not args.workers_only else ():
         for pairs in sizes:
             tracked, before, after, seconds, as_objects, messages = core_measure(pairs, shape, args.source)
             per_pair = (after - before) * 1024 * 1024 / tracked
@@ -251,16 +279,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", default="100000,1000000", help="pair counts, comma-separated")
     parser.add_argument("--shapes", default="minimal,realistic", help="state shapes, comma-separated: minimal, realistic")
     parser.add_argument("--shape", default="minimal", help=argparse.SUPPRESS)  # of --child-core
+    parser.add_argument("--sample", help=argparse.SUPPRESS)                    # of --child-core
+    parser.add_argument("--write-sample", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--stores", default="memory,rocksdb", help="engine stores to measure, comma-separated")
-    parser.add_argument("--core-only", action="store_true", help="only the in-process DecisionCore figure")
+    parser.add_argument("--core-only", action="store_true", help="only the in-process DecisionCore figures")
+    parser.add_argument("--workers-only", action="store_true", help="only the engine worker figures")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--source", help="run the workers from this copy of the code (a worktree with a patch)")
     parser.add_argument("--child-core", type=int, help=argparse.SUPPRESS)
     add_stack_flags(parser)
     args = parser.parse_args(argv)
+    if args.write_sample:
+        write_sample(args.write_sample)
+        return
     if args.child_core:
-        core_child(args.child_core, args.shape)
+        core_child(args.child_core, args.shape, args.sample)
         return
     asyncio.run(main_async(args))
 
