@@ -120,9 +120,6 @@ def write_sample(path: str) -> None:
     Path(path).write_bytes(b"\n".join([b"%f" % messages_per_pair] + [b"%d %s" % (p, v) for v, p in sample]) + b"\n")
 
 
-SHAPES = {"minimal": StateMaker, "realistic": RealisticStates}
-
-
 def users_for(make, pairs: int):
     """(user_id, changelog value) of the first users that hold ``pairs`` pairs together."""
     n = held = 0
@@ -165,16 +162,25 @@ def _self_rss() -> float:
     return float("nan")
 
 
-def core_measure(pairs: int, shape: str, source: str | None = None) -> tuple[int, float, float, float, float, float]:
-    """Run ``core_child`` in a fresh process, on the code of ``source`` if given (this
-    script by path, so that only the measured code comes from there)."""
+def _on_code(source: str | None) -> tuple[list[str], dict, Path]:
+    """How to run this script by path on the code of ``source`` (this checkout if None):
+    only the measured code comes from there."""
     root = Path(source).resolve() if source else Path(__file__).resolve().parent.parent
-    run = [sys.executable, str(Path(__file__).resolve())]
-    env = dict(os.environ, PYTHONPATH=str(root))
+    return [sys.executable, str(Path(__file__).resolve())], dict(os.environ, PYTHONPATH=str(root)), root
+
+
+def sample_on(source: str | None, path: Path) -> Path:
+    """A realistic sample made by the code of ``source``, in its own state format."""
+    run, env, root = _on_code(source)
+    subprocess.run(run + ["--write-sample", str(path)], check=True, env=env, cwd=root)
+    return path
+
+
+def core_measure(pairs: int, shape: str, source: str | None = None) -> tuple[int, float, float, float, float, float]:
+    """Run ``core_child`` in a fresh process, on the code of ``source`` if given."""
+    run, env, root = _on_code(source)
     with tempfile.TemporaryDirectory(prefix="relance-sample-") as folder:
-        sample = Path(folder) / "sample.json"
-        if shape == "realistic":
-            subprocess.run(run + ["--write-sample", str(sample)], check=True, env=env, cwd=root)
+        sample = sample_on(source, Path(folder) / "sample") if shape == "realistic" else Path(folder) / "none"
         out = subprocess.run(run + ["--child-core", str(pairs), "--shape", shape, "--sample", str(sample)],
                              capture_output=True, text=True, check=True, env=env, cwd=root)
     line = next(line for line in out.stdout.splitlines() if line.startswith("CORE "))
@@ -182,11 +188,13 @@ def core_measure(pairs: int, shape: str, source: str | None = None) -> tuple[int
     return int(tracked), float(before), float(after), float(seconds), float(as_objects), float(messages)
 
 
-async def write_state(bootstrap: str, topic: str, shape: str, pairs: int, partitions: int) -> float:
-    """The engine.state records of users holding ``pairs`` pairs, on their partitions; seconds taken."""
+async def write_state(bootstrap: str, topic: str, shape: str, pairs: int, partitions: int, source: str | None) -> float:
+    """The engine.state records of users holding ``pairs`` pairs, on their partitions, in
+    the state format of the code of ``source``; seconds taken."""
     from streams.outbox import partition_for
-    items = ((key.encode(), value, None, partition_for(key.encode(), partitions))
-             for key, value in users_for(SHAPES[shape](), pairs))
+    with tempfile.TemporaryDirectory(prefix="relance-sample-") as folder:
+        make = RealisticStates(str(sample_on(source, Path(folder) / "sample"))) if shape == "realistic" else StateMaker()
+    items = ((key.encode(), value, None, partition_for(key.encode(), partitions)) for key, value in users_for(make, pairs))
     _, seconds = await produce_items(bootstrap, topic, items)
     return seconds
 
@@ -200,7 +208,7 @@ async def worker_rss(bootstrap: str, redis_url: str, work: Path, shape: str, pai
     prefix = fresh_prefix("mem")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     if pairs:
-        await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), shape, pairs, partitions)
+        await write_state(bootstrap, topic_name(ENGINE_STATE, prefix), shape, pairs, partitions, source)
     app_id = f"mem-{uuid.uuid4().hex[:6]}"
     data_dir = work / f"data-{app_id}"
     worker = WorkerProcess(work, ["engine"], pythonpath=source, clock="event", broker=bootstrap, redis_url=redis_url,
