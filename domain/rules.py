@@ -226,7 +226,8 @@ class DecisionCore:
         due no earlier than ``clock - W + D``: it counts messages after that minus W.
         """
         clock, window = self.clock, self._window
-        return min(clock - window - 1, max(pair.last_ts, clock - window) + self._idle_delay - window)
+        since = clock - window
+        return min(since - 1, (pair.last_ts if pair.last_ts > since else since) + self._idle_delay - window)
 
     # -- control -----------------------------------------------------------------------
 

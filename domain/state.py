@@ -48,11 +48,16 @@ class PairState:
 
     def add(self, ts: int, key: int, inbound: bool) -> bool:
         """Keep a message in time order; False if one with the same key is kept already."""
-        if key in self.inbound[1::2] or key in self.outbound[1::2]:
+        needle = key.to_bytes(8, _ORDER, signed=True)
+        if (self.inbound and _holds_key(self.inbound, needle)) or (self.outbound and _holds_key(self.outbound, needle)):
             return False
         packed = self.inbound if inbound else self.outbound
         at = len(packed)
-        while at >= 2 and packed[at - 2] > ts:  # nearly always in order: from the end
+        if not at or packed[at - 2] <= ts:  # nearly always in order
+            packed.append(ts)
+            packed.append(key)
+            return True
+        while at >= 2 and packed[at - 2] > ts:
             at -= 2
         packed[at:at] = array("q", (ts, key))
         return True
@@ -64,9 +69,11 @@ class PairState:
 
     def forget_until(self, horizon: int) -> None:
         """Drop the messages with ``ts <= horizon``."""
-        for packed in (self.inbound, self.outbound):
-            if packed and packed[0] <= horizon:
-                del packed[:2 * bisect_right(packed[0::2], horizon)]
+        inbound, outbound = self.inbound, self.outbound
+        if inbound and inbound[0] <= horizon:
+            del inbound[:2 * bisect_right(inbound[0::2], horizon)]
+        if outbound and outbound[0] <= horizon:
+            del outbound[:2 * bisect_right(outbound[0::2], horizon)]
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +91,21 @@ class PairState:
             last_inbound_key=data["last_inbound_key"], app=APP_NAMES.get(data["app"], data["app"]),
             due=data["due"], emitted_at=data["emitted_at"],
         )
+
+
+_ORDER = sys.byteorder
+
+
+def _holds_key(packed: array, needle: bytes) -> bool:
+    """Whether ``[ts, key, ...]`` holds the key whose bytes are ``needle``: searched in
+    the raw bytes (``in`` on an array makes an int of every item), at key places only."""
+    raw = packed.tobytes()
+    at = raw.find(needle)
+    while at >= 0:
+        if at % 16 == 8:
+            return True
+        at = raw.find(needle, at + 1)
+    return False
 
 
 NOBODY: frozenset[str] = frozenset()

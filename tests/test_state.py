@@ -73,3 +73,12 @@ def test_a_kept_message_packs_in_12_bytes():
         times_and_keys = [value for ts in range(count) for value in (1_795_856_400_000 + ts * 60_000, ts)]
         return len(pack_user(UserState(pairs={"b": PairState(inbound=array("q", times_and_keys))})))
     assert packed_size(50) - packed_size(10) == 40 * 12
+
+
+def test_a_key_is_recognised_at_key_places_only():
+    pair = PairState(inbound=array("q", [1_795_856_400_000, 7]), outbound=array("q", [1_795_856_460_000, -3]))
+    assert not pair.add(1_795_856_500_000, 7, inbound=False)       # kept inbound: a re-send
+    assert not pair.add(1_795_856_500_000, -3, inbound=True)       # kept outbound: a re-send
+    assert pair.add(1_795_856_500_000, 1_795_856_400_000, inbound=True)  # equal to a kept time only
+    assert pair.add(1_795_856_000_000, 9, inbound=True)            # late: kept in time order
+    assert pair.inbound_times() == [1_795_856_000_000, 1_795_856_400_000, 1_795_856_500_000]
