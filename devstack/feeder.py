@@ -19,10 +19,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas.records import (
-    InvalidRecord, Kill, MessageEvent, Tick, control_to_dict, loads, parse_record,
+    InvalidRecord, MessageEvent, Tick, control_to_dict, loads, parse_record,
 )
-from streams.topics import CLOCK_HEADER
-from streams.topics import MESSAGES, topic_name
+from streams.topics import CLOCK_HEADER, MESSAGES, routes_on_messages, topic_name
 
 
 @dataclass
@@ -52,13 +51,10 @@ async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "") -
             headers = [(CLOCK_HEADER, str(summary.clock).encode())]
             if isinstance(record, MessageEvent):
                 await producer.send(topic, record.to_json(), key=record.user_id.encode(), headers=headers)
-            elif isinstance(record, (Kill, Tick)):
-                body = orjson.dumps(control_to_dict(record))
-                for partition in partitions:
-                    await producer.send(topic, body, partition=partition, headers=headers)
             else:
                 body = orjson.dumps(control_to_dict(record))
-                await producer.send(topic, body, key=record.user_id.encode(), headers=headers)
+                for key, partition in routes_on_messages(record, len(partitions)):
+                    await producer.send(topic, body, key=key, partition=partition, headers=headers)
             summary.sent += 1
         for partition in partitions:
             await producer.send(topic, b"", partition=partition, headers=[(CLOCK_HEADER, str(summary.clock).encode())])
