@@ -26,8 +26,6 @@ INK, MUTED, GRID = "#1f2933", "#616e7c", "#e4e7eb"
 TREATED, HELD_OUT = "#2f6fad", "#d08a2e"
 GOOD, BAD, NEUTRAL = "#3f8f5a", "#c0504d", "#9aa5b1"
 SERIES = ("#2f6fad", "#d08a2e", "#3f8f5a", "#8e5ea2", "#c0504d", "#3c9d9b", "#7f7f7f", "#b07aa1")
-EFFECT_WORDS = {"answered": "answered the bot", "stopped": "stopped it (stop word or opt-out)",
-                "distress": "showed distress (any bot)"}
 STEP_WORDS = {"generated": "generated", "dead_lettered": "dead-lettered", "sent": "sent", "unknown": "sent, unconfirmed",
               "failed": "failed at the platform", "delivered": "delivered", "read": "read", "answered": "answered"}
 
@@ -185,7 +183,7 @@ def after_chart(report: Report) -> Figure:
                   [max(0.0, 100 * hi - v) for v, (_, hi) in zip(values, low_high)]]
         axes.barh(positions, values, height=height, color=(TREATED, BAD, SERIES[3])[index],
                   xerr=errors, error_kw={"ecolor": MUTED, "elinewidth": 0.8, "capsize": 1.5},
-                  label=f"{EFFECT_WORDS[effect]} within {_window_words(window, report)}")
+                  label=f"{effect} within {_window_words(window, report)}")
     axes.set_yticks(range(len(groups)), [_group_words(g) for g in groups])
     axes.invert_yaxis()
     axes.set_xlabel("% of follow-ups that left (95% interval)")
@@ -263,7 +261,7 @@ def what_if_chart(what_if: WhatIf) -> Figure:
 # -- the page ---------------------------------------------------------------------------------
 
 STYLE = """
-:root { color-scheme: light; }
+:root { color-scheme: light; } html { background: #f5f7fa; }
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2933;
        margin: 0; background: #f5f7fa; }
 main { max-width: 980px; margin: 0 auto; padding: 24px 28px 60px; }

@@ -28,15 +28,14 @@ def browser(tmp_path):
 
 @pytest.fixture
 def page(tmp_path, monkeypatch) -> Path:
-    paths = simulate(tmp_path / "records", monkeypatch, users=200, days=21, seed=2, holdout=0.2)
-    first, second = tmp_path / "idle-12h.toml", tmp_path / "idle-24h.toml"
-    first.write_text('holdout = 0.2\nidle_delay = "12h"\n')
-    second.write_text('holdout = 0.2\nidle_delay = "24h"\n')
-    out = tmp_path / "report.html"
-    assert main(["report", "--records", str(paths.records), "--decisions", str(paths.decisions),
-                 "--outcomes", str(paths.outcomes), "--deliveries", str(paths.deliveries),
-                 "--what-if", str(first), str(second), "--out", str(out)]) == 0
-    return out
+    monkeypatch.chdir(tmp_path)  # the page names its files as they were given: short, relative
+    simulate(Path("sim"), monkeypatch, users=200, days=21, seed=2, holdout=0.2)
+    Path("idle-12h.toml").write_text('holdout = 0.2\nidle_delay = "12h"\n')
+    Path("idle-24h.toml").write_text('holdout = 0.2\nidle_delay = "24h"\n')
+    assert main(["report", "--records", "sim/records.jsonl", "--decisions", "sim/decisions.jsonl",
+                 "--outcomes", "sim/outcomes.jsonl", "--deliveries", "sim/deliveries.jsonl",
+                 "--what-if", "idle-12h.toml", "idle-24h.toml", "--out", "report.html"]) == 0
+    return tmp_path / "report.html"
 
 
 async def test_the_report_loads_without_an_error_and_every_chart_renders(browser, page):
