@@ -105,6 +105,14 @@ def test_what_if_replays_two_settings_files_side_by_side(simulated, tmp_path):
     assert re.search(r"<td>min_inbound</td><td>default</td><td>8</td>", page)
 
 
-def test_a_what_if_needs_the_records(tmp_path, capsys):
-    assert main(["report", "--what-if", "a.toml", "b.toml", "--out", str(tmp_path / "r.html")]) == 2
+def test_what_cannot_be_done_is_said_before_anything_is_read(simulated, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "r.html")]
+    assert main(["report", "--what-if", "a.toml", "b.toml", *out]) == 2
     assert "--records" in capsys.readouterr().err
+    assert main(["report", "--records", str(simulated.records), "--from", "7d", *out]) == 2
+    assert "files are read whole" in capsys.readouterr().err
+    assert main(["report", "--records", str(tmp_path / "absent.jsonl"), *out]) == 1
+    assert "absent.jsonl" in capsys.readouterr().err
+    assert main(["report", "--from", "last tuesday", *out]) == 2
+    assert "neither an RFC 3339 time nor a duration" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

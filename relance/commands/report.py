@@ -81,19 +81,27 @@ class Loaded:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     console = Console(stderr=True)
+    files = bool(args.records or args.decisions)
     if args.what_if and not args.records:
         print("relance report: --what-if replays the records: give --records FILE", file=sys.stderr)
         return 2
+    if files and (args.start or args.end):
+        print("relance report: --from and --to choose records by when Kafka took them; "
+              "files are read whole", file=sys.stderr)
+        return 2
     try:
-        if args.records or args.decisions:
+        if files:
             loaded = load_files(args, settings, console)
         else:
             loaded = asyncio.run(load_kafka(settings, _time(args.start), _time(args.end), console))
+        report = build(loaded.inputs, settings.messaging_window)
+        compared = _what_if(args.what_if, loaded, console) if args.what_if else None
     except (OSError, KafkaError, ReadStalled) as exc:
         print(f"relance report: {exc}", file=sys.stderr)
         return 1
-    report = build(loaded.inputs, settings.messaging_window)
-    compared = _what_if(args.what_if, loaded, console) if args.what_if else None
+    except tomllib.TOMLDecodeError as exc:
+        print(f"relance report: a --what-if settings file is not TOML: {exc}", file=sys.stderr)
+        return 2
     meta = PageMeta(
         title="Relance: did follow-ups help?", source=loaded.source, generated_at=format_ts(wall_ms())[:16] + "Z",
         settings=_settings_rows(settings, replayed_here=bool(args.records and not args.decisions)),
@@ -102,13 +110,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.write_text(render(report, meta, compared), encoding="utf-8")
     if args.json:
-        body = report.to_dict()
-        if compared is not None:
-            body["what_if"] = {"names": list(compared.names),
-                               "rows": [[row.measure, row.first, row.second] for row in compared.rows]}
-        Path(args.json).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        Path(args.json).write_bytes(_figures(report, compared))
     print(summary(report, loaded, out))
     return 0
+
+
+def _figures(report: Report, compared: WhatIf | None) -> bytes:
+    body = report.to_dict()
+    if compared is not None:
+        body["what_if"] = {"names": list(compared.names),
+                           "rows": [[row.measure, row.first, row.second] for row in compared.rows]}
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
 
 
 def _time(text: str | None) -> int | None:
@@ -249,10 +261,18 @@ def timed_messages(records, on_error: Callable[[int, str], None]) -> list[Timed]
         if isinstance(event, (MessageEvent, Tick)):
             at = event.ts
         else:
-            clock = dict(record.headers or ()).get(CLOCK_HEADER)
-            at = int(clock) if clock and clock.isdigit() else record.timestamp
+            at = _clock_header(record)
         out.append(Timed(at, event))
     return out
+
+
+def _clock_header(record) -> int:
+    """The feeder's clock where the record stands (-1 before any message), else when Kafka took it."""
+    clock = dict(record.headers or ()).get(CLOCK_HEADER)
+    try:
+        return int(clock) if clock is not None else record.timestamp
+    except ValueError:
+        return record.timestamp
 
 
 def _progress(console: Console) -> Progress:
