@@ -249,8 +249,8 @@ def day_of(ms: int) -> int:
 class Aftermath:
     """When each user wrote to each bot, stopped it, or showed distress (to any bot)."""
 
-    def __init__(self, stream: Iterable[Timed], classifier: DistressClassifier | None = None) -> None:
-        classifier = classifier or PhraseListClassifier()
+    def __init__(self, stream: Iterable[Timed]) -> None:
+        classifier = PhraseListClassifier()  # the engine's own detector
         self.inbound: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.stops: dict[tuple[str, str | None], list[int]] = defaultdict(list)  # bot None: every bot
         self.distress: dict[str, list[int]] = defaultdict(list)
@@ -437,62 +437,29 @@ def _name(group: Group) -> str:
     return "all" if group == ALL else f"{group[0]}:{group[1]}"
 
 
-def build(inputs: Inputs, messaging_window: int, until: int | None = None,
-          classifier: DistressClassifier | None = None) -> Report:
-    """The whole report. ``until``: the end of observation (default: the stream's last time)."""
-    aftermath = Aftermath(inputs.stream, classifier)
-    if until is not None:
-        aftermath.until = until
+def build(inputs: Inputs, messaging_window: int) -> Report:
+    """The whole report; observation ends at the stream's last time."""
+    aftermath = Aftermath(inputs.stream)
     due_list = dues(inputs.decisions)
-    # A deferral with no later decision: replaced by a message, unless the engine's clock
-    # had not reached its send time yet when the data ends.
-    engine_clock = max((d.decided_at for d in inputs.decisions), default=-1)
+    funnels, daily, emitted = _funnels(due_list, _engine_clock(inputs.decisions))
+    words = _outcome_words(inputs.outcomes)
+    unmatched = _count_outcomes(words, emitted, funnels, daily)
     spans = {"M": messaging_window, "day": DAY_MS, "week": WEEK_MS}
-
-    funnels: dict[Group, Funnel] = defaultdict(Funnel)
-    daily: dict[Group, dict[int, Funnel]] = defaultdict(lambda: defaultdict(Funnel))
-    emitted_day: dict[str, tuple[int, DecisionRecord]] = {}
-    for due in due_list:
-        day = day_of(due.first.due_ts)
-        for group in _groups(due.first.bot_id, due.first.app):
-            for funnel in (funnels[group], daily[group][day]):
-                _count_due(funnel, due, engine_clock)
-        if due.final is not None and due.final.outcome == "emitted":
-            emitted_day.setdefault(due.final.followup_id, (day, due.final))
-
-    stories = _outcome_words(inputs.outcomes)
-    unmatched = 0
-    for fid, words in stories.items():
-        found = emitted_day.get(fid)
-        if found is None:
-            unmatched += 1
-            continue
-        day, decision = found
-        for group in _groups(decision.bot_id, decision.app):
-            for funnel in (funnels[group], daily[group][day]):
-                for word, reason in words:
-                    if word == "cancelled":
-                        funnel.cancelled[reason] += 1
-                    else:
-                        funnel.steps[word] += 1
-
     after: dict[Group, _Tally] = defaultdict(_Tally)
-    for fid, (_day, decision) in emitted_day.items():
-        if any(word in ("cancelled", "dead_lettered") for word, _ in stories.get(fid, ())):
-            continue  # it never left
-        for group in _groups(decision.bot_id, decision.app):
-            after[group].add(aftermath, spans, decision.user_id, decision.bot_id, decision.send_ts)
-
+    for fid, (_day, decision) in emitted.items():
+        if not any(word in ("cancelled", "dead_lettered") for word, _ in words.get(fid, ())):  # it left
+            for group in _groups(decision.bot_id, decision.app):
+                after[group].add(aftermath, spans, decision.user_id, decision.bot_id, decision.send_ts)
     arms: dict[Group, dict[str, _Tally]] = defaultdict(lambda: {"treated": _Tally(), HOLDOUT: _Tally()})
     for decision, arm in _silences(inputs.decisions):
         for group in _groups(decision.bot_id, decision.app):
             arms[group][arm].add(aftermath, spans, decision.user_id, decision.bot_id, decision.send_ts)
 
-    safety = _safety(funnels, inputs.deliveries, aftermath)
     groups = set(funnels) | set(after) | set(arms) | {ALL}
     arm_shares = {g: {arm: tally.shares() for arm, tally in arms[g].items()} for g in groups}
     comparison = {g: {key: newcombe(arm_shares[g]["treated"][key], arm_shares[g][HOLDOUT][key])
                       for key in arm_shares[g]["treated"]} for g in groups}
+    safety = _safety(funnels, inputs.deliveries, aftermath)
     due_times = [d.first.due_ts for d in due_list]
     return Report(
         messaging_window=messaging_window, until=aftermath.until,
@@ -502,6 +469,51 @@ def build(inputs: Inputs, messaging_window: int, until: int | None = None,
         verdict=verdict(comparison[ALL], messaging_window),
         safety={g: safety[g] for g in groups}, unmatched_outcomes=unmatched,
     )
+
+
+def _engine_clock(decisions: Sequence[DecisionRecord]) -> int:
+    """The engine's clock at its last decision: a deferral whose send time is later was
+    still waiting when the records end; an earlier one was replaced by a message."""
+    return max((d.decided_at for d in decisions), default=-1)
+
+
+Daily = dict[Group, dict[int, Funnel]]
+Emitted = dict[str, tuple[int, DecisionRecord]]   # follow-up id -> (day, its emitted decision)
+
+
+def _funnels(due_list: list[Due], engine_clock: int) -> tuple[dict[Group, Funnel], Daily, Emitted]:
+    """Funnels per group and per group and day, and each emitted follow-up's (day, decision)."""
+    funnels: dict[Group, Funnel] = defaultdict(Funnel)
+    daily: Daily = defaultdict(lambda: defaultdict(Funnel))
+    emitted: Emitted = {}
+    for due in due_list:
+        day = day_of(due.first.due_ts)
+        for group in _groups(due.first.bot_id, due.first.app):
+            for funnel in (funnels[group], daily[group][day]):
+                _count_due(funnel, due, engine_clock)
+        if due.final is not None and due.final.outcome == "emitted":
+            emitted.setdefault(due.final.followup_id, (day, due.final))
+    return funnels, daily, emitted
+
+
+def _count_outcomes(words: dict[str, list[tuple[str, str | None]]], emitted: Emitted,
+                    funnels: dict[Group, Funnel], daily: Daily) -> int:
+    """Each follow-up's outcome words into the funnels of its decision's groups and day;
+    returns how many follow-ups were decided outside the records."""
+    unmatched = 0
+    for fid, told in words.items():
+        if fid not in emitted:
+            unmatched += 1
+            continue
+        day, decision = emitted[fid]
+        for group in _groups(decision.bot_id, decision.app):
+            for funnel in (funnels[group], daily[group][day]):
+                for word, reason in told:
+                    if word == "cancelled":
+                        funnel.cancelled[reason] += 1
+                    else:
+                        funnel.steps[word] += 1
+    return unmatched
 
 
 def _count_due(funnel: Funnel, due: Due, engine_clock: int) -> None:
