@@ -23,8 +23,9 @@ from domain.normalize import normalize_webhook
 from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupAttempt, FollowupOutcome,
     FollowupRequest, InvalidRecord, Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict,
-    parse_attempt, parse_control, format_ts, parse_decision, parse_delivery, parse_followup, parse_message, parse_outcome, parse_ts,
+    parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome, parse_ts,
 )
+from schemas.records import parse_decision
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +40,8 @@ def validator(name: str) -> Draft202012Validator:
 
 VALIDATORS = {name: validator(name) for name in SCHEMA_NAMES}
 PARSERS = {"message": parse_message, "control": parse_control, "followup_request": parse_followup,
-           "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery,
-           "decision": parse_decision}
+           "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery}
+PARSERS["decision"] = parse_decision
 
 
 def schema_accepts(name: str, obj) -> bool:

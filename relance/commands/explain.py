@@ -4,9 +4,7 @@ Asks each ``--worker`` in turn (``GET /explain?user=..&bot=..`` on the worker's 
 until the one whose engine owns the user's partition answers, then prints the pair's
 state (inbound messages in the window, L, I, due time, last follow-up), the user's
 profile, opt-outs and follow-up history, and the pair's last decision records with the
-rule that stopped each one. Then, from Kafka (the user's partition of ``decisions``,
-``followups.outcomes`` and ``messages``), the pair's follow-up stories: each silence's
-decisions, its follow-up cancelled or sent, the receipts, and the user's answer.
+rule that stopped each one.
 """
 from __future__ import annotations
 
@@ -167,6 +165,9 @@ def _duration(ms: int) -> str:
 
 
 # -- follow-up stories, from Kafka -----------------------------------------------------------
+# After the engine's view, the pair's stories from the user's partition of ``decisions``,
+# ``followups.outcomes`` and ``messages``: each silence's decisions, its follow-up
+# cancelled or sent, the receipts, and the user's answer.
 
 STORIES_SHOWN = 10
 
