@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("--outcomes", metavar="PATH", help="follow-up outcome records, one a line")
     files.add_argument("--deliveries", metavar="PATH", help="delivery records, one a line")
     parser.add_argument("--what-if", nargs=2, metavar=("A.toml", "B.toml"),
-                        help="replay --records under two settings files and show them side by side")
+                        help="replay --records under two settings files and show them side by side "
+                        "(RELANCE_* variables still apply over both)")
     add_setting_flags(parser, "broker", "topic_prefix", "messaging_window", "holdout")
     parser.set_defaults(run=run)
 
