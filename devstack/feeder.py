@@ -18,9 +18,7 @@ from typing import Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.records import (
-    InvalidRecord, MessageEvent, Tick, control_to_dict, loads, parse_record,
-)
+from schemas.records import MessageEvent, clocked_records, control_to_dict
 from streams.topics import CLOCK_HEADER, MESSAGES, routes_on_messages, topic_name
 
 
@@ -38,17 +36,9 @@ async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "") -
     await producer.start()
     try:
         partitions = sorted(await producer.partitions_for(topic))
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = parse_record(loads(line))
-            except InvalidRecord as exc:
-                summary.errors.append((number, str(exc)))
-                continue
-            if isinstance(record, (MessageEvent, Tick)):
-                summary.clock = max(summary.clock, record.ts)
-            headers = [(CLOCK_HEADER, str(summary.clock).encode())]
+        for clock, record in clocked_records(lines, lambda number, reason: summary.errors.append((number, reason))):
+            summary.clock = clock
+            headers = [(CLOCK_HEADER, str(clock).encode())]
             if isinstance(record, MessageEvent):
                 await producer.send(topic, record.to_json(), key=record.user_id.encode(), headers=headers)
             else:
