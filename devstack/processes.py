@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from devstack.localstack import REPO_ROOT, die_with_parent, free_port, tail
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
@@ -70,6 +72,16 @@ class ChildProcess:
                 return response.status == 200
         except OSError:
             return False
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on its ``/metrics``; 0 while it is not serving yet."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
 
     def wait_ready(self, timeout: float) -> None:
         """Until ready; raises at once if the process dies, or at the deadline."""
