@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from domain.rules import DecisionCore, UserState
 from foundation.settings import Settings
@@ -163,6 +163,11 @@ def random_control(rng: random.Random):
 
 @hsettings(max_examples=ORACLE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(40, 200))
+# A late message due inside a distress cool-off whose end the clock had passed: the core
+# had forgotten the user, cool-off and all.
+@example(config=Settings.from_mapping({
+    "min_inbound": 1, "window": "1d", "idle_delay": "1h", "messaging_window": "6h", "quiet_hours": "off",
+    "user_cap_day": 0, "user_cap_week": 0, "distress_cooloff": "2d", "clock": "event"}), seed=40416, length=64)
 def test_every_decision_is_the_one_the_spec_makes(config, seed, length):
     """Each decision record and request, record by record, against the spec's reading:
     which pairs are due and in what order, each condition's verdict, the exact count, and
