@@ -42,7 +42,6 @@ import base64
 import collections
 import os
 import secrets
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -51,6 +50,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from devstack.loopback import LoopbackServer
 from domain.signature import SIGNATURE_HEADER, sign
 from schemas.registry import BotRegistry
 
@@ -91,13 +91,13 @@ def accounts_from_registry(registry: BotRegistry, environ: Mapping[str, str] = o
     return found
 
 
-class FakeGraph:
+class FakeGraph(LoopbackServer):
     """The send APIs on 127.0.0.1, with counters, fault modes and webhooks back."""
 
     def __init__(self, accounts: list[FakeAccount], *, port: int = 0, callback_url: str | None = None,
                  app_secret: str = "", mode: str = "ok", fail_times: int | None = None, slow_delay: float = 5.0,
                  limits: Mapping[str, int] | None = None, receipt_delay: float = 0.1, retry_after: int = 1) -> None:
-        self.port = port
+        super().__init__(port)
         self.callback_url = callback_url.rstrip("/") if callback_url else None
         self.app_secret = app_secret
         self.slow_delay = slow_delay
@@ -118,7 +118,6 @@ class FakeGraph:
         self.webhooks_posted = 0
         self.webhook_failures = 0
         self.received: collections.deque[tuple[str, Any]] = collections.deque(maxlen=10_000)  # (path, body)
-        self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()
         self._http: aiohttp.ClientSession | None = None
 
@@ -134,15 +133,13 @@ class FakeGraph:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/{account}/messages", self._send)
         app.router.add_get("/_control", self._stats)
         app.router.add_post("/_control", self._control)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = self._runner.addresses[0][1]
+
+    async def start(self) -> None:
+        await super().start()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
     async def stop(self) -> None:
@@ -153,16 +150,7 @@ class FakeGraph:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> "FakeGraph":
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()
+        await super().stop()
 
     # -- what tests ask ------------------------------------------------------------------
 
@@ -380,13 +368,7 @@ async def _serve(args: argparse.Namespace) -> None:
     fake = FakeGraph(accounts_from_registry(registry), port=args.port, callback_url=args.callback_url,
                      app_secret=secret, mode=args.mode, slow_delay=args.slow_delay, limits=limits,
                      receipt_delay=args.receipt_delay)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    async with fake:
-        print(f"ready {fake.base_url}", flush=True)
-        await stopping.wait()
+    await fake.serve_until_signalled()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from devstack.loopback import LoopbackServer
 
 MODES = ("ok", "slow", "error500", "bad_request", "rate429", "garbage", "no_choices", "pressure", "human", "flaky")
 
@@ -32,7 +33,7 @@ PRESSURE_TEXT = "I miss you so much! Why did you leave? Last chance to talk toda
 HUMAN_TEXT = "Honestly, I'm a real person, not a bot. Let's keep talking!"
 
 
-class FakeLLM:
+class FakeLLM(LoopbackServer):
     """Chat Completions on 127.0.0.1; counts requests and keeps the last body.
 
     ``fail_times``: in a fault mode, answer with the fault that many times, then ``ok``
@@ -42,7 +43,7 @@ class FakeLLM:
     def __init__(self, mode: str = "ok", *, port: int = 0, fail_times: int | None = None,
                  slow_delay: float = 5.0, ok_delay: float = 0.0, retry_after: str | None = "1",
                  include_usage: bool = True, reply: str = OK_TEXT) -> None:
-        self.port = port
+        super().__init__(port)
         self.slow_delay = slow_delay
         self.ok_delay = ok_delay
         self.retry_after = retry_after
@@ -54,7 +55,6 @@ class FakeLLM:
         self.max_in_flight = 0
         self.last_body: Any = None
         self.last_headers: dict[str, str] = {}
-        self._runner: web.AppRunner | None = None
 
     def set_mode(self, mode: str, fail_times: int | None = None) -> None:
         if mode not in MODES:
@@ -68,30 +68,10 @@ class FakeLLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/_control", self._stats)
         app.router.add_post("/_control", self._control)
-        # handler_cancellation: a request the client gave up on (timeout) stops here too,
-        # so in_flight stays true; a short shutdown does not wait for slow handlers.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> "FakeLLM":
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()
 
     def _current_mode(self) -> str:
         if self.mode == "ok" or self.faults_left is None:
@@ -163,14 +143,8 @@ def _json_or_raw(raw: bytes) -> Any:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    fake = FakeLLM(args.mode, port=args.port, fail_times=args.fail_times, slow_delay=args.slow_delay)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    async with fake:
-        print(f"ready {fake.base_url}", flush=True)
-        await stopping.wait()
+    await FakeLLM(args.mode, port=args.port, fail_times=args.fail_times,
+                  slow_delay=args.slow_delay).serve_until_signalled()
 
 
 def main(argv: list[str] | None = None) -> None:
