@@ -306,14 +306,16 @@ async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_ove
         # A refused token: the bot's sends stop (probed once a second), wait, then go once it works.
         fake.set_mode("token_invalid")
         held = [record(f"token-{i}", f"u-token-{i}", "instagram") for i in range(4)]
-        requests_before = fake.requests
         await rig.publish(*held)
+
         async def refused() -> bool:
             return await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 0
         await async_wait_for(refused, 20, "the token reported refused")
+        requests_before = fake.requests
         await asyncio.sleep(2.0)  # the fault lasts: nothing may end meanwhile
         assert not set(rig.stories()) & {r.followup_id for r in held}
-        assert fake.requests - requests_before <= 4  # probes, not every request again and again
+        # Once refused, one probe a second (send_token_probe), not every request again and again.
+        assert fake.requests - requests_before <= 4  # (a first-round call may still be arriving)
         fake.set_mode("ok")
         assert endings(await rig.wait_for_stories([r.followup_id for r in held], "sends once the token works")) == {"sent"}
         assert await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 1
