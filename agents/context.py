@@ -1,4 +1,5 @@
-"""The context agent: each pair's recent conversation in Redis, for the generator.
+"""The context agent: each pair's recent conversation in Redis, for the generator, and
+the users' safety facts, for the last-moment check.
 
 It reads ``messages`` (canonical events, and the control events the control agent forwards
 there) and keeps, per pair, the last ``context_messages`` messages as compact JSON, the
@@ -7,20 +8,35 @@ generator's stale check). Every write is idempotent, so a re-delivered batch aft
 changes nothing: a message already in the list is not appended again, and the latest
 inbound ts only moves forward. An ``erase`` record deletes this stage's keys of the user.
 
+It also mirrors what would stop a follow-up between its decision and its hand-over (spec
+section 3): opt-outs and opt-ins, stop words, profiles (minors), signs of distress. It
+sees the same ordered stream as the engine and changes the same ``SafetyFacts`` with the
+same methods, at the same clock (the ``relance-clock`` header in event mode, the wall
+clock in wall mode), so the mirror says what the engine's state says. It only differs on
+a re-sent stop word with a new ts after an opt-in, which the engine recognises and the
+mirror (keeping no message keys) takes as new: it then cancels, the safe way round.
+
 Invalid records are skipped here: the engine, on the same topic, dead-letters them.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Iterable
 
 import orjson
 
-from schemas.records import Erase, InvalidRecord, MessageEvent, loads, parse_record
+from domain.lastcheck import facts_of, mirror_of
+from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word
+from domain.state import SafetyFacts
+from foundation.clock import wall_ms
+from foundation.settings import Settings
+from schemas.records import Erase, InvalidRecord, MessageEvent, OptIn, OptOut, Profile, Tick, loads, parse_record
 from streams.wiring import Wiring
-from streams.topics import MESSAGES
-from streams.rediskeys import context_bots_key, context_key, context_stage_keys, last_inbound_key
+from streams.topics import CLOCK_HEADER, MESSAGES
+from streams.rediskeys import context_bots_key, context_key, context_stage_keys, last_inbound_key, safety_key
 
 log = logging.getLogger("relance.context")
 
@@ -76,36 +92,50 @@ async def read_context(redis, user_id: str, bot_id: str) -> list[ContextEntry]:
     return parse_entries(await redis.lrange(context_key(user_id, bot_id), 0, -1))
 
 
-def usable_record(value: bytes | None) -> MessageEvent | Erase | None:
-    """The record this stage acts on, or None (clock-only, invalid, other controls)."""
+UsableRecord = MessageEvent | Erase | Profile | OptOut | OptIn | Tick
+Stamp = tuple[int, int | None]   # a record's partition, and the clock stamped on it if any
+UNSTAMPED: Stamp = (0, None)
+
+
+def usable_record(value: bytes | None) -> UsableRecord | None:
+    """The record this stage acts on, or None (clock-only, invalid, kill switches)."""
     if not value:
         return None
     try:
         record = parse_record(loads(value))
     except InvalidRecord:
         return None
-    return record if isinstance(record, (MessageEvent, Erase)) else None
+    return record if isinstance(record, UsableRecord) else None
 
 
 class ContextWriter:
     """Applies batches of ``messages`` records to Redis, one pipeline per batch."""
 
-    def __init__(self, redis, kept_messages: int, ttl_ms: int) -> None:
+    def __init__(self, redis, settings: Settings) -> None:
         self.redis = redis
-        self.kept_messages = kept_messages
-        self.ttl_ms = ttl_ms
+        self.kept_messages = settings.context_messages
+        self.ttl_ms = settings.window
         self.append = redis.register_script(APPEND_SCRIPT)
+        self.safety = SafetyMirror(redis, settings, PhraseListClassifier())
 
-    async def apply(self, values: Iterable[bytes | None]) -> None:
+    async def apply(self, values: Iterable[bytes | None], stamps: Iterable[Stamp] | None = None) -> None:
+        """Apply records in order. ``stamps`` gives, per record, its partition and the
+        stream's clock as the producer stamped it (event mode), if it did."""
         pipe = self.redis.pipeline(transaction=False)
-        for value in values:
+        for value, stamp in zip(values, stamps or itertools.repeat(UNSTAMPED)):
             record = usable_record(value)
-            if isinstance(record, MessageEvent):
-                await self._queue_append(pipe, record)
-            elif isinstance(record, Erase):
+            self.safety.tell_clock(*stamp)
+            if isinstance(record, Erase):
                 # The erase must see every write queued before it, so the batch splits here.
+                await self.safety.queue_writes(pipe)
                 await pipe.execute()
                 await self.erase(record.user_id)
+                continue
+            if isinstance(record, MessageEvent):
+                await self._queue_append(pipe, record)
+            if record is not None:
+                await self.safety.apply(record)
+        await self.safety.queue_writes(pipe)
         await pipe.execute()
 
     async def _queue_append(self, pipe, event: MessageEvent) -> None:
@@ -117,8 +147,85 @@ class ContextWriter:
         await self.append(keys=keys, args=args, client=pipe)
 
     async def erase(self, user_id: str) -> None:
+        self.safety.forget(user_id)
         deleted = await self.redis.delete(*await context_stage_keys(self.redis, user_id))
         log.info("context erased", extra={"user_keys_deleted": deleted})
+
+
+class SafetyMirror:
+    """Each user's ``SafetyFacts`` in Redis (``safety_key``), changed by the records that
+    change them in the decision core, with the same methods and the same clock.
+
+    Most records change nothing here: a user's facts are read (one GET) only when a
+    profile, an opt-out or opt-in, a stop word or signs of distress come, and written once
+    per batch."""
+
+    def __init__(self, redis, settings: Settings, classifier: DistressClassifier) -> None:
+        self.redis = redis
+        self.classifier = classifier
+        self.window, self.cooloff, self.unknown_age = settings.window, settings.distress_cooloff, settings.unknown_age
+        self.wall = settings.clock == "wall"
+        # Each partition has its own clock, as each has its own decision core: batches mix
+        # partitions, and another's clock may be ahead.
+        self.clocks: dict[int, int] = collections.defaultdict(lambda: -1)
+        self.partition = 0
+        self.clock = -1
+        self.changed: dict[str, SafetyFacts] = {}  # this batch's, written by queue_writes
+
+    def tell_clock(self, partition: int, stamped: int | None) -> None:
+        """The clock before a record of ``partition`` takes effect, as the engine moves its
+        own: the wall clock, or the stream's stamp (never backwards)."""
+        self.partition = partition
+        now = wall_ms() if self.wall else stamped
+        if now is not None and now > self.clocks[partition]:
+            self.clocks[partition] = now
+        self.clock = self.clocks[partition]
+
+    async def apply(self, record: UsableRecord) -> None:
+        if isinstance(record, (MessageEvent, Tick)) and not self.wall and record.ts > self.clock:
+            self.clock = self.clocks[self.partition] = record.ts
+        if isinstance(record, MessageEvent):
+            await self._message(record)
+        elif isinstance(record, Profile):
+            (await self._facts(record.user_id)).minor = record.minor
+        elif isinstance(record, OptOut):
+            (await self._facts(record.user_id)).opt_out(record.bot_id)
+        elif isinstance(record, OptIn):
+            (await self._facts(record.user_id)).opt_in(record.bot_id, self.clock)
+
+    async def _message(self, event: MessageEvent) -> None:
+        if not event.inbound or event.ts < self.clock - self.window:  # too old: it changes nothing
+            return
+        stop = is_stop_word(event.text)
+        distress = self.classifier.detect(event.text)
+        if stop:
+            (await self._facts(event.user_id)).stop_word(event.bot_id, event.ts)
+        if distress is not None:
+            (await self._facts(event.user_id)).distressed(event.ts, self.cooloff)
+
+    async def _facts(self, user_id: str) -> SafetyFacts:
+        facts = self.changed.get(user_id)
+        if facts is None:
+            facts, _ = facts_of(await self.redis.get(safety_key(user_id)))
+            self.changed[user_id] = facts
+        return facts
+
+    async def queue_writes(self, pipe) -> None:
+        for user_id, facts in self.changed.items():
+            pipe.set(safety_key(user_id), mirror_of(facts, self.unknown_age))
+        self.changed = {}
+
+    def forget(self, user_id: str) -> None:
+        self.changed.pop(user_id, None)
+
+
+def stamp_of(event) -> Stamp:
+    """A Faust event's partition and the stream's clock a producer stamped on it
+    (``devstack/feeder.py``), if any."""
+    for name, value in event.message.headers or ():
+        if name == CLOCK_HEADER:
+            return event.message.partition, int(value)
+    return event.message.partition, None
 
 
 def install(wiring: Wiring) -> None:
@@ -126,7 +233,7 @@ def install(wiring: Wiring) -> None:
 
     @wiring.app.agent(wiring.topic(MESSAGES), name="context")
     async def context(stream):
-        writer = ContextWriter(wiring.redis, settings.context_messages, settings.window)
+        writer = ContextWriter(wiring.redis, settings)
         # No table writes here, so batches may leave stream iteration.
-        async for values in stream.take(BATCH_SIZE, within=BATCH_WITHIN_S):
-            await writer.apply(values)
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            await writer.apply([event.value for event in events], [stamp_of(event) for event in events])

@@ -5,8 +5,10 @@ tries that failed). Every request ends here with exactly one outcome, written to
 ``followups.outcomes`` and into the request's field of the ledger (``streams/ledger.py``):
 
 - ``generated``: the text went to ``delivery.<app>``;
-- ``cancelled:<reason>``: ``erased``, ``killed`` or ``user_returned``, checked before the
-  LLM is called and again right before delivery (the user may come back meanwhile);
+- ``cancelled:<reason>``: any reason of the last-moment check (``domain/lastcheck.py``:
+  ``erased``, ``killed``, ``user_returned``, ``opted_out``, ``minor``, ``distress``,
+  ``window_closed``), checked before the LLM is called and again right before delivery
+  (the user may come back, opt out or show distress meanwhile);
 - ``dead_lettered``: unknown bot, or generation failed ``generation_tries`` times.
 
 The ledger field is also how duplicates are dropped and how tries survive a crash. A copy

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import sys
+from bisect import bisect_right
 from typing import MutableMapping, Protocol
 
 from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
-from domain.state import APP_NAMES, NOBODY, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
+from domain.state import APP_NAMES, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
 from foundation.settings import Settings
 from schemas.records import (
     Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
@@ -65,7 +66,7 @@ class DecisionCore:
         self.settings = settings
         # Read on every message: plain attributes, not settings lookups.
         self._wall = settings.clock == "wall"
-        self._window, self._idle_delay, self._min_inbound = settings.window, settings.idle_delay, settings.min_inbound
+        self._window, self._idle_delay, self._messaging_window = settings.window, settings.idle_delay, settings.messaging_window
         self.classifier = classifier or PhraseListClassifier()
         self._engaged: dict[int, Check] = {}
         self.clock = -1
@@ -127,7 +128,7 @@ class DecisionCore:
             elif pair.due is not None:
                 self._decide(user_id, user, bot_id, pair, time)
             else:
-                self._expire(user_id, user, bot_id)
+                self._expire(user_id, user, bot_id, time)
 
     def _schedule(self, user_id: str, bot_id: str, pair: PairState, time: int) -> None:
         """Make sure the pair comes up by ``time``: one heap entry per pair, not per message."""
@@ -185,12 +186,13 @@ class DecisionCore:
             pair = user.pairs[sys.intern(bot_id)] = PairState()
             self._pairs += 1
         app = APP_NAMES[event.app]
-        if event.direction == "inbound":
-            key = event_key(app, event.event_id)
-            if not pair.add_inbound(ts, key, self._min_inbound):
-                self.stats["duplicates"] += 1
-                self.duplicates_by_app[app] = self.duplicates_by_app.get(app, 0) + 1
-                return
+        inbound = event.direction == "inbound"
+        key = event_key(app, event.event_id)
+        if not pair.add(ts, key, inbound):  # a re-sent webhook, whatever its ts: one message
+            self.stats["duplicates"] += 1
+            self.duplicates_by_app[app] = self.duplicates_by_app.get(app, 0) + 1
+            return
+        if inbound:
             self._record_inbound(event, key, app, user, pair)
         elif pair.last_inbound_ts < 0 and ts >= pair.last_ts:
             pair.app = app
@@ -199,6 +201,7 @@ class DecisionCore:
             pair.due = ts + self._idle_delay
             if pair.queued is None or pair.due < pair.queued:
                 self._schedule(user_id, bot_id, pair, pair.due)
+        pair.forget_until(self._horizon(pair))
         self.dirty.add(user_id)
 
     def _record_inbound(self, event: MessageEvent, key: int, app: str, user: UserState, pair: PairState) -> None:
@@ -206,15 +209,25 @@ class DecisionCore:
             pair.last_inbound_ts = event.ts
             pair.last_inbound_key = key
             pair.app = app
-        if is_stop_word(event.text) and event.ts > user.opted_in_at(event.bot_id):
+        if is_stop_word(event.text) and user.stop_word(event.bot_id, event.ts):
             self.stats["stop_words"] += 1
-            user.opt_out_bots = user.opt_out_bots | {event.bot_id}
-            user.opt_in_bots = user.opt_in_bots - {event.bot_id}
         detection = self.classifier.detect(event.text)
         if detection is not None:
             self.stats["distress"] += 1
             self.distress_languages.append(detection.language)
-            user.distress_until = max(user.distress_until, event.ts + self.settings.distress_cooloff)
+            user.distressed(event.ts, self.settings.distress_cooloff)
+
+    def _horizon(self, pair: PairState) -> int:
+        """The messages with ``ts`` at or below this can neither count nor come again.
+
+        A re-sent copy changes nothing while its first could still count: every message
+        with ``ts >= clock - W`` is kept (older events change nothing anyway). The next
+        decision of the pair is at ``L + D`` or later, and a late message can make one
+        due no earlier than ``clock - W + D``: it counts messages after that minus W.
+        """
+        clock, window = self.clock, self._window
+        since = clock - window
+        return min(since - 1, (pair.last_ts if pair.last_ts > since else since) + self._idle_delay - window)
 
     # -- control -----------------------------------------------------------------------
 
@@ -231,42 +244,27 @@ class DecisionCore:
         if isinstance(event, Profile):
             user.tz, user.minor = event.tz, event.minor
         elif isinstance(event, OptOut):
-            self._opt_out(user, event.bot_id)
+            user.opt_out(event.bot_id)
         elif isinstance(event, OptIn):
-            self._opt_in(user, event.bot_id)
+            user.opt_in(event.bot_id, self.clock)
         self.dirty.add(event.user_id)
-
-    @staticmethod
-    def _opt_out(user: UserState, bot_id: str | None) -> None:
-        if bot_id is None:
-            user.opt_out_all = True
-            user.opt_in_bots = NOBODY
-            return
-        user.opt_out_bots = user.opt_out_bots | {bot_id}
-        user.opt_in_bots = user.opt_in_bots - {bot_id}
-
-    def _opt_in(self, user: UserState, bot_id: str | None) -> None:
-        # Remembered so that a late or re-sent stop word from before the opt-in is ignored.
-        user.opt_in_at = {**(user.opt_in_at or {}), bot_id or "*": self.clock}
-        if bot_id is None:
-            user.opt_out_all = False
-            user.opt_out_bots = user.opt_in_bots = NOBODY
-            return
-        user.opt_out_bots = user.opt_out_bots - {bot_id}
-        if user.opt_out_all:
-            user.opt_in_bots = user.opt_in_bots | {bot_id}
 
     # -- the rule ----------------------------------------------------------------------
 
     def _decide(self, user_id: str, user: UserState, bot_id: str, pair: PairState, due: int) -> None:
-        settings = self.settings
-        send_at = quiet_hours_end(due, user.tz, settings.quiet_hours)
-        at = send_at if send_at is not None else due
-        since = at - self._window
-        inbound_in_window = 0
-        for ts in pair.inbound[0::2]:
-            if since < ts <= at:
-                inbound_in_window += 1
+        """The rule at ``due``: the pair's T, or the T' it was deferred to (spec section 3).
+
+        Inside quiet hours the follow-up waits for their end if that is still within M of
+        the last inbound message, and nothing else is judged now: at T' everything is
+        judged as it stands then. Otherwise every condition is judged at ``due``.
+        """
+        send_at = quiet_hours_end(due, user.tz, self.settings.quiet_hours)
+        inbound_in_window = pair.inbound_between(due - self._window, due)
+        if send_at is not None and 0 <= pair.last_inbound_ts and send_at - pair.last_inbound_ts <= self._messaging_window:
+            pair.due = send_at
+            self._schedule(user_id, bot_id, pair, send_at)
+            self._record(user_id, bot_id, pair, due, send_at, DEFERRED, None, inbound_in_window, (_QUIET_HELD_BACK,))
+            return
         kill = self.kills.stops(bot_id, pair.app)
         checks = (
             self._check_engaged(inbound_in_window),
@@ -275,40 +273,35 @@ class DecisionCore:
             _PASSED["kill_switch"] if kill is None else Check("kill_switch", False, kill),
             _OPTED_OUT if user.opted_out(bot_id) else _PASSED["opt_out"],
             self._check_age(user),
-            _DISTRESSED if at < user.distress_until else _PASSED["distress"],
-            _IN_HOLDOUT if in_holdout(user_id, bot_id, settings.holdout) else _PASSED["holdout"],
-            self._check_quiet_hours(pair, send_at),
-            self._check_cap(user, at),
+            _DISTRESSED if due < user.distress_until else _PASSED["distress"],
+            _IN_HOLDOUT if in_holdout(user_id, bot_id, self.settings.holdout) else _PASSED["holdout"],
+            _PASSED["quiet_hours"] if send_at is None else _QUIET_PAST_WINDOW,
+            self._check_cap(user, due),
         )
-        failed = None
-        for check in checks:
-            if not check.passed:
-                failed = check.rule
-                break
-        if failed is not None:
-            outcome = SUPPRESSED
-            pair.due = None
-            self._schedule(user_id, bot_id, pair, self._expiry(pair))
-        elif send_at is not None:
-            outcome = DEFERRED
-            pair.due = send_at
-            self._schedule(user_id, bot_id, pair, send_at)
-        else:
-            outcome = EMITTED
-            pair.due = None
+        failed = next((check.rule for check in checks if not check.passed), None)
+        pair.due = None
+        if failed is None:
             pair.emitted_at = due
-            user.sends = user.sends + (due,)
-            self._schedule(user_id, bot_id, pair, self._expiry(pair))
-        fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_key)
-        self.decisions.append(DecisionRecord(
-            fid, user_id, bot_id, pair.app, due, at, self.clock, outcome, failed,
-            inbound_in_window, max(pair.last_inbound_ts, 0), checks,
-        ))
-        if outcome == EMITTED:
+            user.sends = tuple(sorted((*user.sends, due)))
+        self._schedule(user_id, bot_id, pair, self._expiry(pair))
+        pair.forget_until(self._horizon(pair))
+        decision = self._record(user_id, bot_id, pair, due, send_at or due, SUPPRESSED if failed else EMITTED,
+                                failed, inbound_in_window, checks)
+        if failed is None:
             self.requests.append(FollowupRequest(
-                fid, user_id, bot_id, pair.app, due, pair.last_inbound_ts, inbound_in_window,
+                decision.followup_id, user_id, bot_id, pair.app, due, pair.last_inbound_ts, inbound_in_window,
             ))
+
+    def _record(self, user_id: str, bot_id: str, pair: PairState, due: int, send_at: int, outcome: str,
+                failed: str | None, inbound_in_window: int, checks: tuple[Check, ...]) -> DecisionRecord:
+        fid = followup_id(user_id, bot_id, pair.last_inbound_ts, pair.last_inbound_key)
+        decision = DecisionRecord(
+            fid, user_id, bot_id, pair.app, due, send_at, self.clock, outcome, failed,
+            inbound_in_window, max(pair.last_inbound_ts, 0), checks,
+        )
+        self.decisions.append(decision)
         self.dirty.add(user_id)
+        return decision
 
     def _check_engaged(self, inbound_in_window: int) -> Check:
         check = self._engaged.get(inbound_in_window)
@@ -338,28 +331,22 @@ class DecisionCore:
             return _AGE_UNKNOWN
         return _PASSED["age"]
 
-    def _check_quiet_hours(self, pair: PairState, send_at: int | None) -> Check:
-        if send_at is None:
-            return _PASSED["quiet_hours"]
-        if send_at - pair.last_inbound_ts > self.settings.messaging_window:
-            return _QUIET_PAST_WINDOW
-        return _QUIET_HELD_BACK
-
     def _check_cap(self, user: UserState, at: int) -> Check:
-        settings = self.settings
-        self._prune_sends(user)
-        day = sum(1 for ts in user.sends if at - DAY_MS < ts <= at)
-        week = sum(1 for ts in user.sends if at - WEEK_MS < ts <= at)
-        if settings.user_cap_day and day >= settings.user_cap_day:
-            return Check("user_cap", False, f"{day} follow-ups to this user in 24 hours")
-        if settings.user_cap_week and week >= settings.user_cap_week:
-            return Check("user_cap", False, f"{week} follow-ups to this user in 7 days")
-        return Check("user_cap", True)
+        """Suppressed if, with a follow-up sent at ``at``, some 24 hours (7 days) would hold
+        more than the cap: the user's follow-ups on both sides of ``at`` count, since a
+        decision made late, after a late message, can send before one already sent."""
+        self._prune_sends(user, at)
+        for span, cap, name in ((DAY_MS, self.settings.user_cap_day, "24 hours"),
+                                (WEEK_MS, self.settings.user_cap_week, "7 days")):
+            if cap and _crowded(user.sends, at, span, cap):
+                return Check("user_cap", False, f"{cap} follow-ups to this user already within {name} of it")
+        return _PASSED["user_cap"]
 
-    def _prune_sends(self, user: UserState) -> None:
-        # A decision may run after its due time (at the next record), and a late message
-        # can still make one due after clock - W: keep what such a decision would count.
-        horizon = self.clock - self.settings.window - WEEK_MS
+    def _prune_sends(self, user: UserState, now_due: int) -> None:
+        # Decisions run in due order, some after their due time (a tick may jump days),
+        # and a late message can still make one due after clock - W: no later decision is
+        # earlier than both, and it looks a week back.
+        horizon = min(now_due, self.clock - self._window) - WEEK_MS
         if user.sends and user.sends[0] <= horizon:
             user.sends = tuple(ts for ts in user.sends if ts > horizon)
 
@@ -374,11 +361,11 @@ class DecisionCore:
         window, delay = self.settings.window, self.settings.idle_delay
         return pair.last_ts + max(2 * window - delay, window + delay) + 1
 
-    def _expire(self, user_id: str, user: UserState, bot_id: str) -> None:
+    def _expire(self, user_id: str, user: UserState, bot_id: str, time: int) -> None:
         del user.pairs[bot_id]
         self._pairs -= 1
-        self._prune_sends(user)
-        if user.is_empty():
+        self._prune_sends(user, time)
+        if user.forgettable(self.clock, self._window):
             self.forget_user(user_id)
         self.dirty.add(user_id)
 
@@ -431,6 +418,20 @@ class DecisionCore:
 
 
 _NEVER = 1 << 62  # later than any due time
+
+
+def _crowded(sends: tuple[int, ...], at: int, span: int, cap: int) -> bool:
+    """Would ``cap + 1`` of ``sends`` (ascending) and ``at`` fall within one span of ``span``
+    ms, the one at ``at`` among them? Sends exactly ``span`` apart are not in one span."""
+    near = [ts for ts in sends if at - span < ts < at + span]
+    if len(near) < cap:
+        return False
+    index = bisect_right(near, at)
+    near.insert(index, at)
+    for first in range(max(0, index - cap), min(index, len(near) - 1 - cap) + 1):
+        if near[first + cap] - near[first] < span:
+            return True
+    return False
 
 
 def _describe_user(user: UserState) -> dict:

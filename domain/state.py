@@ -2,15 +2,16 @@
 
 - ``to_dict``/``from_dict``: JSON for the changelog (``engine.state``), readable and
   stable across versions.
-- ``pack_user``/``unpack_user``: one ``bytes`` per idle user in a worker's memory. A
-  million pairs as Python objects take about 900 bytes each; packed, about 160. The
-  core unpacks a user when it is next needed (``DecisionCore.pack_idle``).
+- ``pack_user``/``unpack_user``: one ``bytes`` per idle user in a worker's memory, about
+  70 bytes a pair and 12 a kept message, a fifth of what Python objects take. The core
+  unpacks a user when it is next needed (``DecisionCore.pack_idle``).
 """
 from __future__ import annotations
 
 import struct
 import sys
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,13 +23,18 @@ APP_NAMES = {app: app for app in APPS}  # one string object per app, not one per
 
 @dataclass(slots=True)
 class PairState:
-    """What the rule needs of one (user, bot): the last N inbound messages, not all.
+    """What the rule needs of one (user, bot): every message that may still count or come
+    again, and the times the rule reads.
 
-    ``inbound`` is packed as ``[ts, key, ts, key, ...]`` in ascending ``ts``: a million
-    pairs must fit in a worker's memory.
+    ``inbound`` and ``outbound`` hold the pair's messages as ``[ts, key, ts, key, ...]``
+    (``key`` is ``rules.event_key``), in ascending ``ts``: the inbound ones give the exact
+    count of any window, and both recognise a re-sent webhook (spec section 4). Messages
+    that can no longer count nor be re-sent are dropped (``forget_until``), so a pair holds
+    about one window of its conversation, packed: a million pairs must fit in a worker.
     """
 
     inbound: array = field(default_factory=lambda: array("q"))
+    outbound: array = field(default_factory=lambda: array("q"))
     last_ts: int = -1                 # L: latest message either way
     last_inbound_ts: int = -1         # I: latest inbound message
     last_inbound_key: int = 0         # event_key of the latest inbound message
@@ -40,23 +46,38 @@ class PairState:
     def inbound_times(self) -> list[int]:
         return list(self.inbound[0::2])
 
-    def add_inbound(self, ts: int, key: int, keep: int) -> bool:
-        """Insert in time order and keep the last ``keep``; False for a duplicate."""
-        packed = self.inbound
-        if key in packed[1::2]:
+    def add(self, ts: int, key: int, inbound: bool) -> bool:
+        """Keep a message in time order; False if one with the same key is kept already."""
+        needle = key.to_bytes(8, _ORDER, signed=True)
+        if (self.inbound and _holds_key(self.inbound, needle)) or (self.outbound and _holds_key(self.outbound, needle)):
             return False
+        packed = self.inbound if inbound else self.outbound
         at = len(packed)
+        if not at or packed[at - 2] <= ts:  # nearly always in order
+            packed.append(ts)
+            packed.append(key)
+            return True
         while at >= 2 and packed[at - 2] > ts:
             at -= 2
-        packed.insert(at, key)
-        packed.insert(at, ts)
-        if len(packed) > 2 * keep:
-            del packed[0:2]
+        packed[at:at] = array("q", (ts, key))
         return True
+
+    def inbound_between(self, since: int, until: int) -> int:
+        """How many distinct inbound messages have ``since < ts <= until``."""
+        times = self.inbound[0::2]
+        return bisect_right(times, until) - bisect_right(times, since)
+
+    def forget_until(self, horizon: int) -> None:
+        """Drop the messages with ``ts <= horizon``."""
+        inbound, outbound = self.inbound, self.outbound
+        if inbound and inbound[0] <= horizon:
+            del inbound[:2 * bisect_right(inbound[0::2], horizon)]
+        if outbound and outbound[0] <= horizon:
+            del outbound[:2 * bisect_right(outbound[0::2], horizon)]
 
     def to_dict(self) -> dict:
         return {
-            "inbound": self.inbound.tolist(), "last_ts": self.last_ts,
+            "inbound": self.inbound.tolist(), "outbound": self.outbound.tolist(), "last_ts": self.last_ts,
             "last_inbound_ts": self.last_inbound_ts, "last_inbound_key": self.last_inbound_key,
             "app": self.app, "due": self.due, "emitted_at": self.emitted_at,
         }
@@ -64,32 +85,48 @@ class PairState:
     @classmethod
     def from_dict(cls, data: dict) -> "PairState":
         return cls(
-            inbound=array("q", data["inbound"]), last_ts=data["last_ts"],
-            last_inbound_ts=data["last_inbound_ts"], last_inbound_key=data["last_inbound_key"],
-            app=APP_NAMES.get(data["app"], data["app"]), due=data["due"], emitted_at=data["emitted_at"],
+            # A record written before outbound messages were kept has none: it reads as such.
+            inbound=array("q", data["inbound"]), outbound=array("q", data.get("outbound", ())),
+            last_ts=data["last_ts"], last_inbound_ts=data["last_inbound_ts"],
+            last_inbound_key=data["last_inbound_key"], app=APP_NAMES.get(data["app"], data["app"]),
+            due=data["due"], emitted_at=data["emitted_at"],
         )
+
+
+_ORDER = sys.byteorder
+
+
+def _holds_key(packed: array, needle: bytes) -> bool:
+    """Whether ``[ts, key, ...]`` holds the key whose bytes are ``needle``: searched in
+    the raw bytes (``in`` on an array makes an int of every item), at key places only."""
+    raw = packed.tobytes()
+    at = raw.find(needle)
+    while at >= 0:
+        if at % 16 == 8:
+            return True
+        at = raw.find(needle, at + 1)
+    return False
 
 
 NOBODY: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
-class UserState:
-    """One user across every bot and app: profile, opt-outs, cap history and pairs.
+class SafetyFacts:
+    """What a user said about follow-ups, and what was seen of them: opt-outs, age, distress.
 
-    Rarely set fields hold shared immutable empties, replaced on write, so a user
-    costs little more than its pairs.
+    The decision core holds them in each ``UserState``; the context stage mirrors them in
+    Redis (``agents/context.py``) for the last-moment check. Both change them only through
+    these methods, so the two cannot disagree on what an opt-out or an opt-in means.
+    Rarely set fields hold shared immutable empties, replaced on write.
     """
 
-    tz: str | None = None
     minor: bool | None = None
     opt_out_all: bool = False
     opt_out_bots: frozenset[str] = NOBODY
     opt_in_bots: frozenset[str] = NOBODY       # exceptions to opt_out_all
     opt_in_at: dict[str, int] | None = None     # bot ("*" for all) -> clock of the opt-in
     distress_until: int = -1
-    sends: tuple[int, ...] = ()                 # send times of recent follow-ups
-    pairs: dict[str, PairState] = field(default_factory=dict)
 
     def opted_out(self, bot_id: str) -> bool:
         if bot_id in self.opt_out_bots:
@@ -101,26 +138,87 @@ class UserState:
             return -1
         return max(self.opt_in_at.get(bot_id, -1), self.opt_in_at.get("*", -1))
 
-    def is_empty(self) -> bool:
+    def opt_out(self, bot_id: str | None) -> None:
+        if bot_id is None:
+            self.opt_out_all = True
+            self.opt_in_bots = NOBODY
+            return
+        self.opt_out_bots = self.opt_out_bots | {bot_id}
+        self.opt_in_bots = self.opt_in_bots - {bot_id}
+
+    def opt_in(self, bot_id: str | None, clock: int) -> None:
+        # Remembered so that a late or re-sent stop word from before the opt-in is ignored.
+        self.opt_in_at = {**(self.opt_in_at or {}), bot_id or "*": clock}
+        if bot_id is None:
+            self.opt_out_all = False
+            self.opt_out_bots = self.opt_in_bots = NOBODY
+            return
+        self.opt_out_bots = self.opt_out_bots - {bot_id}
+        if self.opt_out_all:
+            self.opt_in_bots = self.opt_in_bots | {bot_id}
+
+    def stop_word(self, bot_id: str, ts: int) -> bool:
+        """A stop word written to a bot at ``ts``: an opt-out, unless an opt-in came after it."""
+        if ts <= self.opted_in_at(bot_id):
+            return False
+        self.opt_out(bot_id)
+        return True
+
+    def distressed(self, ts: int, cooloff: int) -> None:
+        self.distress_until = max(self.distress_until, ts + cooloff)
+
+    def age_stops(self, unknown_age: str) -> bool:
+        """Known as a minor, or of unknown age where the setting denies those."""
+        return self.minor is True or (self.minor is None and unknown_age == "deny")
+
+    def facts_dict(self) -> dict:
+        return {
+            "minor": self.minor, "opt_out_all": self.opt_out_all,
+            "opt_out_bots": sorted(self.opt_out_bots), "opt_in_bots": sorted(self.opt_in_bots),
+            "opt_in_at": self.opt_in_at or {}, "distress_until": self.distress_until,
+        }
+
+    @staticmethod
+    def facts_from(data: dict) -> dict:
+        """The constructor's arguments for the facts of a ``facts_dict``."""
+        return {
+            "minor": data["minor"], "opt_out_all": data["opt_out_all"],
+            "opt_out_bots": frozenset(data["opt_out_bots"]), "opt_in_bots": frozenset(data["opt_in_bots"]),
+            "opt_in_at": dict(data["opt_in_at"]) or None, "distress_until": data["distress_until"],
+        }
+
+
+@dataclass(slots=True)
+class UserState(SafetyFacts):
+    """One user across every bot and app: safety facts, time zone, cap history and pairs.
+
+    Rarely set fields hold shared immutable empties, replaced on write, so a user
+    costs little more than its pairs.
+    """
+
+    tz: str | None = None
+    sends: tuple[int, ...] = ()                 # send times of recent follow-ups, ascending
+    pairs: dict[str, PairState] = field(default_factory=dict)
+
+    def forgettable(self, clock: int, window: int) -> bool:
+        """Nothing left that a later record could need: no pair, profile, opt-out or kept
+        follow-up, no cool-off still running, no opt-in that a late stop word (one not
+        older than ``clock - window``) could come from before."""
         return (not self.pairs and self.tz is None and self.minor is None
                 and not self.opt_out_all and not self.opt_out_bots and not self.opt_in_bots
-                and not self.sends)
+                and not self.sends and self.distress_until <= clock
+                and all(at < clock - window for at in (self.opt_in_at or {}).values()))
 
     def to_dict(self) -> dict:
         return {
-            "tz": self.tz, "minor": self.minor, "opt_out_all": self.opt_out_all,
-            "opt_out_bots": sorted(self.opt_out_bots), "opt_in_bots": sorted(self.opt_in_bots),
-            "opt_in_at": self.opt_in_at or {}, "distress_until": self.distress_until,
-            "sends": list(self.sends), "pairs": {bot: pair.to_dict() for bot, pair in self.pairs.items()},
+            "tz": self.tz, **self.facts_dict(), "sends": list(self.sends),
+            "pairs": {bot: pair.to_dict() for bot, pair in self.pairs.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "UserState":
         return cls(
-            tz=data["tz"], minor=data["minor"], opt_out_all=data["opt_out_all"],
-            opt_out_bots=frozenset(data["opt_out_bots"]), opt_in_bots=frozenset(data["opt_in_bots"]),
-            opt_in_at=dict(data["opt_in_at"]) or None, distress_until=data["distress_until"],
-            sends=tuple(data["sends"]),
+            tz=data["tz"], **cls.facts_from(data), sends=tuple(data["sends"]),
             pairs={sys.intern(bot): PairState.from_dict(pair) for bot, pair in data["pairs"].items()},
         )
 
@@ -159,10 +257,13 @@ class KillSwitches:
 
 # A user: pair count and the length of its rare fields (JSON, often empty). Then per
 # pair: bot id length, app, last_ts, last_inbound_ts, last_inbound_key, due, emitted_at,
-# queued, inbound message count; the bot id; the inbound (ts, key) pairs. Native byte
-# order: packed users never leave the process.
+# queued, inbound and outbound message counts, the time base of the messages and whether
+# their times are wide; the bot id; the messages' times (inbound, then outbound), as
+# 4-byte offsets from the base when they fit (a pair spans far less than 49 days), else
+# 8 bytes; then their keys, 8 bytes each. Native byte order: packed users never leave
+# the process.
 _USER = struct.Struct("=HH")
-_PAIR = struct.Struct("=HBqqqqqqH")
+_PAIR = struct.Struct("=HBqqqqqqIIq?")
 _ABSENT = -(1 << 63)               # None in a packed int field
 _APP_CODES = ("", *APPS)           # a pair's app is "" until its first message names one
 _APP_CODE = {app: code for code, app in enumerate(_APP_CODES)}
@@ -178,13 +279,22 @@ def pack_user(user: UserState) -> bytes:
     parts = [_USER.pack(len(user.pairs), len(rare_json)), rare_json]
     for bot_id, pair in user.pairs.items():
         bot = bot_id.encode()
+        times = pair.inbound[0::2] + pair.outbound[0::2]
+        base = min(times) if times else 0
+        try:
+            packed_times = array("I", [ts - base for ts in times]).tobytes()
+            wide = False
+        except OverflowError:
+            packed_times, wide = times.tobytes(), True
         parts.append(_PAIR.pack(
             len(bot), _APP_CODE[pair.app], pair.last_ts, pair.last_inbound_ts, pair.last_inbound_key,
             _ABSENT if pair.due is None else pair.due, _ABSENT if pair.emitted_at is None else pair.emitted_at,
-            _ABSENT if pair.queued is None else pair.queued, len(pair.inbound) // 2,
+            _ABSENT if pair.queued is None else pair.queued, len(pair.inbound) // 2, len(pair.outbound) // 2,
+            base, wide,
         ))
         parts.append(bot)
-        parts.append(pair.inbound.tobytes())
+        parts.append(packed_times)
+        parts.append((pair.inbound[1::2] + pair.outbound[1::2]).tobytes())
     return b"".join(parts)
 
 
@@ -197,20 +307,36 @@ def unpack_user(packed: bytes) -> UserState:
             setattr(user, name, _RARE[name][1](value))
         at += rare_length
     for _ in range(pairs):
-        bot_length, app, last_ts, last_inbound_ts, last_inbound_key, due, emitted_at, queued, inbound = \
-            _PAIR.unpack_from(packed, at)
+        (bot_length, app, last_ts, last_inbound_ts, last_inbound_key, due, emitted_at, queued,
+         inbound, outbound, base, wide) = _PAIR.unpack_from(packed, at)
         at += _PAIR.size
         bot_id = sys.intern(packed[at:at + bot_length].decode())
         at += bot_length
-        messages = array("q")
-        messages.frombytes(packed[at:at + 16 * inbound])
-        at += 16 * inbound
+        count = inbound + outbound
+        times = array("q" if wide else "I")
+        times.frombytes(packed[at:at + times.itemsize * count])
+        at += times.itemsize * count
+        keys = array("q")
+        keys.frombytes(packed[at:at + 8 * count])
+        at += 8 * count
+        if not wide:
+            times = array("q", [base + offset for offset in times])
         user.pairs[bot_id] = PairState(
-            messages, last_ts, last_inbound_ts, last_inbound_key, _APP_CODES[app],
-            None if due == _ABSENT else due, None if emitted_at == _ABSENT else emitted_at,
-            None if queued == _ABSENT else queued,
+            inbound=_interleaved(times[:inbound], keys[:inbound]),
+            outbound=_interleaved(times[inbound:], keys[inbound:]),
+            last_ts=last_ts, last_inbound_ts=last_inbound_ts, last_inbound_key=last_inbound_key,
+            app=_APP_CODES[app], due=None if due == _ABSENT else due,
+            emitted_at=None if emitted_at == _ABSENT else emitted_at, queued=None if queued == _ABSENT else queued,
         )
     return user
+
+
+def _interleaved(times: array, keys: array) -> array:
+    """``[ts, key, ts, key, ...]`` from the two columns."""
+    messages = array("q", bytes(16 * len(times)))
+    messages[0::2] = times
+    messages[1::2] = keys
+    return messages
 
 
 def packed_pairs(packed: bytes) -> int:

@@ -2,10 +2,10 @@
 last-moment check (``domain/lastcheck.py``)."""
 from __future__ import annotations
 
-from domain.lastcheck import PairNow
+from domain.lastcheck import PairNow, pair_now_of
 from schemas.records import FollowupRequest
 from streams.ledger import Ledger
-from streams.rediskeys import KILLS_KEY, last_inbound_key
+from streams.rediskeys import KILLS_KEY, last_inbound_key, safety_key
 
 
 async def pair_now(redis, request: FollowupRequest) -> PairNow:
@@ -13,6 +13,7 @@ async def pair_now(redis, request: FollowupRequest) -> PairNow:
     Ledger.queue_exists(pipe, request)
     pipe.hmget(KILLS_KEY, "all", f"bot:{request.bot_id}", f"app:{request.app}")
     pipe.hget(last_inbound_key(request.user_id), request.bot_id)
-    published, kills, last_inbound = await pipe.execute()
-    return PairNow(published=bool(published), killed=any(kills),
-                   last_inbound_ts=None if last_inbound is None else int(last_inbound))
+    pipe.get(safety_key(request.user_id))
+    published, kills, last_inbound, safety = await pipe.execute()
+    return pair_now_of(request, published=bool(published), killed=any(kills),
+                       last_inbound_ts=None if last_inbound is None else int(last_inbound), mirror=safety)

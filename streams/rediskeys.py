@@ -26,6 +26,13 @@ def last_inbound_key(user_id: str) -> str:
     return f"{PREFIX}:last-in:{{{user_id}}}"
 
 
+def safety_key(user_id: str) -> str:
+    """String: the user's safety facts (opt-outs, age, distress cool-off) as
+    ``domain.lastcheck.mirror_of`` encodes them, for the last-moment check. No expiry:
+    an opt-out lasts until an opt-in."""
+    return f"{PREFIX}:safety:{{{user_id}}}"
+
+
 def ledger_key(user_id: str) -> str:
     """Hash: followup_id -> due ts, for every follow-up request published (emission ledger)."""
     return f"{PREFIX}:ledger:{{{user_id}}}"
@@ -35,7 +42,8 @@ KILLS_KEY = f"{PREFIX}:kills"  # Hash: "all" / "bot:<id>" / "app:<name>" -> "1";
 
 
 async def context_stage_keys(redis, user_id: str) -> list[str]:
-    """The keys the context stage holds for the user: its contexts, their bots, last inbound."""
+    """The keys the context stage holds for the user: its contexts, their bots, last
+    inbound, safety facts."""
     bots = await redis.smembers(context_bots_key(user_id))
-    return [context_bots_key(user_id), last_inbound_key(user_id)] + [
+    return [context_bots_key(user_id), last_inbound_key(user_id), safety_key(user_id)] + [
         context_key(user_id, bot.decode() if isinstance(bot, bytes) else bot) for bot in bots]

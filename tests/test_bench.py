@@ -45,9 +45,10 @@ def test_latency_bench_measures_every_followup(stack):
     assert 0 <= results["latency_p50"] <= results["latency_p99"] < 10_000
 
 
-def test_memory_bench_core_figure(stack):
-    results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only")
-    assert results["core_bytes_per_pair_2000"] > 0
+def test_memory_bench_core_figures_for_minimal_and_realistic_state(stack):
+    results = run_bench(stack, "bench.memory_bench", "--pairs", "2000", "--core-only", timeout=120)
+    assert results["core_minimal_bytes_per_pair_2000"] > 0
+    assert results["core_realistic_bytes_per_pair_2000"] > 0
 
 
 def test_gateway_bench_measures_every_post_of_each_run(stack):
@@ -56,6 +57,8 @@ def test_gateway_bench_measures_every_post_of_each_run(stack):
     for name in ("bare", "x1", "x2"):
         assert results[f"gateway_{name}_rate"] > 0, results
         assert 0 < results[f"gateway_{name}_p50"] <= results[f"gateway_{name}_p99"], results
+
+
 def test_sender_bench_measures_every_send_and_keeps_the_limit(stack):
     results = run_bench(stack, "bench.sender_bench", "--records", "200", "--numbers", "2", timeout=120)
     assert results["sender_sends_at_limit"] > 0 and results["sender_limit"] == 160

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -178,3 +179,36 @@ def test_explain_without_a_worker_says_who_could_not_answer():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "http://127.0.0.1:9: unreachable" in result.stderr
+
+
+# -- replay ---------------------------------------------------------------------------------------
+
+def test_replay_reads_a_file_writes_requests_and_decisions_and_reports_invalid_lines(tmp_path):
+    # Spec section 8: FILE by path, --decisions PATH, invalid lines on standard error
+    # (skipped, the rest goes on), settings from the environment.
+    def inbound(n: int, ts: str) -> bytes:
+        return orjson.dumps({"event_id": f"e{n}", "app": "facebook", "user_id": "u1", "bot_id": "maestro",
+                             "direction": "inbound", "ts": ts, "text": "hi"})
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join([
+        inbound(1, "2026-11-28T09:00:00Z"),
+        b"{not json",
+        orjson.dumps({"event_id": "e2", "app": "facebook", "user_id": "u1", "bot_id": "maestro", "direction": "inbound"}),
+        inbound(3, "2026-11-28T09:05:00Z"),
+        b"",
+        orjson.dumps({"type": "tick", "ts": "2026-11-28T09:10:00Z"}),
+        orjson.dumps({"type": "kill", "scope": "galaxy", "on": True}),
+    ]) + b"\n")
+    decisions = tmp_path / "decisions.jsonl"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")},
+           "RELANCE_MIN_INBOUND": "2", "RELANCE_IDLE_DELAY": "300", "RELANCE_QUIET_HOURS": "off"}
+    result = subprocess.run([RELANCE, "replay", str(records), "--decisions", str(decisions)],
+                            capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0
+    [request] = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert (request["due_ts"], request["inbound_in_window"], request["app"]) == ("2026-11-28T09:10:00.000Z", 2, "facebook")
+    [decision] = [orjson.loads(line) for line in decisions.read_bytes().splitlines()]
+    assert (decision["followup_id"], decision["outcome"]) == (request["followup_id"], "emitted")
+    errors = result.stderr.decode().splitlines()
+    assert [line.split(":")[0] for line in errors] == ["line 2", "line 3", "line 7"]
+    assert "not JSON" in errors[0] and "missing field text" in errors[1] and "scope" in errors[2]

@@ -1,16 +1,21 @@
 """The engine through a real Kafka broker agrees with ``relance replay`` (spec section 8)."""
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
 from relance.commands.replay import replay
+from schemas.records import MessageEvent, control_to_dict
 from foundation.settings import Settings
 from devstack.traffic import TrafficShape, generate
 from devstack.feeder import feed
 from streams.topics import DECISIONS, FOLLOWUPS_REQUESTED, topic_name
 from tests.kafkaread import TopicReader
 from devstack.processes import WorkerProcess
+from tests.rulebook import DAY
+from tests.test_rules_properties import untidy_stream
 
 pytestmark = pytest.mark.kafka
 
@@ -68,3 +73,28 @@ async def test_event_mode_worker_gives_the_same_followups_as_replay(stack, topic
         await decisions.stop()
         worker.stop()
         assert "Traceback" not in worker.log_tail(400), worker.log_tail(80)
+
+
+async def test_untidy_streams_decide_the_same_through_kafka(stack, topic_prefix, redis_db, tmp_path):
+    """Late messages that make pairs due in the past, re-sends with another ts, controls
+    mid-stream and quiet hours: the worker decides as the replay, which the oracle of
+    tests/oracle.py judges (tests/test_rules_properties.py)."""
+    records, resent = untidy_stream(random.Random(5), 14 * DAY, 600)
+    lines = [orjson.dumps(r.to_dict() if isinstance(r, MessageEvent) else control_to_dict(r)) for r in records]
+    want_requests, want_decisions = expected(lines)
+    outcomes = {d["stopped_by"] or d["outcome"] for d in want_decisions}
+    assert want_requests and resent and {"deferred", "user_cap", "kill_switch", "opt_out"} <= outcomes, outcomes
+    worker = engine_worker(stack, topic_prefix, redis_db, tmp_path).start()
+    requests = await TopicReader(stack.bootstrap, topic_name(FOLLOWUPS_REQUESTED, topic_prefix), 4).start()
+    decisions = await TopicReader(stack.bootstrap, topic_name(DECISIONS, topic_prefix), 4).start()
+    try:
+        assert (await feed(lines, stack.bootstrap, topic_prefix)).errors == []
+        await decisions.wait_for(lambda got: worker.check_alive() and len(got) >= len(want_decisions), 120, "every decision")
+        await requests.wait_for(lambda got: len(got) >= len(want_requests), 30, "every follow-up")
+        assert by_id([orjson.loads(m.value) for m in requests.records]) == by_id(want_requests)
+        assert comparable_decisions([orjson.loads(m.value) for m in decisions.records]) == comparable_decisions(want_decisions)
+    finally:
+        await requests.stop()
+        await decisions.stop()
+        worker.stop()
+    assert "Traceback" not in worker.log_tail(400), worker.log_tail(80)

@@ -13,7 +13,10 @@ from domain.lastcheck import PairNow, cancel_reason
 from domain.honesty import check_text
 from domain.writing import LLMError
 from streams.llm import CircuitOpen
-from schemas.records import Erase, FollowupAttempt, FollowupOutcome, FollowupRequest, InvalidRecord, MessageEvent, parse_attempt
+from foundation.settings import Settings
+from schemas.records import (
+    Erase, FollowupAttempt, FollowupOutcome, FollowupRequest, InvalidRecord, MessageEvent, OptOut, Tick, parse_attempt,
+)
 from streams.rediskeys import context_bots_key, context_key, last_inbound_key
 
 REQUEST = FollowupRequest("f-1", "u-1", "maestro", "whatsapp", due_ts=1_000_000, last_inbound_ts=900_000, inbound_in_window=5)
@@ -92,11 +95,13 @@ def test_refusal_labels_are_bounded_words():
     assert refusal_labels(["too long: 900 characters, more than 360", "empty"]) == {"too_long", "empty"}
 
 
-def test_usable_record_keeps_messages_and_erasures_only():
+def test_usable_record_keeps_messages_erasures_and_what_changes_safety_facts_or_the_clock():
     message = b'{"event_id":"e1","app":"whatsapp","user_id":"u-1","bot_id":"maestro","direction":"inbound","ts":5,"text":"hi"}'
     assert isinstance(usable_record(message), MessageEvent)
     assert usable_record(b'{"type":"erase","user_id":"u-1"}') == Erase("u-1")
-    for other in (b"", None, b"not json", b'{"type":"tick","ts":5}', b'{"app":"whatsapp"}'):
+    assert usable_record(b'{"type":"opt_out","user_id":"u-1","bot_id":null}') == OptOut("u-1", None)
+    assert usable_record(b'{"type":"tick","ts":5}') == Tick(5)
+    for other in (b"", None, b"not json", b'{"type":"kill","scope":"all","on":true}', b'{"app":"whatsapp"}'):
         assert usable_record(other) is None
 
 
@@ -115,7 +120,7 @@ def message(event_id: str, ts: int, direction: str = "inbound", bot: str = "maes
 
 @pytest.mark.kafka
 async def test_context_is_trimmed_deduplicated_and_keeps_the_latest_inbound(redis_client):
-    writer = ContextWriter(redis_client, kept_messages=3, ttl_ms=WINDOW_MS)
+    writer = ContextWriter(redis_client, Settings.from_mapping({"context_messages": 3, "window": WINDOW_MS // 1000}))
     batch = [message("e1", 100), message("e2", 300), message("e3", 200, "outbound"), message("e4", 250)]
     await writer.apply(batch)
     await writer.apply(batch + [message("e2", 300)])  # a re-delivered batch and a re-sent webhook
@@ -128,7 +133,7 @@ async def test_context_is_trimmed_deduplicated_and_keeps_the_latest_inbound(redi
 
 @pytest.mark.kafka
 async def test_erase_in_a_batch_deletes_what_came_before_it_only(redis_client):
-    writer = ContextWriter(redis_client, kept_messages=10, ttl_ms=WINDOW_MS)
+    writer = ContextWriter(redis_client, Settings.from_mapping({"context_messages": 10, "window": WINDOW_MS // 1000}))
     await writer.apply([message("e1", 100), message("e2", 200, bot="chef-lucie"),
                         b'{"type":"erase","user_id":"u-1"}', message("e3", 300)])
     assert await redis_client.keys("*") != []

@@ -69,10 +69,10 @@ class FakeLLMProcess:
 
 
 def worker_for(stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str], llm: FakeLLMProcess, **settings) -> WorkerProcess:
+    settings = {"clock": "event", "quiet_hours": "off", "user_cap_day": 0, "user_cap_week": 0, **settings}
     return WorkerProcess(
         tmp_path, roles, broker=stack.bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=4,
-        clock="event", data_dir=tmp_path / "data", quiet_hours="off", user_cap_day=0, user_cap_week=0,
-        llm_base_url=llm.base_url, llm_model="fake", **settings,
+        data_dir=tmp_path / "data", llm_base_url=llm.base_url, llm_model="fake", **settings,
     )
 
 
@@ -118,6 +118,14 @@ class Requests:
     async def stop(self) -> None:
         await self.producer.stop()
         await self.redis.aclose()
+
+
+async def stop_all(worker: WorkerProcess, llm: FakeLLMProcess, *started) -> None:
+    """Stop what a test started: readers, publishers and clients first, then the worker and the LLM."""
+    for thing in started:
+        await (thing.aclose() if isinstance(thing, aioredis.Redis) else thing.stop())
+    worker.stop()
+    llm.stop()
 
 
 def request(followup_id: str, user: str, bot: str = "maestro", app: str = "whatsapp", due_ts: int = START + 12 * HOUR) -> FollowupRequest:
@@ -282,12 +290,7 @@ async def test_c_requests_are_cancelled_when_the_user_is_back_killed_or_erased(s
         assert len(by_followup(outcomes)["twice"]) == 1
         assert [d["followup_id"] for d in values(delivered)] == ["twice", "after-twice"]
     finally:
-        for reader in (delivered, outcomes):
-            await reader.stop()
-        await requests.stop()
-        await redis.aclose()
-        worker.stop()
-        llm.stop()
+        await stop_all(worker, llm, delivered, outcomes, requests, redis)
     assert "Traceback" not in worker.log_tail(2000), worker.log_tail(60)
 
 

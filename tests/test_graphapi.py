@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import hmac
 
-import orjson
 import pytest
 from aiohttp import web
 

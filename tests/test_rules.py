@@ -223,6 +223,14 @@ def test_wall_mode_rejects_events_far_in_the_future_and_uses_the_wall_clock():
     assert core.clock == T0
 
 
+def test_wall_mode_future_boundary_is_exactly_five_minutes():
+    core = DecisionCore(Settings.from_mapping({"clock": "wall", "quiet_hours": "off"}))
+    core.feed(msg("u1", "b", T0 + 5 * MINUTE), now=T0)      # exactly 5 minutes ahead: valid
+    with pytest.raises(InvalidRecord, match="more than 5 minutes ahead"):
+        core.feed(msg("u1", "b", T0 + 5 * MINUTE + 1), now=T0)
+    assert core.pairs_tracked() == 1 and core.stats["duplicates"] == 0
+
+
 def test_wall_mode_decides_on_the_wall_clock_not_on_event_time():
     core = DecisionCore(Settings.from_mapping({"clock": "wall", "quiet_hours": "off"}))
     for event in burst("u1", "b", T0, 5):

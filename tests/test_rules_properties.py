@@ -1,18 +1,28 @@
-"""Invariants of the rule on random streams (hypothesis)."""
+"""Invariants of the rule on random streams (hypothesis).
+
+The first test judges every decision against ``tests/oracle.py``, the spec read straight
+from its text, on thousands of untidy streams; the others hold the core to properties
+that need no reading of the rule (determinism, restore, packing, re-sends).
+"""
 from __future__ import annotations
+
+import random
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from domain.rules import DecisionCore, UserState
 from foundation.settings import Settings
 from schemas.records import Erase, Kill, MessageEvent, OptIn, OptOut, Profile, Tick
-from tests.rulebook import HOUR, MINUTE, at
+from tests.oracle import Oracle
+from tests.rulebook import DAY, HOUR, MINUTE, at
 
 T0 = at("11-28 09:00")
 USERS = ("u0", "u1", "u2")
 BOTS = ("b0", "b1")
 APPS = ("whatsapp", "facebook", "instagram")
 TEXTS = ("hi", "any tips?", "", "STOP", "I want to die", "merci")
+DIRECTIONS = ("inbound",) * 4 + ("outbound",)
 
 settings_strategy = st.fixed_dictionaries({
     "min_inbound": st.integers(1, 6),
@@ -37,7 +47,10 @@ def streams(draw, max_records: int = 120):
     for index in range(draw(st.integers(1, max_records))):
         kind = draw(st.sampled_from(["msg"] * 12 + ["dup", "late", "tick", "control"]))
         if kind == "dup" and messages:
-            records.append(draw(st.sampled_from(messages)))
+            first = draw(st.sampled_from(messages))
+            # Re-sent as it was, or "whatever its ts" (not moving the clock) while the first counts.
+            ts = draw(st.sampled_from([first.ts, clock])) if first.ts >= clock - DAY else first.ts
+            records.append(replace(first, ts=ts))
             continue
         if kind == "tick":
             clock += draw(st.integers(0, 30 * HOUR))
@@ -83,6 +96,107 @@ def feed_all(core: DecisionCore, records) -> list[tuple[int, object]]:
 
 
 PROPERTY = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+ORACLE_EXAMPLES = 2000
+
+
+def untidy_stream(rng: random.Random, window: int, length: int) -> tuple[list, set[int]]:
+    """A stream as production sends it, and the indexes of its re-sent webhooks.
+
+    Users talk in sessions (a few inbound messages to one bot, an answer or not); some
+    messages and whole sessions arrive late (up to three days), some webhooks come again
+    (as they were, or with another ts that does not move the clock, while the first could
+    still count), controls and ticks fall anywhere. Plain ``random``, so that thousands of
+    streams take seconds, not minutes."""
+    clock, records, messages, resent = T0, [], [], set()
+
+    def message(ts: int, user: str, bot: str, direction: str, app: str) -> None:
+        nonlocal clock
+        clock = max(clock, ts)
+        event = MessageEvent(f"e{len(records)}", app, user, bot, direction, ts,
+                             rng.choice(TEXTS) if rng.random() < 0.1 else "hello")
+        messages.append(event)
+        records.append(event)
+
+    while len(records) < length:
+        kind = rng.choices(("session", "late session", "late", "resend", "tick", "control"), (8, 2, 2, 2, 2, 2))[0]
+        if kind == "resend" and messages:
+            first = rng.choice(messages)
+            ts = rng.choice((first.ts, rng.randint(max(first.ts, clock - window), clock))) if first.ts >= clock - window else first.ts
+            resent.add(len(records))
+            records.append(replace(first, ts=ts))
+        elif kind == "tick":
+            clock += rng.randint(0, 30 * HOUR)
+            records.append(Tick(clock))
+        elif kind == "control":
+            records.append(random_control(rng))
+            if isinstance(records[-1], Erase):  # the user's messages are forgotten: none can come "again"
+                messages = [m for m in messages if m.user_id != records[-1].user_id]
+        elif kind == "late":
+            message(clock - rng.randint(0, 3 * DAY), rng.choice(USERS), rng.choice(BOTS), rng.choice(DIRECTIONS), rng.choice(APPS))
+        else:
+            if kind == "session":
+                clock += rng.choice((0, MINUTE, 10 * MINUTE, 2 * HOUR, 13 * HOUR, 3 * DAY))
+                ts = clock
+            else:
+                ts = clock - rng.randint(0, 3 * DAY)
+            user, bot, app = rng.choice(USERS), rng.choice(BOTS), rng.choice(APPS)
+            for _ in range(rng.randint(1, 6)):
+                message(ts, user, bot, "inbound", rng.choice((app,) * 5 + APPS))
+                if rng.random() < 0.3:
+                    message(ts + MINUTE, user, bot, "outbound", app)
+                ts += rng.randint(0, 5 * MINUTE)
+    records.append(Tick(clock + 40 * DAY))
+    return records, resent
+
+
+def random_control(rng: random.Random):
+    user, bot = rng.choice(USERS), rng.choice(BOTS + (None,))
+    return rng.choice((
+        lambda: Profile(user, rng.choice((None, "Europe/Paris", "Asia/Tokyo", "America/Los_Angeles")),
+                        rng.choice((None, False, False, True))),
+        lambda: OptOut(user, bot), lambda: OptIn(user, bot), lambda: Erase(user),
+        lambda: Kill("bot", rng.choice(BOTS), rng.random() < 0.5),
+        lambda: Kill("app", rng.choice(APPS), rng.random() < 0.5),
+        lambda: Kill("all", None, rng.random() < 0.3),
+    ))()
+
+
+@hsettings(max_examples=ORACLE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(40, 200))
+def test_every_decision_is_the_one_the_spec_makes(config, seed, length):
+    """Each decision record and request, record by record, against the spec's reading:
+    which pairs are due and in what order, each condition's verdict, the exact count, and
+    the safety invariants of every request (cap on any span, quiet hours, send - I <= M,
+    no minor, opted-out, killed or erased pair)."""
+    records, _ = untidy_stream(random.Random(seed), config.window, length)
+    core, oracle = DecisionCore(config), Oracle(config)
+    for index, record in enumerate(records):
+        core.feed(record)
+        requests, decisions, _, _ = core.drain()
+        try:
+            oracle.step(record, decisions, requests)
+        except AssertionError as exc:
+            raise AssertionError(f"record {index} of seed {seed} ({record}): {exc}") from None
+
+
+@PROPERTY
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(40, 200))
+def test_a_resent_webhook_changes_nothing(config, seed, length):
+    """The same stream without its re-sent webhooks gives the same follow-ups and the same
+    decisions (only when each was made may differ: a re-send is a record, and a decision
+    made due by a late message happens at the next record)."""
+    records, resent = untidy_stream(random.Random(seed), config.window, length)
+    once = [record for index, record in enumerate(records) if index not in resent]
+
+    def outputs(stream):
+        core, requests, decisions = DecisionCore(config), [], []
+        for record in stream:
+            core.feed(record)
+            out, made, _, _ = core.drain()
+            requests += out
+            decisions += [replace(d, decided_at=0) for d in made]
+        return requests, decisions
+    assert outputs(records) == outputs(once)
 
 
 @PROPERTY

@@ -151,6 +151,19 @@ def test_minors_never_receive_a_followup():
     assert r.requests == [] and r.decisions[0].stopped_by == "age"
 
 
+def test_a_profile_that_arrives_after_the_messages_counts_at_the_decision():
+    # Messages first, the profile later but before the due time: it is the user's now.
+    r = run().feed(burst("u1", "b", T0, 5), Profile("u1", None, True), tick(T0 + DAY))
+    assert r.requests == [] and r.decisions[0].stopped_by == "age"
+    start = at("11-28 10:00")   # due 22:04 UTC: 17:04 in New York, 23:04 in Paris
+    r = run(quiet_hours="22:00-08:00").feed(burst("u1", "b", start, 5), Profile("u1", "America/New_York", False))
+    r.feed(tick(at("11-29 06:00")))
+    assert [q.due_ts for q in r.requests] == [start + 4 * MINUTE + 12 * HOUR]
+    r = run(quiet_hours="22:00-08:00").feed(burst("u1", "b", start, 5), Profile("u1", "Europe/Paris", False))
+    r.feed(tick(at("11-29 06:00")))
+    assert r.requests == [] and r.decisions[0].send_ts == at("11-29 07:00")
+
+
 @pytest.mark.parametrize("unknown_age,sent", [("allow", 1), ("deny", 0)])
 def test_unknown_age_follows_the_setting(unknown_age, sent):
     r = run(unknown_age=unknown_age).feed(burst("u1", "b", T0, 5), tick(T0 + DAY))
@@ -209,6 +222,19 @@ def test_kill_switches(kill, stopped):
 def test_lifting_a_kill_lets_later_decisions_through():
     r = run().feed(Kill("all", None, True), Kill("all", None, False), burst("u1", "b", T0, 5), tick(T0 + DAY))
     assert len(r.requests) == 1
+
+
+@pytest.mark.parametrize("scope, target", [("bot", "b"), ("app", "whatsapp")])
+def test_lifting_a_kill_of_a_bot_or_an_app_lets_its_followups_through_again(scope, target):
+    r = run().feed(burst("u1", "b", T0, 5), Kill(scope, target, True), tick(T0 + DAY))
+    assert r.requests == [] and r.decisions[0].stopped_by == "kill_switch"
+    later = T0 + 3 * DAY
+    r.feed(Kill(scope, target, False), burst("u1", "b", later, 5), tick(later + DAY))
+    assert len(r.requests) == 1 and r.decisions[-1].checks[3] == ("kill_switch", True, "")
+    # Lifting one kill leaves the others on.
+    r = run().feed(Kill("bot", "b", True), Kill("app", "whatsapp", True), Kill(scope, target, False),
+                   burst("u1", "b", T0, 5), tick(T0 + DAY))
+    assert r.requests == [] and r.decisions[0].stopped_by == "kill_switch"
 
 
 # -- erasure ---------------------------------------------------------------------------

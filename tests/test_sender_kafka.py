@@ -9,7 +9,6 @@ which writes them to ``raw.<app>`` for ingest to read.
 """
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -307,15 +306,16 @@ async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_ove
         fake.set_mode("token_invalid")
         held = [record(f"token-{i}", f"u-token-{i}", "instagram") for i in range(4)]
         await rig.publish(*held)
-
         async def refused() -> bool:
             return await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 0
         await async_wait_for(refused, 20, "the token reported refused")
-        requests_before = fake.requests
-        await asyncio.sleep(2.0)  # the fault lasts: nothing may end meanwhile
-        assert not set(rig.stories()) & {r.followup_id for r in held}
-        # Once refused, one probe a second (send_token_probe), not every request again and again.
-        assert fake.requests - requests_before <= 4  # (a first-round call may still be arriving)
+        # While the fault lasts the held requests are not tried again and again: the token is
+        # probed once per send_token_probe (1 s), so two more calls take at least about 1 s
+        # (four requests retrying every 200 ms would make them in a fraction of that).
+        probes_from, since = fake.requests, time.monotonic()
+        await async_wait_for(lambda: fake.requests - probes_from >= 2, 30, "two probes of the refused token")
+        assert time.monotonic() - since >= 0.8, "the refused token is called faster than it is probed"
+        assert not set(rig.stories()) & {r.followup_id for r in held}  # nothing ended meanwhile
         fake.set_mode("ok")
         assert endings(await rig.wait_for_stories([r.followup_id for r in held], "sends once the token works")) == {"sent"}
         assert await rig.metric("relance_send_token_ok", app="instagram", bot="maestro") == 1

@@ -12,10 +12,17 @@ _MAYBE = st.one_of(st.none(), st.integers(0, 1 << 50))
 
 
 @st.composite
+def messages(draw, base: int, spread: int) -> array:
+    kept = draw(st.lists(st.tuples(st.integers(base, base + spread), _INT), max_size=8))
+    return array("q", [value for message in sorted(kept) for value in message])
+
+
+@st.composite
 def pairs(draw) -> PairState:
-    inbound = draw(st.lists(st.tuples(st.integers(0, 1 << 50), _INT), max_size=8))
+    # Times a pair keeps span less than 2**32 ms, packed in 4 bytes; wider spans in 8.
+    base, spread = draw(st.integers(0, 1 << 50)), draw(st.sampled_from([(1 << 32) - 1, 1 << 40]))
     return PairState(
-        inbound=array("q", [value for message in sorted(inbound) for value in message]),
+        inbound=draw(messages(base, spread)), outbound=draw(messages(base, spread)),
         last_ts=draw(st.integers(-1, 1 << 50)), last_inbound_ts=draw(st.integers(-1, 1 << 50)),
         last_inbound_key=draw(_INT), app=draw(st.sampled_from(["", "whatsapp", "facebook", "instagram"])),
         due=draw(_MAYBE), emitted_at=draw(_MAYBE), queued=draw(_MAYBE),
@@ -52,8 +59,26 @@ def test_the_changelog_encoding_round_trips(user):
 
 def test_a_packed_user_is_several_times_smaller_than_its_objects():
     import sys
-    user = UserState(pairs={"maestro": PairState(inbound=array("q", range(10)), last_ts=5, last_inbound_ts=5, app="whatsapp", due=9)})
+    user = UserState(pairs={"maestro": PairState(inbound=array("q", range(10)), outbound=array("q", range(4)),
+                                                 last_ts=5, last_inbound_ts=5, app="whatsapp", due=9)})
     pair = user.pairs["maestro"]
     as_objects = (sys.getsizeof(user) + sys.getsizeof(user.pairs) + sys.getsizeof(pair) + sys.getsizeof(pair.inbound)
+                  + sys.getsizeof(pair.outbound)
                   + sum(sys.getsizeof(getattr(pair, name)) for name in ("last_ts", "last_inbound_ts", "last_inbound_key", "due")))
     assert sys.getsizeof(pack_user(user)) * 3 < as_objects
+
+
+def test_a_kept_message_packs_in_12_bytes():
+    def packed_size(count: int) -> int:
+        times_and_keys = [value for ts in range(count) for value in (1_795_856_400_000 + ts * 60_000, ts)]
+        return len(pack_user(UserState(pairs={"b": PairState(inbound=array("q", times_and_keys))})))
+    assert packed_size(50) - packed_size(10) == 40 * 12
+
+
+def test_a_key_is_recognised_at_key_places_only():
+    pair = PairState(inbound=array("q", [1_795_856_400_000, 7]), outbound=array("q", [1_795_856_460_000, -3]))
+    assert not pair.add(1_795_856_500_000, 7, inbound=False)       # kept inbound: a re-send
+    assert not pair.add(1_795_856_500_000, -3, inbound=True)       # kept outbound: a re-send
+    assert pair.add(1_795_856_500_000, 1_795_856_400_000, inbound=True)  # equal to a kept time only
+    assert pair.add(1_795_856_000_000, 9, inbound=True)            # late: kept in time order
+    assert pair.inbound_times() == [1_795_856_000_000, 1_795_856_400_000, 1_795_856_500_000]

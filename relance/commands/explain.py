@@ -105,8 +105,7 @@ def _pair_lines(pair: dict | None, needed: int) -> list[str]:
     inbound = pair["inbound_in_window"]
     return [
         "pair:",
-        f"  inbound in window  {len(inbound)} of {needed} needed "
-        f"(the engine keeps the latest {needed}): {', '.join(inbound) or '-'}",
+        f"  inbound in window  {len(inbound)} of {needed} needed: {', '.join(inbound) or '-'}",
         f"  L  last message    {pair['last_ts'] or '-'}",
         f"  I  last inbound    {pair['last_inbound_ts'] or '-'}  (app {pair['app'] or '-'})",
         f"  due                {pair['due'] or '- (no decision pending)'}",
