@@ -20,13 +20,13 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
 from domain.normalize import normalize_webhook
-from schemas.records import FollowupOutcome, InvalidRecord, Kill, Receipt, Tick, control_to_dict, loads, parse_control
+from schemas.records import FollowupOutcome, InvalidRecord, Kill, Receipt, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop
 from streams.ledger import Ledger, ledger_ttl_s
 from streams.outbox import Outbox
-from streams.topics import CONTROL, DEADLETTER, FOLLOWUP_OUTCOMES, MESSAGES, RAW_BY_APP, topic_name
+from streams.topics import CONTROL, DEADLETTER, FOLLOWUP_OUTCOMES, MESSAGES, RAW_BY_APP, routes_on_messages, topic_name
 from streams.rediskeys import KILLS_KEY
 
 
@@ -128,11 +128,8 @@ def install(wiring: Wiring) -> None:
             body = orjson.dumps(control_to_dict(record))
             if isinstance(record, Kill):
                 await _mirror_kill(wiring, record)
-            if isinstance(record, (Kill, Tick)):
-                for partition in range(wiring.settings.partitions):
-                    await messages.send(value=body, partition=partition)
-            else:
-                await messages.send(key=record.user_id.encode(), value=body)
+            for key, partition in routes_on_messages(record, wiring.settings.partitions):
+                await messages.send(key=key, value=body, partition=partition)
 
 
 async def _mirror_kill(wiring: Wiring, kill: Kill) -> None:

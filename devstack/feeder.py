@@ -18,11 +18,8 @@ from typing import Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.records import (
-    InvalidRecord, Kill, MessageEvent, Tick, control_to_dict, loads, parse_record,
-)
-from streams.topics import CLOCK_HEADER
-from streams.topics import MESSAGES, topic_name
+from schemas.records import MessageEvent, clocked_records, control_to_dict
+from streams.topics import CLOCK_HEADER, MESSAGES, routes_on_messages, topic_name
 
 
 @dataclass
@@ -39,26 +36,15 @@ async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "") -
     await producer.start()
     try:
         partitions = sorted(await producer.partitions_for(topic))
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = parse_record(loads(line))
-            except InvalidRecord as exc:
-                summary.errors.append((number, str(exc)))
-                continue
-            if isinstance(record, (MessageEvent, Tick)):
-                summary.clock = max(summary.clock, record.ts)
-            headers = [(CLOCK_HEADER, str(summary.clock).encode())]
+        for clock, record in clocked_records(lines, lambda number, reason: summary.errors.append((number, reason))):
+            summary.clock = clock
+            headers = [(CLOCK_HEADER, str(clock).encode())]
             if isinstance(record, MessageEvent):
                 await producer.send(topic, record.to_json(), key=record.user_id.encode(), headers=headers)
-            elif isinstance(record, (Kill, Tick)):
-                body = orjson.dumps(control_to_dict(record))
-                for partition in partitions:
-                    await producer.send(topic, body, partition=partition, headers=headers)
             else:
                 body = orjson.dumps(control_to_dict(record))
-                await producer.send(topic, body, key=record.user_id.encode(), headers=headers)
+                for key, partition in routes_on_messages(record, len(partitions)):
+                    await producer.send(topic, body, key=key, partition=partition, headers=headers)
             summary.sent += 1
         for partition in partitions:
             await producer.send(topic, b"", partition=partition, headers=[(CLOCK_HEADER, str(summary.clock).encode())])

@@ -1,4 +1,5 @@
-"""Relance processes (workers, gateways), started with settings and stopped by pid (tests, benchmarks)."""
+"""Processes started and stopped by pid: any program (the demo's), and Relance's own commands
+(workers, gateways) with settings (tests, benchmarks)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,35 +12,26 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from devstack.localstack import REPO_ROOT, die_with_parent, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from devstack.localstack import REPO_ROOT, die_with_parent, free_port, tail
 
 RELANCE = str(Path(sys.executable).with_name("relance"))
 
 
-class RelanceProcess:
-    """A ``relance`` command in its own process group, with RELANCE_* settings and a log file.
+class ChildProcess:
+    """A program in a session (so a process group) of its own, so that Ctrl-C reaches only
+    its starter, and started to die with it (``die_with_parent``); its output in a log file."""
 
-    The environment's own RELANCE_* variables are left out, so what runs is exactly what
-    the caller asked for.
-    """
-
-    def __init__(self, log_dir: Path, command: list[str], pythonpath: str | Path | None = None,
-                 **settings: object) -> None:
-        self.web_port = free_port()
-        self.command = command
-        self.log_path = Path(log_dir) / f"{command[0]}-{self.web_port}.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
-        self.env.update({f"RELANCE_{k.upper()}": str(v) for k, v in settings.items()})
-        self.env["RELANCE_WEB_PORT"] = str(self.web_port)
-        self.env.setdefault("RELANCE_REGISTRY", str(REPO_ROOT / "deploy" / "bots.toml"))
-        if pythonpath:  # a patched copy of the code (a git worktree) before the installed one
-            self.env["PYTHONPATH"] = str(pythonpath)
-        self.cwd = Path(pythonpath) if pythonpath else REPO_ROOT
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path = REPO_ROOT, web_port: int | None = None) -> None:
+        self.name, self.argv, self.env, self.log_path, self.cwd = name, argv, env, Path(log_path), cwd
+        self.web_port = web_port
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RelanceProcess":
+    def start(self) -> "ChildProcess":
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([RELANCE, *self.command], env=self.env, stdout=log,
+            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd,
                                             preexec_fn=die_with_parent)
         return self
@@ -55,7 +47,7 @@ class RelanceProcess:
     def check_alive(self) -> bool:
         """True while running; a dead process raises at once, with the end of its log."""
         if not self.alive:
-            raise RuntimeError(f"{self.command[0]} exited with {self.process.returncode}:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
         return True
 
     def kill(self) -> None:
@@ -81,19 +73,47 @@ class RelanceProcess:
         except OSError:
             return False
 
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on its ``/metrics``; 0 while it is not serving yet."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
+
     def wait_ready(self, timeout: float) -> None:
         """Until ready; raises at once if the process dies, or at the deadline."""
         deadline = time.monotonic() + timeout
         while self.check_alive() and not self.ready():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.command[0]} not ready after {timeout:g}s:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return tail(self.log_path, lines)
+
+
+class RelanceProcess(ChildProcess):
+    """A ``relance`` command with RELANCE_* settings, on a free web port.
+
+    The environment's own RELANCE_* variables are left out, so what runs is exactly what
+    the caller asked for.
+    """
+
+    def __init__(self, log_dir: Path, command: list[str], pythonpath: str | Path | None = None,
+                 **settings: object) -> None:
+        web_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
+        env.update({f"RELANCE_{k.upper()}": str(v) for k, v in settings.items()})
+        env["RELANCE_WEB_PORT"] = str(web_port)
+        env.setdefault("RELANCE_REGISTRY", str(REPO_ROOT / "deploy" / "bots.toml"))
+        if pythonpath:  # a patched copy of the code (a git worktree) before the installed one
+            env["PYTHONPATH"] = str(pythonpath)
+        super().__init__(command[0], [RELANCE, *command], env, Path(log_dir) / f"{command[0]}-{web_port}.log",
+                         cwd=Path(pythonpath) if pythonpath else REPO_ROOT, web_port=web_port)
+        self.command = command
 
 
 class WorkerProcess(RelanceProcess):

@@ -365,7 +365,7 @@ class DecisionCore:
         del user.pairs[bot_id]
         self._pairs -= 1
         self._prune_sends(user, time)
-        if user.forgettable(self.clock, self._window):
+        if user.forgettable(self.clock, self._window, self._idle_delay):
             self.forget_user(user_id)
         self.dirty.add(user_id)
 

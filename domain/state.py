@@ -200,13 +200,18 @@ class UserState(SafetyFacts):
     sends: tuple[int, ...] = ()                 # send times of recent follow-ups, ascending
     pairs: dict[str, PairState] = field(default_factory=dict)
 
-    def forgettable(self, clock: int, window: int) -> bool:
+    def forgettable(self, clock: int, window: int, idle_delay: int) -> bool:
         """Nothing left that a later record could need: no pair, profile, opt-out or kept
-        follow-up, no cool-off still running, no opt-in that a late stop word (one not
-        older than ``clock - window``) could come from before."""
+        follow-up, no cool-off that could still cover a decision, no opt-in that a late
+        stop word (one not older than ``clock - window``) could come from before.
+
+        A late message (not older than ``clock - window``) can still make a decision due
+        at ``clock - window + idle_delay``, long before the clock: a cool-off that covers
+        that time must stay, though the clock has passed its end (spec section 4, "a late
+        event still counts if the decision it could change has not been made yet")."""
         return (not self.pairs and self.tz is None and self.minor is None
                 and not self.opt_out_all and not self.opt_out_bots and not self.opt_in_bots
-                and not self.sends and self.distress_until <= clock
+                and not self.sends and self.distress_until <= clock - window + idle_delay
                 and all(at < clock - window for at in (self.opt_in_at or {}).values()))
 
     def to_dict(self) -> dict:

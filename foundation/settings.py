@@ -289,6 +289,15 @@ class Settings:
                 raise SettingError(f"setting {name} ({ENV_PREFIX}{name.upper()}): {exc}") from None
         return cls(**values)
 
+    def shown(self, name: str) -> str:
+        """A setting's value as a person writes it (``12h``, ``22:00-08:00``); a secret's
+        only as set or unset."""
+        declared = next(f for f in dataclasses.fields(self) if f.name == name)
+        value = getattr(self, name)
+        if declared.metadata.get("secret"):
+            return "set" if value else "unset"
+        return _shown(value, declared.metadata["parse"])
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 

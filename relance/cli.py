@@ -9,11 +9,11 @@ import argparse
 import sys
 
 from relance.commands import (
-    broker, control, demo, explain, gateway, normalize, replay, settings, simulate, topics, worker,
+    broker, control, demo, explain, gateway, normalize, replay, report, settings, simulate, topics, worker,
 )
 from foundation.settings import SettingError
 
-COMMANDS = (broker, control, demo, explain, gateway, normalize, replay, settings, simulate, topics, worker)
+COMMANDS = (broker, control, demo, explain, gateway, normalize, replay, report, settings, simulate, topics, worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

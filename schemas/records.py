@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -399,6 +399,25 @@ def parse_record(obj: Any) -> MessageEvent | ControlEvent:
     return parse_control(obj) if "type" in obj else _checked_message(obj)
 
 
+def clocked_records(lines: Iterable[bytes | str],
+                    on_error: Callable[[int, str], None]) -> Iterator[tuple[int, MessageEvent | ControlEvent]]:
+    """The records of a replay file (spec section 8), each with the stream's clock where it
+    stands: the largest ``ts`` of a message or tick so far (section 4), which is also the
+    time of a control event there. An invalid line goes to ``on_error(number, reason)``."""
+    clock = -1
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = parse_record(loads(line))
+        except InvalidRecord as exc:
+            on_error(number, str(exc))
+            continue
+        if isinstance(record, (MessageEvent, Tick)):
+            clock = max(clock, record.ts)
+        yield clock, record
+
+
 # -- outputs of the engine -------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +631,44 @@ class DecisionRecord:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+DECISION_OUTCOMES = ("emitted", "suppressed", "deferred")
+
+
+def parse_decision(obj: Any) -> DecisionRecord:
+    """Validate a decoded decision record (what ``relance report`` and ``explain`` read back)."""
+    obj = _object(obj)
+    outcome = _one_of(obj, "outcome", DECISION_OUTCOMES)
+    stopped_by = obj.get("stopped_by")
+    if stopped_by is not None and (not isinstance(stopped_by, str) or not stopped_by):
+        raise InvalidRecord("stopped_by must be null or the name of a rule")
+    count = obj.get("inbound_in_window")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidRecord("inbound_in_window must be a non-negative integer")
+    checks = obj.get("checks")
+    if not isinstance(checks, list):
+        raise InvalidRecord("checks must be a list of {rule, passed, detail}")
+    for name in ("due_ts", "send_ts", "decided_at", "last_inbound_ts"):
+        if name not in obj:
+            raise InvalidRecord(f"missing field {name}", "missing_field")
+    return DecisionRecord(
+        followup_id=_identifier(obj, "followup_id"), user_id=_identifier(obj, "user_id"),
+        bot_id=_identifier(obj, "bot_id"), app=_one_of(obj, "app", APPS),
+        due_ts=parse_ts(obj["due_ts"], "due_ts"), send_ts=parse_ts(obj["send_ts"], "send_ts"),
+        decided_at=parse_ts(obj["decided_at"], "decided_at"), outcome=outcome, stopped_by=stopped_by,
+        inbound_in_window=count, last_inbound_ts=parse_ts(obj["last_inbound_ts"], "last_inbound_ts"),
+        checks=tuple(_check(check) for check in checks),
+    )
+
+
+def _check(obj: Any) -> Check:
+    if not isinstance(obj, dict):
+        raise InvalidRecord("each check must be an object {rule, passed, detail}")
+    rule, passed, detail = obj.get("rule"), obj.get("passed"), obj.get("detail")
+    if not isinstance(rule, str) or not rule or not isinstance(passed, bool) or not isinstance(detail, str):
+        raise InvalidRecord("a check needs a rule name, passed true or false, and a detail string")
+    return Check(rule, passed, detail)
 
 
 # -- dead letters ----------------------------------------------------------------------

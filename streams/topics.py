@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.records import ControlEvent, Kill, Tick
+
 DAY_MS = 86_400_000
 # Event mode over Kafka: the feeder stamps each record of `messages` with the stream's clock (ms).
 CLOCK_HEADER = "relance-clock"
@@ -52,3 +54,12 @@ CATALOG: tuple[TopicSpec, ...] = (
 def topic_name(spec: TopicSpec, prefix: str = "") -> str:
     """The topic's name on the broker; a prefix lets tests and demos share one broker."""
     return prefix + spec.name
+
+
+def routes_on_messages(record: ControlEvent, partitions: int) -> list[tuple[bytes | None, int | None]]:
+    """Where a control record travels on ``messages``, as (key, partition), so that every
+    engine partition sees it in its one order: kill switches and ticks concern everyone and
+    go to every partition; the others, like messages, to their user's (by key)."""
+    if isinstance(record, (Kill, Tick)):
+        return [(None, partition) for partition in range(partitions)]
+    return [(record.user_id.encode(), None)]

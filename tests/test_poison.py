@@ -3,13 +3,11 @@ or a named count, and the records behind it on the same partition still go throu
 from __future__ import annotations
 
 import hashlib
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import WorkerProcess
 from streams.topics import CLOCK_HEADER, DEADLETTER, MESSAGES, RAW_BY_APP, topic_name
@@ -56,17 +54,6 @@ def message(user: str, n: int, ts: int) -> bytes:
                          "direction": "inbound", "ts": ts, "text": "hello"})
 
 
-def metric(worker: WorkerProcess, name: str) -> float:
-    """The sum of a counter's samples on the worker's /metrics; 0 while it is not serving yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == name)
-
-
 async def test_an_unreadable_clock_header_or_an_empty_value_does_not_stop_the_engine(stack, topic_prefix, redis_db, tmp_path):
     worker = engine_worker(stack, topic_prefix, redis_db, tmp_path).start()
     letters = await TopicReader(stack.bootstrap, topic_name(DEADLETTER, topic_prefix), 1).start()
@@ -79,13 +66,13 @@ async def test_an_unreadable_clock_header_or_an_empty_value_does_not_stop_the_en
         await producer.send_and_wait(topic, None, key=key)     # null
         for n in range(1, 4):
             await producer.send_and_wait(topic, message("u-poison", n, t + n), key=key)
-        await async_wait_for(lambda: worker.check_alive() and metric(worker, "relance_events_in_total") >= 3, 60,
+        await async_wait_for(lambda: worker.check_alive() and worker.metric("relance_events_in_total") >= 3, 60,
                              "the three messages behind the poison records")
         await letters.wait_for(lambda got: len(got) >= 1, 30, "the bad header's dead letter")
         letter = orjson.loads(letters.records[0].value)
         assert "relance-clock" in letter["reason"] and letter["stage"] == "engine"
-        assert metric(worker, "relance_records_dropped_total") == 2
-        assert metric(worker, "relance_dead_letters_total") == 1
+        assert worker.metric("relance_records_dropped_total") == 2
+        assert worker.metric("relance_dead_letters_total") == 1
     finally:
         await producer.stop()
         await letters.stop()

@@ -6,10 +6,11 @@ that need no reading of the rule (determinism, restore, packing, re-sends).
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from domain.rules import DecisionCore, UserState
 from foundation.settings import Settings
@@ -95,8 +96,23 @@ def feed_all(core: DecisionCore, records) -> list[tuple[int, object]]:
     return emitted
 
 
-PROPERTY = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-ORACLE_EXAMPLES = 2000
+# Unset, every run (CI's included) tries the same streams: a failure is reproducible and
+# belongs to the change that made it. RELANCE_PROPERTY_EXAMPLES=N draws fresh random
+# streams instead, N for the oracle and a tenth as many for the other properties, to hunt
+# for disagreements no fixed set holds; a failure prints the seed and stream to pin with
+# ``@example``.
+RANDOM_EXAMPLES = int(os.environ.get("RELANCE_PROPERTY_EXAMPLES") or 0)
+
+
+def property_settings(fixed_examples: int, random_share: float) -> hsettings:
+    return hsettings(
+        max_examples=max(fixed_examples, int(RANDOM_EXAMPLES * random_share)), derandomize=not RANDOM_EXAMPLES,
+        deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
+PROPERTY = property_settings(150, random_share=0.1)
+ORACLE = property_settings(2000, random_share=1.0)
 
 
 def untidy_stream(rng: random.Random, window: int, length: int) -> tuple[list, set[int]]:
@@ -161,8 +177,13 @@ def random_control(rng: random.Random):
     ))()
 
 
-@hsettings(max_examples=ORACLE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@ORACLE
 @given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(40, 200))
+# A late message due inside a distress cool-off whose end the clock had passed: the core
+# had forgotten the user, cool-off and all.
+@example(config=Settings.from_mapping({
+    "min_inbound": 1, "window": "1d", "idle_delay": "1h", "messaging_window": "6h", "quiet_hours": "off",
+    "user_cap_day": 0, "user_cap_week": 0, "distress_cooloff": "2d", "clock": "event"}), seed=40416, length=64)
 def test_every_decision_is_the_one_the_spec_makes(config, seed, length):
     """Each decision record and request, record by record, against the spec's reading:
     which pairs are due and in what order, each condition's verdict, the exact count, and

@@ -205,6 +205,20 @@ def test_distress_with_one_bot_cools_off_every_bot_of_the_user():
     assert {d.stopped_by for d in r.decisions} == {"distress"}
 
 
+def test_a_late_message_due_inside_a_cooloff_that_ended_before_it_arrived_is_stopped():
+    """Found by the property suite (seed 40416): the cool-off ended on the clock, but a late
+    message makes a decision due before its end. Spec section 6, "gets no follow-up from any
+    bot for a cool-off period", judged at T (section 3); section 4, "a late event still
+    counts if the decision it could change has not been made yet"."""
+    r = run(min_inbound=1, window="1d", idle_delay="1h", messaging_window="6h", distress_cooloff="2d")
+    r.feed(msg("u1", "a", T0, text="I want to die"), tick(T0 + 50 * HOUR))  # cool-off ended at T0 + 48 h
+    late = msg("u1", "b", T0 + 40 * HOUR)  # not older than the clock minus W: it counts, due at T0 + 41 h
+    r.feed(late, tick(T0 + 50 * HOUR))
+    [decision] = r.decisions_for("u1", "b")
+    assert (decision.due_ts, decision.stopped_by) == (late.ts + HOUR, "distress")
+    assert r.requests == []
+
+
 # -- kill switches ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kill,stopped", [

@@ -24,7 +24,7 @@ from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupAttempt, FollowupOutcome,
     FollowupRequest, InvalidRecord, Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict,
     SendAttempt, parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome,
-    parse_send_attempt, parse_ts,
+    parse_decision, parse_send_attempt, parse_ts,
 )
 from schemas.registry import BotRegistry
 
@@ -41,7 +41,7 @@ def validator(name: str) -> Draft202012Validator:
 VALIDATORS = {name: validator(name) for name in SCHEMA_NAMES}
 PARSERS = {"message": parse_message, "control": parse_control, "followup_request": parse_followup,
            "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery,
-           "send_retry": parse_send_attempt}
+           "send_retry": parse_send_attempt, "decision": parse_decision}
 
 
 def schema_accepts(name: str, obj) -> bool:
@@ -178,6 +178,11 @@ def outcome(**changes):
     return {k: v for k, v in body.items() if v is not ...}
 
 
+def decision(**changes):
+    body = {**DECISION.to_dict(), **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
 def delivery_dict(app="whatsapp", body=None, **changes):
     record = orjson.loads(delivery(app).to_json())
     if body is not None:
@@ -213,6 +218,7 @@ ACCEPTED_BY_BOTH = [
     ("followup_outcome", outcome()),
     ("followup_outcome", outcome(outcome="failed", reason="131026")),
     ("followup_outcome", outcome(outcome="cancelled", reason="window_closed")),
+    ("decision", decision(outcome="deferred", stopped_by=None, checks=[], due_ts=T, send_ts=T + 1)),
     ("delivery", delivery_dict("facebook")),
     ("delivery", delivery_dict("instagram", replaced=True)),
     ("delivery", delivery_dict("whatsapp", body={k: v for k, v in SEND_BODIES["whatsapp"].items() if k != "recipient_type"})),
@@ -270,6 +276,12 @@ REFUSED_BY_BOTH = [
     ("followup_outcome", outcome(reason="")),
     ("followup_outcome", outcome(tries=...)),
     ("followup_outcome", outcome(at=...)),
+    ("decision", decision(outcome="sent")),
+    ("decision", decision(stopped_by="")),
+    ("decision", decision(send_ts=...)),
+    ("decision", decision(inbound_in_window=-1)),
+    ("decision", decision(checks=[{"rule": "engaged", "passed": "yes", "detail": ""}])),
+    ("decision", decision(checks=[{"rule": "engaged", "passed": True}])),
     ("delivery", delivery_dict(ai_generated=False)),
     ("delivery", delivery_dict(ai_generated=...)),
     ("delivery", delivery_dict(disclosure="")),

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.localstack import LocalStack, free_port, pid_alive
 from devstack.processes import RELANCE, WorkerProcess
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 3
-
-
-def metric(worker: WorkerProcess, name: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=2) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return 0.0
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == name)
 
 
 def ready(worker: WorkerProcess) -> bool:
@@ -53,7 +42,7 @@ def test_a_worker_whose_broker_is_gone_still_stops_within_its_grace_period(tmp_p
         wait_for(lambda: ready(worker), 90, "the worker to be ready")
         feeding = subprocess.Popen([RELANCE, "simulate", "--clock", "event", "--users", "300", "--broker", stack.bootstrap],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: metric(worker, "relance_events_in_total") > 0, 60, "traffic to flow")
+        wait_for(lambda: worker.metric("relance_events_in_total") > 0, 60, "traffic to flow")
         os.kill(stack.kafka.pid(), signal.SIGKILL)  # the broker is gone, mid-stream
         feeding.kill()
         feeding.wait()

@@ -24,7 +24,6 @@ import asyncio
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -37,8 +36,9 @@ import orjson
 from schemas.registry import BotRegistry
 
 from relance.cliflags import add_setting_flags, load_settings
+from devstack.processes import ChildProcess
 from devstack.localstack import (
-    REPO_ROOT, LocalStack, StackError, die_with_parent, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
+    REPO_ROOT, LocalStack, StackError, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
 )
 from streams.admin import create_topics, run_sync
 from relance.commands.simulate import topic_partitions
@@ -110,37 +110,9 @@ def _interrupt(signum, frame) -> None:
 
 # -- processes ---------------------------------------------------------------------------------
 
-@dataclass
-class Child:
-    """A process the demo started, in a session of its own (Ctrl-C reaches only the demo)."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-    web_port: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def exited(self) -> bool:
-        return self.process.poll() is not None
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-
 def start_child(name: str, args: list[str], env: dict[str, str], log_path: Path, web_port: int | None = None,
-                module: str = "relance.cli") -> Child:
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-        )
-    return Child(name, process, log_path, web_port)
+                module: str = "relance.cli") -> ChildProcess:
+    return ChildProcess(name, [sys.executable, "-m", module, *args], env, log_path, web_port=web_port).start()
 
 
 class Demo:
@@ -153,9 +125,9 @@ class Demo:
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
         # The gateway checks, and the simulator signs with, the operator's app secret, or one made up for the run.
         self.app_secret = settings.app_secret[0] if settings.app_secret else secrets.token_hex(16)
-        self.workers: list[Child] = []
-        self.simulator: Child | None = None
-        self.fake_graph: Child | None = None
+        self.workers: list[ChildProcess] = []
+        self.simulator: ChildProcess | None = None
+        self.fake_graph: ChildProcess | None = None
         self.topics_created = False
         self.tokens = demo_tokens(BotRegistry.load(self.registry))
         self.graph_url = ""
@@ -217,7 +189,7 @@ class Demo:
         self.fake_graph = start_child("fake Graph API", args, env, self.run_dir / "fake-graph.log", module="devstack.fake_graph")
         began = time.monotonic()
         while not port_in_use(port):
-            if self.fake_graph.exited() or time.monotonic() - began > READY_TIMEOUT_SECONDS:
+            if not self.fake_graph.alive or time.monotonic() - began > READY_TIMEOUT_SECONDS:
                 raise DemoError(f"the fake Graph API did not start; last lines of {self.fake_graph.log_path}:\n"
                                 f"{self.fake_graph.log_tail()}")
             time.sleep(0.1)
@@ -240,10 +212,10 @@ class Demo:
         for child in self.workers:
             self.wait_ready(child)
 
-    def wait_ready(self, child: Child) -> None:
+    def wait_ready(self, child: ChildProcess) -> None:
         began = time.monotonic()
-        while not _ready(child.web_port):
-            if child.exited():
+        while not child.ready():
+            if not child.alive:
                 raise DemoError(f"the {child.name} exited with {child.process.returncode}; "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
             if time.monotonic() - began > READY_TIMEOUT_SECONDS:
@@ -324,16 +296,6 @@ def _registry_path(registry: str) -> str:
     if not path.exists():
         raise DemoError(f"no bot registry at {registry}; give one with --registry")
     return str(path.resolve())
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-            return bool(orjson.loads(response.read()).get("ready"))
-    except (OSError, ValueError):
-        return False
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
@@ -422,7 +384,7 @@ class LiveView:
 
     def _over(self) -> bool:
         for child in self.demo.workers + [self.demo.simulator, self.demo.fake_graph]:
-            if child is not None and child.exited():
+            if child is not None and not child.alive:
                 raise DemoError(f"the {child.name} stopped (exit {child.process.returncode}); "
                                 f"last lines of {child.log_path}:\n{child.log_tail()}")
         return self.duration is not None and time.monotonic() - self.began >= self.duration

@@ -10,12 +10,23 @@ cancelled; then delivered or read).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from domain.report import Story, stories
+from foundation.settings import Settings
+from relance.cliflags import add_setting_flags, load_settings
+from relance.commands.report import timed_messages
+from schemas.records import InvalidRecord, format_ts, loads, parse_decision, parse_outcome
+from streams.topicread import RangeReader, ReadStalled
+from streams.topics import DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES, topic_name
 
 DEFAULT_WORKER = "http://127.0.0.1:6066"
 TIMEOUT_SECONDS = 5.0
@@ -37,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {DEFAULT_WORKER}, the demo's engine worker)",
     )
     parser.add_argument("--json", action="store_true", help="print the worker's JSON answer as it is")
+    parser.add_argument("--no-stories", action="store_true",
+                        help="do not read the pair's follow-up stories from Kafka (--json never does)")
+    add_setting_flags(parser, "broker", "topic_prefix", "messaging_window")
     parser.set_defaults(run=run)
 
 
@@ -47,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"relance explain: no worker could answer for {args.user} / {args.bot}:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
-        return 1
-    if args.json:
+    elif args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
         print(describe(answer))
-    return 0
+    if not (args.no_stories or args.json):
+        print(follow_up_stories(load_settings(args), args.user, args.bot))
+    return 0 if answer is not None else 1
 
 
 def ask_workers(workers: list[str], user_id: str, bot_id: str) -> tuple[dict | None, list[str]]:
@@ -164,3 +179,76 @@ def _duration(ms: int) -> str:
         if ms >= size and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+# -- follow-up stories, from Kafka -----------------------------------------------------------
+# After the engine's view, the pair's stories from the user's partition of ``decisions``,
+# ``followups.outcomes`` and ``messages``: each silence's decisions, its follow-up
+# cancelled or sent, the receipts, and the user's answer.
+
+STORIES_SHOWN = 10
+
+
+def follow_up_stories(settings: Settings, user_id: str, bot_id: str) -> str:
+    try:
+        found = asyncio.run(_read_pair(settings, user_id, bot_id))
+    except (OSError, KafkaError, ReadStalled) as exc:
+        return f"follow-up stories: Kafka at {settings.broker} could not be read ({exc})"
+    told = stories(user_id, bot_id, *found, settings.messaging_window)
+    if not told:
+        return "follow-up stories: no decision or outcome of this pair on the topics"
+    lines = [f"follow-up stories (the last {min(len(told), STORIES_SHOWN)} of {len(told)}, from the topics):"]
+    for story in told[-STORIES_SHOWN:]:
+        lines += _story_lines(story, settings.messaging_window)
+    return "\n".join(lines)
+
+
+async def _read_pair(settings: Settings, user_id: str, bot_id: str) -> tuple[list, list, list]:
+    prefix = settings.topic_prefix
+    names = {spec: topic_name(spec, prefix) for spec in (DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES)}
+    decisions, outcomes, stream = [], [], []
+    key = user_id.encode()
+    async with RangeReader(settings.broker, list(names.values()), key=key) as reader:
+        async for topic, records in reader.batches():
+            mine = [record for record in records if record.key in (key, None)]  # kills, ticks: no key
+            if topic == names[MESSAGES]:
+                stream += timed_messages(mine, lambda _offset, _reason: None)
+                continue
+            parse = parse_decision if topic == names[DECISIONS] else parse_outcome
+            for record in mine:
+                try:
+                    parsed = parse(loads(record.value or b""))
+                except InvalidRecord:
+                    continue
+                (decisions if parse is parse_decision else outcomes).append(parsed)
+    return decisions, outcomes, stream
+
+
+def _story_lines(story: Story, messaging_window: int) -> list[str]:
+    last_inbound = story.decisions[0].last_inbound_ts if story.decisions else None
+    lines = [f"  silence {story.followup_id[:12]}  (last inbound {format_ts(last_inbound) if last_inbound else '-'})"]
+    for decision in story.decisions:
+        if decision.outcome == "deferred":
+            verdict = f"deferred by quiet hours to {format_ts(decision.send_ts)}"
+        elif decision.stopped_by:
+            why = next((c.detail for c in decision.checks if c.rule == decision.stopped_by), "")
+            verdict = f"suppressed by {decision.stopped_by}" + (f" ({why})" if why else "")
+        else:
+            verdict = f"emitted, via {decision.app}"
+        lines.append(f"    due {format_ts(decision.due_ts)}  {verdict}")
+    for outcome in story.outcomes:
+        reason = f" ({outcome.reason})" if outcome.reason else ""
+        lines.append(f"    {format_ts(outcome.at)}  {outcome.outcome}{reason}")
+    sent = [d for d in story.decisions if d.outcome == "emitted"]
+    if sent:
+        if story.answer_ts is None:
+            lines.append(f"    no answer within {_duration(messaging_window)} of the send time")
+        else:
+            lines.append(f"    {format_ts(story.answer_ts)}  the user answered "
+                         f"({_duration_between(sent[0].send_ts, story.answer_ts)} after)")
+    return lines
+
+
+def _duration_between(start: int, end: int) -> str:
+    minutes = max(0, end - start) // 60_000
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
