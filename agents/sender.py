@@ -260,7 +260,7 @@ class Sender:
         final = final_of(ending)
         outcome, reason = outcome_of(final)
         await self._publish_outcome(request, outcome, reason, tries)
-        await self.ledger.move(request, ending, final)
+        await self.ledger.finish(request, ending)
         log.info("follow-up %s", outcome, extra={"followup_id": request.followup_id, "reason": reason,
                                                  "tries": tries, "message_id": message_id})
 

@@ -24,6 +24,8 @@ most once (spec section 9):
 - ``ending:<lease end ms>:<final>``: the outcome is known and its record on its way to
   ``followups.outcomes``; then the field becomes ``<final>``. Found with its lease run
   out, the record is published again, so no outcome is lost.
+  The first receipt that comes for an ``unknown`` (or ``ending`` ``unknown``) send adds
+  ``sent`` to its story, once, and the field ends ``sent``.
 - ``sent``, ``unknown``, ``failed:<code>``, ``cancelled:<reason>``,
   ``dead_lettered:<reason>``: final for the sender. ``sent`` says the platform took the
   message; any receipt or echo that comes for an ``unknown`` one settles it as ``sent``.
@@ -172,6 +174,17 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'mid:' .. ARGV[5], ARGV[6]) en
 return {1, ending}
 """
 
+# KEYS: ledger. ARGV: followup_id, the 'ending' state, its final state. Compare and set; an
+# unknown ending that a receipt already settled (it came while the outcome was published)
+# is final as sent.
+_FINISH_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local final = ARGV[3]
+if final == 'unknown' and redis.call('HEXISTS', KEYS[1], ARGV[1] .. ':receipt') == 1 then final = 'sent' end
+redis.call('HSET', KEYS[1], ARGV[1], final)
+return 1
+"""
+
 # KEYS: ledger. ARGV: followup_id, expected state, new state. Compare and set.
 _MOVE_SCRIPT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -219,22 +232,23 @@ for _, id in ipairs(ids) do
                 or string.sub(state, 1, 7) == 'ending:') then
     local had = redis.call('HGET', KEYS[1], id .. ':receipt')
     local rank = had and RANK[had] or 0
-    local outcome = nil
-    if kind == 'sent' then
-      if state == 'unknown' then outcome = 'sent' end
-    elseif kind == 'failed' then
-      if rank < RANK.delivered then outcome = 'failed' end
-    elseif RANK[kind] > rank and rank < RANK.failed then
-      outcome = kind
+    local steps = {}
+    -- The first word of the platform about an unknown send settles it: sent, once.
+    local unknown = state == 'unknown' or string.match(state, '^ending:%d+:unknown$') ~= nil
+    if unknown and rank == 0 then steps[#steps + 1] = 'sent' end
+    if kind == 'failed' then
+      if rank < RANK.delivered then steps[#steps + 1] = 'failed' end
+    elseif kind ~= 'sent' and RANK[kind] > rank and rank < RANK.failed then
+      steps[#steps + 1] = kind
     end
-    if outcome or (kind == 'sent' and rank < RANK.sent) then
+    if #steps > 0 or (kind == 'sent' and rank < RANK.sent) then
       if mode == 'apply' then
         if kind == 'failed' or RANK[kind] > rank then redis.call('HSET', KEYS[1], id .. ':receipt', kind) end
         if state == 'unknown' then redis.call('HSET', KEYS[1], id, 'sent') end  -- the platform had it
       end
-      if outcome then
+      for _, step in ipairs(steps) do
         out[#out + 1] = id
-        out[#out + 1] = outcome
+        out[#out + 1] = step
       end
     end
   end
@@ -255,6 +269,7 @@ class Ledger:
         self._sender_claim = redis.register_script(_SENDER_CLAIM_SCRIPT)
         self._begin_ending = redis.register_script(_BEGIN_ENDING_SCRIPT)
         self._move = redis.register_script(_MOVE_SCRIPT)
+        self._finish = redis.register_script(_FINISH_SCRIPT)
         self._receipt = redis.register_script(_RECEIPT_SCRIPT)
 
     # -- the engine ------------------------------------------------------------------------
@@ -310,6 +325,12 @@ class Ledger:
             keys=[ledger_key(request.user_id)],
             args=[request.followup_id, sending, final, lease_end, message_id or "", entry])
         return state.decode() if moved else None
+
+    async def finish(self, request: FollowupRequest, ending: str) -> bool:
+        """``ending:<lease>:<final>`` -> its final state, once its outcome is published;
+        False when the field is no longer that ending."""
+        return bool(await self._finish(keys=[ledger_key(request.user_id)],
+                                       args=[request.followup_id, ending, final_of(ending)]))
 
     async def move(self, request: FollowupRequest, expected: str, state: str) -> bool:
         """Compare and set: ``expected`` -> ``state``; False when the field is not ``expected``."""

@@ -233,3 +233,20 @@ async def test_messenger_receipts_find_their_followup_by_message_id_or_watermark
     assert await steps(ledger, read_all) == [[("f-3", "read")]]  # f-2 already read; f-4 is another bot's
     foreign = Receipt("facebook", "delivered", "u-1", "maestro", 7000, mids=("m_C",))
     assert await steps(ledger, foreign) == [[]]
+
+
+@pytest.mark.kafka
+async def test_the_first_receipt_of_an_unknown_send_settles_it_once_even_while_it_is_ending(redis_client):
+    # Spec section 9: an unknown send is settled by its receipt or echo when one comes.
+    ledger = Ledger(redis_client, ttl_s=60)
+    await generated(redis_client)
+    await ledger.claim_send(REQUEST, 0, now=0, lease_end=100)
+    assert await ledger.claim_send(REQUEST, 0, now=100, lease_end=300) == f"{LOST}:1:unknown"
+    ending = ending_state(300, "unknown")  # its outcome on the way when the receipts come
+    delivered = Receipt("whatsapp", "delivered", "u-1", "maestro", 50, followup_id="f-1")
+    assert await steps(ledger, delivered) == [[("f-1", "sent"), ("f-1", "delivered")]]
+    assert await ledger.finish(REQUEST, ending)
+    assert await redis_client.hget(ledger_key("u-1"), "f-1") == b"sent"
+    sent_status = Receipt("whatsapp", "sent", "u-1", "maestro", 40, followup_id="f-1")
+    assert await steps(ledger, sent_status, delivered) == [[], []]  # settled once, never again
+    assert not await ledger.finish(REQUEST, ending)  # compare and set
