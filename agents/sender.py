@@ -27,7 +27,7 @@ import logging
 import random
 from functools import cached_property
 
-from domain.lastcheck import cancel_reason
+from domain.lastcheck import cancel_reason, window_closed
 from domain.sendapi import (
     FAILED, NOT_REACHED, SENT, SLOW_DOWN, TOKEN_REFUSED, UNKNOWN, WINDOW_CLOSED, TokenGate, Verdict, code_label,
     rate_window, retry_delay_ms, send_rate,
@@ -195,8 +195,8 @@ class Sender:
     # -- put off ---------------------------------------------------------------------
 
     def _window_closes_before(self, record: DeliveryRecord, moment: int) -> bool:
-        """Wall mode only: in event mode the stream's clock, not this one, judged M."""
-        return self.settings.clock == "wall" and moment - record.last_inbound_ts > self.settings.messaging_window
+        leaves_at = moment if self.settings.clock == "wall" else None  # event mode: the engine judged M
+        return window_closed(record.last_inbound_ts, leaves_at, self.settings.messaging_window)
 
     async def _retry_later(self, record: DeliveryRecord, sending: str, tries: int, delay_ms: int, verdict: Verdict) -> None:
         """Refused, so not sent: the ledger says ``retry:<tries>``, then the copy that comes back."""

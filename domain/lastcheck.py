@@ -31,6 +31,12 @@ class PairNow:
     distress_until: int = -1        # the end of the user's distress cool-off (ms), -1 if none
 
 
+def window_closed(last_inbound_ts: int, leaves_at: int | None, messaging_window: int) -> bool:
+    """A follow-up leaving at ``leaves_at`` would be more than M after the pair's latest
+    inbound message (spec section 3). ``leaves_at`` None is event mode: never here."""
+    return leaves_at is not None and leaves_at - last_inbound_ts > messaging_window
+
+
 def cancel_reason(request: FollowupRequest, pair: PairNow, now: int | None, messaging_window: int) -> str | None:
     """The reason to cancel (a ``schemas.records.CANCEL_REASONS`` word), or None to go on,
     for a follow-up that would leave at ``now`` (wall ms). Erasure first: once erased,
@@ -55,7 +61,7 @@ def cancel_reason(request: FollowupRequest, pair: PairNow, now: int | None, mess
     if leaves < pair.distress_until:
         return "distress"
     latest_inbound = max(request.last_inbound_ts, pair.last_inbound_ts or -1)
-    if now is not None and now - latest_inbound > messaging_window:  # after an outage or a long retry
+    if window_closed(latest_inbound, now, messaging_window):  # after an outage or a long retry
         return "window_closed"
     return None
 
