@@ -116,7 +116,8 @@ class Engine:
         run yet)."""
         core = self._new_core(partition)
         meta = None
-        async for records in read_partition(self.settings.broker, self._state_topic, partition):
+        async for records in read_partition(self.settings.broker, self._state_topic, partition,
+                                             self.wiring.kafka_security):
             for record in records:
                 if record.key == META_KEY:
                     meta = record.value

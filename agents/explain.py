@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import orjson
 
+from domain.signature import token_matches
 from foundation.settings import Settings
 from schemas.records import DecisionRecord
 from streams.ledger import Ledger
@@ -70,6 +71,10 @@ def install_explain(wiring: Wiring, engine: Engine) -> RecentDecisions:
 
     @app.page("/explain")
     async def explain_page(web, request):
+        refused = refusal(wiring.settings.explain_token, request.headers.get("Authorization"))
+        if refused is not None:
+            status, error = refused
+            return web.json({"error": error}, status=status, headers={"WWW-Authenticate": "Bearer"})
         user_id, bot_id = request.query.get("user"), request.query.get("bot")
         if not user_id or not bot_id:
             return web.json({"error": "ask with ?user=USER_ID&bot=BOT_ID"}, status=400)
@@ -116,3 +121,15 @@ def _rules(settings: Settings) -> dict:
         "idle_delay_ms": settings.idle_delay, "messaging_window_ms": settings.messaging_window,
         "clock": settings.clock,
     }
+
+
+def refusal(token: str | None, authorization: str | None) -> tuple[int, str] | None:
+    """Why ``/explain`` refuses a request, or None. It tells a person's age flag, time zone,
+    opt-outs and decisions, so it answers only a bearer of ``explain_token`` (compared in
+    constant time); without one set, it is off. /metrics and health stay open."""
+    if not token:
+        return 403, "explain is off on this worker: set explain_token (RELANCE_EXPLAIN_TOKEN or its _FILE)"
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(given.strip(), token):
+        return 401, "explain needs Authorization: Bearer <explain_token>"
+    return None

@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas.records import MessageEvent, clocked_records, control_to_dict
+from streams.kafkaclient import PLAINTEXT, KafkaSecurity, start
 from streams.topics import CLOCK_HEADER, MESSAGES, routes_on_messages, topic_name
 
 
@@ -29,11 +30,12 @@ class FeedSummary:
     clock: int = -1
 
 
-async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "") -> FeedSummary:
+async def feed(lines: Iterable[bytes | str], bootstrap: str, prefix: str = "",
+               security: KafkaSecurity = PLAINTEXT) -> FeedSummary:
     topic = topic_name(MESSAGES, prefix)
     summary = FeedSummary()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **security.options())
+    await start(producer, bootstrap, security)
     try:
         partitions = sorted(await producer.partitions_for(topic))
         for clock, record in clocked_records(lines, lambda number, reason: summary.errors.append((number, reason))):

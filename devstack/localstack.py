@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.secure import KAFKA_USER, REDIS_USER, SCRAM_MECHANISM, SecureFiles
 from foundation.settings import SettingError, Settings
 from streams.admin import list_topics, run_sync
+from streams.kafkaclient import PLAINTEXT, KafkaSecurity
+from streams.redisclient import redis_options
 
 __all__ = [
     "KAFKA_VERSION", "StackError", "KafkaBroker", "RedisServer", "LocalStack", "ServiceStatus",
@@ -287,21 +290,40 @@ logger.metadata.level = warn
 
 
 class KafkaBroker(_Server):
-    """A one-node Kafka (KRaft, broker+controller) on 127.0.0.1."""
+    """A one-node Kafka (KRaft, broker+controller) on 127.0.0.1.
+
+    With ``secure``, clients get a SASL_SSL listener only (SCRAM users stored at format
+    time, the certificate of ``secure``); the controller and the broker's own inter-broker
+    listener stay plaintext, on loopback.
+    """
 
     name = "kafka"
 
     def __init__(self, state_dir: Path | str, port: int = 19092, controller_port: int | None = None,
-                 version: str = KAFKA_VERSION, outlive_parent: bool = False) -> None:
+                 version: str = KAFKA_VERSION, outlive_parent: bool = False,
+                 secure: SecureFiles | None = None) -> None:
         super().__init__(state_dir, port, outlive_parent)
         self.controller_port = controller_port or port + 1
         self.version = version
+        self.secure = secure
+        self.mode_file = self.state_dir / "kafka-mode"  # how the data was formatted: secure or plaintext
         self.config_file = self.state_dir / "kafka.properties"
         self.data_dir = self.state_dir / "kafka-data"
 
     @property
     def bootstrap(self) -> str:
         return self.address
+
+    @property
+    def security(self) -> KafkaSecurity:
+        if self.secure is None:
+            return PLAINTEXT
+        return KafkaSecurity(protocol="SASL_SSL", mechanism=SCRAM_MECHANISM, username=KAFKA_USER,
+                             password=self.secure.kafka_password, ca_file=str(self.secure.ca_file))
+
+    @property
+    def mode(self) -> str:
+        return "plaintext" if self.secure is None else "secure"
 
     def status(self) -> ServiceStatus:
         return ServiceStatus(f"kafka {self.version}", self.address, self.pid())
@@ -315,18 +337,52 @@ class KafkaBroker(_Server):
         log4j.write_text(LOG4J2_CONFIG)
         self.config_file.write_text(self._config())
         jvm = [java, "-Xmx512m", "-cp", classpath, f"-Dlog4j2.configurationFile={log4j}"]
-        if not (self.data_dir / "meta.properties").exists():  # format once; a JVM start is slow
+        formatted = (self.data_dir / "meta.properties").exists()
+        if formatted and self.mode_file.exists() and self.mode_file.read_text().strip() != self.mode:
+            raise StackError(f"kafka: the data in {self.data_dir} was made {self.mode_file.read_text().strip()}, "
+                             f"not {self.mode}; stop the stack and remove {self.state_dir} to start over")
+        if not formatted:  # format once; a JVM start is slow
             # Static controller.quorum.voters in the config, so no --standalone here.
             # Kafka's own id format; passed as --cluster-id=ID, since one in 64 starts with "-".
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            formatted = subprocess.run(
+            users = [] if self.secure is None else [  # SCRAM users live in the metadata log
+                "--add-scram", f"{SCRAM_MECHANISM}=[name={KAFKA_USER},password={self.secure.kafka_password}]"]
+            formatting = subprocess.run(
                 jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                       "-c", str(self.config_file), "--ignore-formatted"],
+                       "-c", str(self.config_file), "--ignore-formatted", *users],
                 capture_output=True, text=True)
-            if formatted.returncode != 0:
+            if formatting.returncode != 0:
                 raise StackError("kafka storage format failed:\n"
-                                 + (formatted.stdout + formatted.stderr)[-3000:])
+                                 + (formatting.stdout + formatting.stderr)[-3000:])
+            self.mode_file.write_text(self.mode + "\n")
         return jvm + ["kafka.Kafka", str(self.config_file)]
+
+    def _listeners(self) -> str:
+        c = self.controller_port
+        if self.secure is None:
+            return f"""\
+listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{c}
+advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+"""
+        internal = free_port()
+        files = self.secure
+        return f"""\
+# Clients: SASL_SSL only (SCRAM users from format time); a client certificate is checked if one is shown.
+listeners=SASL_SSL://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{internal},CONTROLLER://127.0.0.1:{c}
+advertised.listeners=SASL_SSL://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{internal}
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=SASL_SSL:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms={SCRAM_MECHANISM}
+listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.certificate.chain={_property_pem(files.server_cert)}
+ssl.keystore.key={_property_pem(files.server_key)}
+ssl.truststore.type=PEM
+ssl.truststore.certificates={_property_pem(files.ca_file)}
+ssl.client.auth=requested
+"""
 
     def _config(self) -> str:
         c = self.controller_port
@@ -335,11 +391,7 @@ class KafkaBroker(_Server):
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{c}
-listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{c}
-advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+{self._listeners()}controller.listener.names=CONTROLLER
 log.dirs={self.data_dir}
 # One node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -360,19 +412,46 @@ num.partitions=1
     def probe(self) -> None:
         if not port_in_use(self.port):  # spares the log aiokafka's "Unable connect" errors
             raise StackError("port not open yet")
-        run_sync(lambda: list_topics(self.bootstrap))
+        run_sync(lambda: list_topics(self.bootstrap, self.security))
+
+
+def _property_pem(path: Path) -> str:
+    """A PEM file as one Java properties value (its line breaks escaped)."""
+    return path.read_text().strip().replace("\n", "\\n")
 
 
 # -- Redis ---------------------------------------------------------------------------------
 
 class RedisServer(_Server):
-    """redis-server with a generated config: append-only persistence, data in the state folder."""
+    """redis-server with a generated config: append-only persistence, data in the state folder.
+    With ``secure``: TLS only (the certificate of ``secure``), and one ACL user with a password."""
 
     name = "redis"
 
+    def __init__(self, state_dir: Path | str, port: int, outlive_parent: bool = False,
+                 secure: SecureFiles | None = None) -> None:
+        super().__init__(state_dir, port, outlive_parent)
+        self.secure = secure
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'redis' if self.secure is None else 'rediss'}://127.0.0.1:{self.port}/0"
+
+    def client_options(self) -> dict:
+        """What a client needs beside the URL (user, password, CA)."""
+        if self.secure is None:
+            return {}
+        return redis_options(Settings(redis_url=self.url, redis_username=REDIS_USER,
+                                      redis_password=self.secure.redis_password,
+                                      redis_ca_file=str(self.secure.ca_file)))
+
+    def _listening(self) -> str:
+        if self.secure is None:
+            return f"port {self.port}\n"
+        files = self.secure
+        return (f"port 0\ntls-port {self.port}\ntls-cert-file {files.server_cert}\n"
+                f"tls-key-file {files.server_key}\ntls-ca-cert-file {files.ca_file}\ntls-auth-clients optional\n"
+                f"user default off\nuser {REDIS_USER} on >{files.redis_password} ~* &* +@all\n")
 
     def prepare(self) -> list[str]:
         redis_server = require_program("redis-server", INSTALL_REDIS)
@@ -383,7 +462,7 @@ class RedisServer(_Server):
             "# Written by devstack.localstack, configured as production should be (README, Redis):\n"
             "# every write in the append-only file before it is acknowledged, flushed to disk each\n"
             "# second, and no key ever evicted (a lost ledger field would let a follow-up go twice).\n"
-            f"port {self.port}\nbind 127.0.0.1\ndir {data}\n"
+            f"{self._listening()}bind 127.0.0.1\ndir {data}\n"
             'save ""\nappendonly yes\nappendfsync everysec\nmaxmemory-policy noeviction\n'
             'daemonize no\nlogfile ""\n')
         return [redis_server, str(config)]
@@ -391,7 +470,7 @@ class RedisServer(_Server):
     def probe(self) -> None:
         import redis
 
-        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2, **self.client_options())
         try:
             client.ping()
         finally:
@@ -404,13 +483,22 @@ class LocalStack:
     """Kafka and Redis together, sharing one state folder."""
 
     def __init__(self, state_dir: Path | str, kafka_port: int = 19092, redis_port: int = 16379,
-                 controller_port: int | None = None, outlive_parent: bool = False) -> None:
+                 controller_port: int | None = None, outlive_parent: bool = False, secure: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port, outlive_parent=outlive_parent)
-        self.redis = RedisServer(self.state_dir, redis_port, outlive_parent)
+        self.secure = SecureFiles(self.state_dir / "tls").ensure() if secure else None
+        self.kafka = KafkaBroker(self.state_dir, kafka_port, controller_port, outlive_parent=outlive_parent,
+                                 secure=self.secure)
+        self.redis = RedisServer(self.state_dir, redis_port, outlive_parent, secure=self.secure)
+
+    def client_settings(self) -> dict[str, str]:
+        """The settings a client of this stack needs (secrets as ``*_file`` paths)."""
+        if self.secure is None:
+            return {"broker": self.bootstrap, "redis_url": self.redis_url}
+        return self.secure.client_settings(self.bootstrap, self.redis_url)
 
     @classmethod
-    def of(cls, settings: Settings, state_dir: Path | str, outlive_parent: bool = False) -> "LocalStack":
+    def of(cls, settings: Settings, state_dir: Path | str, outlive_parent: bool = False,
+           secure: bool = False) -> "LocalStack":
         """The stack the settings point at: Kafka and Redis on their ports of 127.0.0.1."""
         host, _, kafka_port = settings.broker.split(",")[0].rpartition(":")
         redis = urlsplit(settings.redis_url)
@@ -419,7 +507,8 @@ class LocalStack:
                 raise SettingError(f"setting {name}: the local stack listens on 127.0.0.1, not {address}")
         if not kafka_port.isdigit():
             raise SettingError(f"setting broker: {settings.broker!r} is not host:port")
-        return cls(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379, outlive_parent=outlive_parent)
+        return cls(state_dir, kafka_port=int(kafka_port), redis_port=redis.port or 6379, outlive_parent=outlive_parent,
+                   secure=secure)
 
     @property
     def bootstrap(self) -> str:

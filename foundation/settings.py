@@ -77,6 +77,15 @@ def _non_negative_int(value: Any) -> int:
     return number
 
 
+def _choice_upper(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().upper()
+        if text not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return text
+    return parse
+
+
 def _positive_int(value: Any) -> int:
     number = int(value)
     if number < 1:
@@ -194,6 +203,22 @@ class Settings:
     store: str = setting("memory", "Where the engine keeps idle users (packed) and due times: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
     shutdown_grace: int = setting(10_000, "How long a stopping worker may take before it exits anyway, leaving what it could not flush to the next owner.", parse_duration)
+    # -- security: how clients reach Kafka and Redis (README, Security) ----------------------
+    kafka_security_protocol: str = setting("PLAINTEXT", "How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", _choice_upper("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.", _choice_upper("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"))
+    kafka_username: str | None = secret_setting(None, "Kafka SASL user name (PLAIN, SCRAM).", _optional_str)
+    kafka_password: str | None = secret_setting(None, "Kafka SASL password (PLAIN, SCRAM).", _optional_str)
+    kafka_oauth_token_file: str | None = setting(None, "OAUTHBEARER: file holding the current token, read again each time the client needs one.", _optional_str)
+    kafka_ca_file: str | None = setting(None, "PEM file of the CAs that sign the brokers' certificates (SSL, SASL_SSL); unset means the system's.", _optional_str)
+    kafka_cert_file: str | None = setting(None, "PEM client certificate for mutual TLS with Kafka.", _optional_str)
+    kafka_key_file: str | None = setting(None, "PEM private key of kafka_cert_file.", _optional_str)
+    kafka_key_password: str | None = secret_setting(None, "Password of kafka_key_file, if it is encrypted.", _optional_str)
+    redis_username: str | None = secret_setting(None, "Redis ACL user; unset means the default user.", _optional_str)
+    redis_password: str | None = secret_setting(None, "Redis password (of redis_username, or the requirepass one).", _optional_str)
+    redis_ca_file: str | None = setting(None, "PEM file of the CAs that sign Redis's certificate (rediss:// URLs); unset means the system's.", _optional_str)
+    redis_cert_file: str | None = setting(None, "PEM client certificate for mutual TLS with Redis.", _optional_str)
+    redis_key_file: str | None = setting(None, "PEM private key of redis_cert_file.", _optional_str)
+    explain_token: str | None = secret_setting(None, "Bearer token /explain requires; unset turns /explain off.", _optional_str)
     # -- generation and delivery -------------------------------------------------------
     context_messages: int = setting(10, "Messages of each pair kept as conversation context.", _positive_int)
     llm_base_url: str | None = setting(None, "OpenAI-compatible API base URL (…/v1); unset means the offline writer.", _optional_str)

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
+from streams.kafkaclient import PLAINTEXT, KafkaSecurity, start
 from streams.topics import CATALOG, TopicSpec, topic_name
 
 T = TypeVar("T")
@@ -44,16 +45,16 @@ def run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
 
 
 
-async def _admin(bootstrap: str):
+async def _admin(bootstrap: str, security: KafkaSecurity):
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await asyncio.wait_for(admin.start(), 5)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **security.options())
+    await asyncio.wait_for(start(admin, bootstrap, security), 15)
     return admin
 
 
-async def list_topics(bootstrap: str) -> list[str]:
-    admin = await _admin(bootstrap)
+async def list_topics(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> list[str]:
+    admin = await _admin(bootstrap, security)
     try:
         return await asyncio.wait_for(admin.list_topics(), 5)
     finally:
@@ -62,13 +63,13 @@ async def list_topics(bootstrap: str) -> list[str]:
 
 async def acreate_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG,
                          prefix: str = "", partitions: int = 4,
-                         timeout: float = 30.0) -> list[str]:
+                         timeout: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Create the topics that do not exist yet; return every name. Existing ones are fine."""
     from aiokafka.admin import NewTopic
 
     specs = list(specs)
     names = [topic_name(spec, prefix) for spec in specs]
-    admin = await _admin(bootstrap)
+    admin = await _admin(bootstrap, security)
     try:
         existing = set(await admin.list_topics())
         # Keyed topics get the partition count; the others are not split by user, so one.
@@ -90,6 +91,6 @@ async def acreate_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG,
 
 
 def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOG, prefix: str = "",
-                  partitions: int = 4) -> list[str]:
+                  partitions: int = 4, security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Sync form of ``acreate_topics``, for CLI code and fixtures."""
-    return run_sync(lambda: acreate_topics(bootstrap, specs, prefix, partitions))
+    return run_sync(lambda: acreate_topics(bootstrap, specs, prefix, partitions, security=security))

@@ -26,6 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from mode import Service
 
+from streams.kafkaclient import PLAINTEXT, KafkaSecurity
+
 log = logging.getLogger("relance.loop")
 
 
@@ -61,10 +63,12 @@ class KafkaLoop(Service):
     """
 
     def __init__(self, *, bootstrap: str, topics: list[str], group: str, stage: Stage,
-                 commit_interval: float = 1.0, max_records: int = 20_000, **kwargs) -> None:
+                 commit_interval: float = 1.0, max_records: int = 20_000,
+                 security: KafkaSecurity = PLAINTEXT, **kwargs) -> None:
         super().__init__(**kwargs)
         self.bootstrap, self.topics, self.group, self.stage = bootstrap, topics, group, stage
         self.topic = topics[0]
+        self.security = security
         self.commit_interval, self.max_records = commit_interval, max_records
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()        # one batch, checkpoint or rebalance at a time
@@ -80,7 +84,7 @@ class KafkaLoop(Service):
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000, **self.security.options(),
         )
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
@@ -192,12 +196,14 @@ class KafkaLoop(Service):
         return lags
 
 
-async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIterator[list[ConsumerRecord]]:
+async def read_partition(bootstrap: str, topic: str, partition: int,
+                         security: KafkaSecurity = PLAINTEXT) -> AsyncIterator[list[ConsumerRecord]]:
     """Every record of one partition, from the beginning to its end now, batch by batch:
     a restore holds one batch at a time, not a million records."""
     # earliest: assign() starts a position reset with the consumer's policy, which can win
     # the race with seek_to_beginning; with the default (latest) nothing would be read back.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                **security.options())
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -212,9 +218,9 @@ async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIte
         await consumer.stop()
 
 
-def new_producer(bootstrap: str, **options) -> AIOKafkaProducer:
+def new_producer(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **options) -> AIOKafkaProducer:
     # acks=all and idempotence: a retried batch is not written twice, order kept per partition.
     return AIOKafkaProducer(**{
         "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True, "linger_ms": 5,
-        "max_batch_size": 512 * 1024, **options,
+        "max_batch_size": 512 * 1024, **security.options(), **options,
     })

@@ -14,6 +14,7 @@ from typing import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from streams.kafkaclient import PLAINTEXT, KafkaSecurity, start
 from streams.outbox import partition_for
 
 BATCH_RECORDS = 10_000
@@ -40,8 +41,9 @@ class RangeReader:
     partition of each topic that holds that key (a user's records)."""
 
     def __init__(self, bootstrap: str, topics: list[str], start_ms: int | None = None,
-                 end_ms: int | None = None, key: bytes | None = None) -> None:
-        self.bootstrap, self.topics = bootstrap, topics
+                 end_ms: int | None = None, key: bytes | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        self.bootstrap, self.topics, self.security = bootstrap, topics, security
         self.start_ms, self.end_ms, self.key = start_ms, end_ms, key
         self.spans: list[Span] = []
         self.missing: list[str] = []
@@ -53,9 +55,10 @@ class RangeReader:
 
     async def __aenter__(self) -> "RangeReader":
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", request_timeout_ms=15_000)
+                                          auto_offset_reset="earliest", request_timeout_ms=15_000,
+                                          **self.security.options())
         try:
-            await self._consumer.start()
+            await start(self._consumer, self.bootstrap, self.security)
             self.spans = await self._plan()
         except BaseException:
             await self._consumer.stop()

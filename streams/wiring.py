@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Awaitable, Callable, Protocol
 
 import faust
@@ -23,8 +24,10 @@ from aiokafka import ConsumerRecord
 from foundation.metrics import CONTENT_TYPE, Metrics, label, new_metrics, render
 from foundation.settings import Settings
 from schemas.records import DeadLetter, InvalidRecord
+from streams.kafkaclient import KafkaSecurity
 from streams.kafkaloop import KafkaLoop, Stage, new_producer
 from streams.outbox import Outbox
+from streams.redisclient import redis_options
 from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
 
 log = logging.getLogger("relance")
@@ -48,6 +51,10 @@ class Wiring:
     _producer: Any = None
     ready: bool = False
 
+    @cached_property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity.of(self.settings)
+
     def topic(self, spec: TopicSpec) -> faust.TopicT:
         return self.topics[spec.name]
 
@@ -61,14 +68,14 @@ class Wiring:
                 # retries on a fresh one for about 15 s before the stage gives up and crashes.
                 retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
                 retry_on_error=[RedisConnectionError, RedisTimeoutError],
-                health_check_interval=30,
+                health_check_interval=30, **redis_options(self.settings),
             )
         return self._redis
 
     async def producer(self) -> Any:
         """The aiokafka producer the batch stages share, started on first use."""
         if self._producer is None:
-            self._producer = new_producer(self.settings.broker)
+            self._producer = new_producer(self.settings.broker, self.kafka_security)
             await self._producer.start()
         return self._producer
 
@@ -82,7 +89,8 @@ class Wiring:
         async def start() -> None:
             await prepare()
             stage.loop = KafkaLoop(bootstrap=settings.broker, topics=topics,
-                                   group=f"{settings.topic_prefix}{settings.app_id}.{name}", stage=stage)
+                                   group=f"{settings.topic_prefix}{settings.app_id}.{name}", stage=stage,
+                                   security=self.kafka_security)
             stage.loop.on_commit = metrics.last_commit.set_to_current_time
             await self.app.add_runtime_dependency(stage.loop)
             self.ready = True
@@ -122,6 +130,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.topic_prefix + settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+        broker_credentials=KafkaSecurity.of(settings).faust_credentials(),
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,

@@ -48,6 +48,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         local.stop()
 
 
+@pytest.fixture(scope="session")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory):
+    """The same Kafka with a SASL_SSL listener (SCRAM) and Redis with TLS and an ACL user,
+    their CA and passwords made for the session; once per session, for the few tests of it."""
+    local = LocalStack(
+        tmp_path_factory.mktemp("secure-stack"),
+        kafka_port=free_port(), redis_port=free_port(), controller_port=free_port(), secure=True,
+    )
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
 @pytest.fixture
 def topic_prefix(stack: LocalStack) -> str:
     """A fresh prefix ``t-<hex>-`` with every catalog topic created under it (4 partitions)."""

@@ -1,6 +1,7 @@
 """A live engine worker: its /metrics move as records flow, `relance explain` reads its state."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.kafka
 RELANCE = str(Path(sys.executable).with_name("relance"))
 T0 = 1_795_856_400_000  # 2026-11-28T09:00:00Z
 MINUTE, HOUR = 60_000, 3_600_000
+EXPLAIN_TOKEN = "explain-token-of-the-live-test"  # /explain answers only its bearers
 RULES = {"min_inbound": 5, "idle_delay": "12h", "messaging_window": "24h", "quiet_hours": "off"}
 
 
@@ -65,14 +67,15 @@ def explain(worker: WorkerProcess, user: str, bot: str, *options: str) -> subpro
     # An unreachable worker first: the command must go on to the next one.
     return subprocess.run([RELANCE, "explain", user, bot, "--worker", "http://127.0.0.1:9",
                            "--worker", f"http://127.0.0.1:{worker.web_port}", *options],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "RELANCE_EXPLAIN_TOKEN": EXPLAIN_TOKEN})
 
 
 @pytest.fixture
 def engine_worker(stack, topic_prefix, redis_db, tmp_path):
     worker = WorkerProcess(tmp_path, ["engine"], broker=stack.bootstrap, redis_url=redis_db,
                            topic_prefix=topic_prefix, partitions=4, clock="event",
-                           data_dir=tmp_path / "data", **RULES).start()
+                           data_dir=tmp_path / "data", explain_token=EXPLAIN_TOKEN, **RULES).start()
     try:
         wait_for(lambda: ready(worker), 60, "the engine worker to be ready")
         yield worker

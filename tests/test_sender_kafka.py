@@ -9,6 +9,7 @@ which writes them to ``raw.<app>`` for ingest to read.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.waiting import async_wait_for
 pytestmark = pytest.mark.kafka
 
 WA1, WA2, PAGE1, IG1 = "106540352242922", "106540352242923", "112233445566778", "17841400000000001"
+EXPLAIN_TOKEN = "explain-token-of-the-sender-test"  # /explain answers only its bearers
 RATE = 20  # messages a second per account: the sender's setting and the fake's own limit
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 # What ends a request at the sender; receipts may add delivered, read, and failed later.
@@ -107,7 +109,8 @@ class Rig:
         self.worker = WorkerProcess(
             self.tmp_path, self.roles, broker=self.stack.bootstrap, redis_url=self.redis_url,
             topic_prefix=self.prefix, partitions=4, data_dir=self.tmp_path / "data", registry=self.registry,
-            graph_base_url=self.fake.base_url, quiet_hours="off", user_cap_day=0, user_cap_week=0, **self.settings,
+            graph_base_url=self.fake.base_url, quiet_hours="off", user_cap_day=0, user_cap_week=0,
+            explain_token=EXPLAIN_TOKEN, **self.settings,
         ).start()
 
     async def __aexit__(self, *exc_info) -> None:
@@ -232,7 +235,8 @@ async def test_canonical_events_in_a_followup_sent_once_then_delivered_and_read(
         assert rig.fake.webhooks_posted >= 6  # WhatsApp sent, delivered, read; Messenger echo, delivery, read
         # `relance explain` tells the end of the story, from the engine's decision and the ledger.
         told = subprocess.run([RELANCE, "explain", "16505551234", "maestro", "--worker",
-                               f"http://127.0.0.1:{rig.worker.web_port}"], capture_output=True, text=True, timeout=30)
+                               f"http://127.0.0.1:{rig.worker.web_port}"], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "RELANCE_EXPLAIN_TOKEN": EXPLAIN_TOKEN})
         assert f"follow-up {sent['whatsapp']['followup_id']}: sent, then read" in told.stdout, told.stdout + told.stderr
 
 

@@ -13,8 +13,10 @@ import sys
 import orjson
 from aiokafka.errors import KafkaError
 
+from foundation.settings import Settings
 from relance.cliflags import add_setting_flags, load_settings
 from streams.admin import run_sync
+from streams.kafkaclient import KafkaSecurity, start
 from schemas.records import APPS, InvalidRecord, control_to_dict, parse_control
 from streams.topics import CONTROL, topic_name
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     topic = topic_name(CONTROL, settings.topic_prefix)
     key = getattr(event, "user_id", None)
     try:
-        run_sync(lambda: _send(settings.broker, topic, body, key.encode() if key else None))
+        run_sync(lambda: _send(settings, topic, body, key.encode() if key else None))
     except (OSError, KafkaError) as exc:
         print(f"relance control {args.action}: could not send to {settings.broker}: {exc}", file=sys.stderr)
         return 1
@@ -107,12 +109,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _send(bootstrap: str, topic: str, body: bytes, key: bytes | None) -> None:
+async def _send(settings: Settings, topic: str, body: bytes, key: bytes | None) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+    security = KafkaSecurity.of(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, acks="all", request_timeout_ms=10_000,
+                                **security.options())
     try:
-        await producer.start()
+        await start(producer, settings.broker, security)
         await producer.send_and_wait(topic, body, key=key)
     finally:
         await producer.stop()

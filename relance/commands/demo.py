@@ -41,6 +41,7 @@ from devstack.localstack import (
     REPO_ROOT, LocalStack, StackError, fetch_kafka, free_port, pid_alive, port_in_use, stop_pid,
 )
 from streams.admin import create_topics, run_sync
+from streams.kafkaclient import KafkaSecurity
 from relance.commands.simulate import topic_partitions
 from foundation.settings import Settings, parse_duration
 from schemas.records import APPS
@@ -125,6 +126,9 @@ class Demo:
         self.started_servers: list = []   # the stack's servers this run started (and so stops)
         # The gateway checks, and the simulator signs with, the operator's app secret, or one made up for the run.
         self.app_secret = settings.app_secret[0] if settings.app_secret else secrets.token_hex(16)
+        # /explain answers only with a token: the operator's, or one made up for the run (in a file).
+        self.explain_token = settings.explain_token or secrets.token_hex(16)
+        self.explain_token_file = self.run_dir / "explain-token"
         self.workers: list[ChildProcess] = []
         self.simulator: ChildProcess | None = None
         self.fake_graph: ChildProcess | None = None
@@ -140,7 +144,8 @@ class Demo:
     def run(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.start_stack()
-        create_topics(self.settings.broker, CATALOG, self.prefix, self.settings.partitions)
+        create_topics(self.settings.broker, CATALOG, self.prefix, self.settings.partitions,
+                      security=KafkaSecurity.of(self.settings))
         self.topics_created = True
         self.say(f"topics created with prefix {self.prefix!r}; logs in {self.run_dir}")
         self.start_fake_graph()
@@ -175,7 +180,7 @@ class Demo:
             # The demo's short rule, so that follow-ups happen within a minute.
             "RELANCE_IDLE_DELAY": self.args.idle_delay, "RELANCE_MIN_INBOUND": "3",
             "RELANCE_MESSAGING_WINDOW": "10m", "RELANCE_QUIET_HOURS": "off",
-            "RELANCE_GRAPH_BASE_URL": self.graph_url,
+            "RELANCE_GRAPH_BASE_URL": self.graph_url, "RELANCE_EXPLAIN_TOKEN": self.explain_token,
         })
         env.update(self.tokens)
         return env
@@ -209,6 +214,10 @@ class Demo:
             child = start_child(name, args, env, self.run_dir / f"worker-{web_port}.log", web_port)
             self.workers.append(child)
             self.say(f"started {name} ({' + '.join(roles)}), pid {child.pid}, http://127.0.0.1:{web_port}")
+        self.explain_token_file.touch(mode=0o600)
+        self.explain_token_file.write_text(self.explain_token + "\n")
+        self.say(f"ask the engine worker why: RELANCE_EXPLAIN_TOKEN_FILE={self.explain_token_file} "
+                 "relance explain USER BOT")
         for child in self.workers:
             self.wait_ready(child)
 
@@ -276,7 +285,7 @@ class Demo:
 
     def _delete_topics(self) -> None:
         try:
-            run_sync(lambda: _delete_topics(self.settings.broker, self.prefix))
+            run_sync(lambda: _delete_topics(self.settings.broker, self.prefix, KafkaSecurity.of(self.settings)))
         except Exception as exc:  # the broker may already be gone: the topics go with its data
             self.say(f"could not delete the demo's topics: {exc}")
 
@@ -298,10 +307,10 @@ def _registry_path(registry: str) -> str:
     return str(path.resolve())
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
+async def _delete_topics(bootstrap: str, prefix: str, security: KafkaSecurity) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **security.options())
     await admin.start()
     try:
         # Faust's own topics (changelogs, assignor) carry the prefix too: its app id has it.
@@ -447,9 +456,10 @@ class LiveView:
         prefix, settings = self.demo.prefix, self.demo.settings
         outcomes_topic = topic_name(FOLLOWUP_OUTCOMES, prefix)
         topics = [topic_name(spec, prefix) for spec in DELIVERY_BY_APP.values()] + [outcomes_topic]
-        partitions = await topic_partitions(settings.broker, topics)
+        security = KafkaSecurity.of(settings)
+        partitions = await topic_partitions(settings.broker, topics, security)
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", **security.options())
         await consumer.start()
         try:
             consumer.assign(partitions)

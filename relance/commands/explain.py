@@ -25,6 +25,7 @@ from foundation.settings import Settings
 from relance.cliflags import add_setting_flags, load_settings
 from relance.commands.report import timed_messages
 from schemas.records import InvalidRecord, format_ts, loads, parse_decision, parse_outcome
+from streams.kafkaclient import KafkaSecurity
 from streams.topicread import RangeReader, ReadStalled
 from streams.topics import DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES, topic_name
 
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     workers = args.worker or [DEFAULT_WORKER]
-    answer, problems = ask_workers(workers, args.user, args.bot)
+    settings = load_settings(args)
+    answer, problems = ask_workers(workers, args.user, args.bot, settings.explain_token)
     if answer is None:
         print(f"relance explain: no worker could answer for {args.user} / {args.bot}:", file=sys.stderr)
         for problem in problems:
@@ -66,18 +68,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(describe(answer))
     if not (args.no_stories or args.json):
-        print(follow_up_stories(load_settings(args), args.user, args.bot))
+        print(follow_up_stories(settings, args.user, args.bot))
     return 0 if answer is not None else 1
 
 
-def ask_workers(workers: list[str], user_id: str, bot_id: str) -> tuple[dict | None, list[str]]:
-    """The first owner's answer, and what each worker before it said."""
+def ask_workers(workers: list[str], user_id: str, bot_id: str,
+                token: str | None) -> tuple[dict | None, list[str]]:
+    """The first owner's answer, and what each worker before it said. The token
+    (setting explain_token) goes as a bearer token; the workers refuse a request without it."""
     query = urllib.parse.urlencode({"user": user_id, "bot": bot_id})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     problems: list[str] = []
     for base in workers:
-        url = f"{base.rstrip('/')}/explain?{query}"
+        request = urllib.request.Request(f"{base.rstrip('/')}/explain?{query}", headers=headers)
         try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
                 return json.loads(response.read()), problems
         except urllib.error.HTTPError as exc:
             problems.append(f"{base}: {_error_of(exc)}")
@@ -208,7 +213,8 @@ async def _read_pair(settings: Settings, user_id: str, bot_id: str) -> tuple[lis
     names = {spec: topic_name(spec, prefix) for spec in (DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES)}
     decisions, outcomes, stream = [], [], []
     key = user_id.encode()
-    async with RangeReader(settings.broker, list(names.values()), key=key) as reader:
+    async with RangeReader(settings.broker, list(names.values()), key=key,
+                           security=KafkaSecurity.of(settings)) as reader:
         async for topic, records in reader.batches():
             mine = [record for record in records if record.key in (key, None)]  # kills, ticks: no key
             if topic == names[MESSAGES]:

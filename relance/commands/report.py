@@ -33,6 +33,7 @@ from schemas.records import (
     InvalidRecord, MessageEvent, Tick, clocked_records, format_ts, loads, parse_decision, parse_delivery,
     parse_outcome, parse_record, parse_ts,
 )
+from streams.kafkaclient import KafkaSecurity
 from streams.topicread import RangeReader, ReadStalled
 from streams.topics import CLOCK_HEADER, DECISIONS, DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, MESSAGES, topic_name
 
@@ -217,7 +218,8 @@ async def load_kafka(settings: Settings, start: int | None, end: int | None, con
     messages = topic_name(MESSAGES, prefix)
     found: dict[str, list] = {"decisions": [], "outcomes": [], "deliveries": [], "stream": []}
     skipped: dict[str, int] = {}
-    async with RangeReader(settings.broker, [*parsers, messages], start, end) as reader:
+    async with RangeReader(settings.broker, [*parsers, messages], start, end,
+                           security=KafkaSecurity.of(settings)) as reader:
         with _progress(console) as progress:
             task = progress.add_task("reading topics", total=reader.total)
             async for topic, records in reader.batches():

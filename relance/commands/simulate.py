@@ -41,6 +41,7 @@ from foundation.settings import Settings
 from domain.signature import SIGNATURE_HEADER, sign
 from devstack.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
 from schemas.registry import BotRegistry, RegistryError
+from streams.kafkaclient import KafkaSecurity, start
 from streams.topics import CONTROL, DELIVERY_BY_APP, MESSAGES, RAW_BY_APP, topic_name
 
 PROGRESS_EVERY_SECONDS = 10.0
@@ -185,10 +186,11 @@ class KafkaSink:
         from aiokafka import AIOKafkaProducer
 
         # Control events go to Kafka whatever the webhooks' way: the gateway takes only webhooks.
+        security = KafkaSecurity.of(self.settings)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, linger_ms=5,
-                                          request_timeout_ms=10_000)
+                                          request_timeout_ms=10_000, **security.options())
         try:
-            await self._producer.start()
+            await start(self._producer, self.settings.broker, security)
         except BaseException:
             await self._producer.stop()  # a producer that failed to start still holds a client
             raise
@@ -233,7 +235,8 @@ async def simulate_event(args: argparse.Namespace, settings: Settings, registry:
     if args.format == "canonical":
         from devstack.feeder import feed  # keeps the replay's order and clock per partition
 
-        summary = await feed((orjson.dumps(record) for record in records), settings.broker, settings.topic_prefix)
+        summary = await feed((orjson.dumps(record) for record in records), settings.broker, settings.topic_prefix,
+                             KafkaSecurity.of(settings))
         print(f"sent {summary.sent} records ({args.days:g} days, {args.users} users) to "
               f"{topic_name(MESSAGES, settings.topic_prefix)}", file=sys.stderr)
         return 0
@@ -318,10 +321,11 @@ async def answer_followups(settings: Settings, traffic: LiveTraffic, stop: async
     from aiokafka import AIOKafkaConsumer
 
     topics = [topic_name(spec, settings.topic_prefix) for spec in DELIVERY_BY_APP.values()]
-    partitions = await topic_partitions(settings.broker, topics)
+    security = KafkaSecurity.of(settings)
+    partitions = await topic_partitions(settings.broker, topics, security)
     if not partitions:
         return  # no delivery topics: nothing to answer
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False, **security.options())
     try:
         await consumer.start()
         consumer.assign(partitions)
@@ -335,14 +339,14 @@ async def answer_followups(settings: Settings, traffic: LiveTraffic, stop: async
         await consumer.stop()
 
 
-async def topic_partitions(bootstrap: str, topics: list[str]) -> list:
+async def topic_partitions(bootstrap: str, topics: list[str], security: KafkaSecurity) -> list:
     """Every partition of the topics that exist, asked of the broker (a new consumer's
     metadata may not know them yet)."""
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **security.options())
+    await start(admin, bootstrap, security)
     try:
         described = await admin.describe_topics(topics)
     finally:

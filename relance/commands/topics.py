@@ -21,10 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streams.admin import create_topics
+    from streams.kafkaclient import KafkaSecurity
     from streams.topics import CATALOG, topic_name
 
     settings = load_settings(args)
-    create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions)
+    create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions,
+                  security=KafkaSecurity.of(settings))
     for spec in CATALOG:
         print(topic_name(spec, settings.topic_prefix))
     return 0

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streams.admin import create_topics
+    from streams.kafkaclient import KafkaSecurity
     from streams.process import BoundedWorker
     from foundation.logs import logging_config
     from relance.app import ROLES, build
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     logging.config.dictConfig(log_config)  # JSON from the first line, before Faust takes over
     settings = load_settings(args)
     check_redis(settings)
-    create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions)
+    create_topics(settings.broker, CATALOG, settings.topic_prefix, settings.partitions,
+                  security=KafkaSecurity.of(settings))
     wiring = build(settings, tuple(args.role or ROLES))
     worker = BoundedWorker(wiring.app, grace=settings.shutdown_grace / 1000, loglevel=args.loglevel,
                            quiet=True, logging_config=log_config)
@@ -57,9 +59,10 @@ def check_redis(settings) -> None:
 
     from foundation.settings import SettingError
     from streams.ledger import durability_problems
+    from streams.redisclient import redis_address, redis_options
 
     log = logging.getLogger("relance.worker")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, **redis_options(settings))
     try:
         problems = durability_problems(client.info())
     except redis.ConnectionError as exc:  # the stages crash loudly when they need it
@@ -69,7 +72,7 @@ def check_redis(settings) -> None:
         client.close()
     if not problems:
         return
-    message = f"Redis at {settings.redis_url.rsplit('@', 1)[-1]} cannot keep the ledger safely: " + "; ".join(problems)
+    message = f"Redis at {redis_address(settings.redis_url)} cannot keep the ledger safely: " + "; ".join(problems)
     if settings.redis_durability == "require":
         raise SettingError(message + " (README, Redis; or set redis_durability=warn)")
     log.warning(message)
