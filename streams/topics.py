@@ -17,6 +17,9 @@ class TopicSpec:
     keyed: bool = True          # keyed by user_id, so it has the catalog's partition count
     compacted: bool = False     # a changelog keeps the latest value per key
     retention_ms: int | None = 7 * DAY_MS
+    # Holds what people wrote or are sent (message text, webhook bodies): its retention is
+    # bounded, and it is what an erasure cannot reach before retention runs (README, Least data).
+    carries_text: bool = False
 
     def config(self) -> dict[str, str]:
         config = {"cleanup.policy": "compact" if self.compacted else "delete"}
@@ -25,21 +28,29 @@ class TopicSpec:
         return config
 
 
-RAW_WHATSAPP = TopicSpec("raw.whatsapp", "WhatsApp Business Cloud API webhooks, as posted.", keyed=False)
-RAW_FACEBOOK = TopicSpec("raw.facebook", "Messenger Platform webhooks, as posted.", keyed=False)
-RAW_INSTAGRAM = TopicSpec("raw.instagram", "Instagram Messaging webhooks, as posted.", keyed=False)
-MESSAGES = TopicSpec("messages", "Canonical message events, key user_id.", retention_ms=21 * DAY_MS)
+# Raw webhooks: ingest reads them within seconds; 3 days outlast a long weekend's outage.
+RAW_WHATSAPP = TopicSpec("raw.whatsapp", "WhatsApp Business Cloud API webhooks, as posted.", keyed=False,
+                         retention_ms=3 * DAY_MS, carries_text=True)
+RAW_FACEBOOK = TopicSpec("raw.facebook", "Messenger Platform webhooks, as posted.", keyed=False,
+                         retention_ms=3 * DAY_MS, carries_text=True)
+RAW_INSTAGRAM = TopicSpec("raw.instagram", "Instagram Messaging webhooks, as posted.", keyed=False,
+                          retention_ms=3 * DAY_MS, carries_text=True)
+# 21 days: the window W (14 days) and a week, what `relance report` and `explain` read back.
+MESSAGES = TopicSpec("messages", "Canonical message events, key user_id.", retention_ms=21 * DAY_MS, carries_text=True)
 CONTROL = TopicSpec("control", "Profiles, opt-outs, kills, erasures and ticks.", retention_ms=None, compacted=False)
 FOLLOWUPS_REQUESTED = TopicSpec("followups.requested", "Follow-ups the rules allow, key user_id.")
 FOLLOWUPS_RETRY = TopicSpec("followups.retry", "Follow-ups whose generation failed, waiting for another try.")
 FOLLOWUP_OUTCOMES = TopicSpec("followups.outcomes", "Each follow-up's story: generated or ended before, then sent, delivered, read.")
 DECISIONS = TopicSpec("decisions", "A record of every decision, sent or not, key user_id.", retention_ms=30 * DAY_MS)
-DELIVERY_WHATSAPP = TopicSpec("delivery.whatsapp", "Generated follow-ups for the WhatsApp Cloud API.")
-DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the Messenger Send API.")
-DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.")
-DELIVERY_RETRY = TopicSpec("delivery.retry", "Follow-ups waiting for another send: a retryable refusal, a rate limit, a refused token.")
+DELIVERY_WHATSAPP = TopicSpec("delivery.whatsapp", "Generated follow-ups for the WhatsApp Cloud API.", carries_text=True)
+DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the Messenger Send API.", carries_text=True)
+DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.", carries_text=True)
+DELIVERY_RETRY = TopicSpec("delivery.retry", "Follow-ups waiting for another send: a retryable refusal, a rate limit, a refused token.",
+                           carries_text=True)
 ENGINE_STATE = TopicSpec("engine.state", "The engine's users per partition (changelog), key user_id.", compacted=True, retention_ms=None)
-DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False, retention_ms=30 * DAY_MS)
+# Dead letters keep the original bytes (a webhook's text, say): two weeks to look at them.
+DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False,
+                       retention_ms=14 * DAY_MS, carries_text=True)
 
 RAW_BY_APP = {"whatsapp": RAW_WHATSAPP, "facebook": RAW_FACEBOOK, "instagram": RAW_INSTAGRAM}
 DELIVERY_BY_APP = {"whatsapp": DELIVERY_WHATSAPP, "facebook": DELIVERY_FACEBOOK, "instagram": DELIVERY_INSTAGRAM}

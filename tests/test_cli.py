@@ -212,3 +212,13 @@ def test_replay_reads_a_file_writes_requests_and_decisions_and_reports_invalid_l
     errors = result.stderr.decode().splitlines()
     assert [line.split(":")[0] for line in errors] == ["line 2", "line 3", "line 7"]
     assert "not JSON" in errors[0] and "missing field text" in errors[1] and "scope" in errors[2]
+
+
+def test_explain_is_off_without_a_token_and_answers_only_its_bearer():
+    from agents.explain import refusal
+
+    assert refusal(None, "Bearer anything")[0] == 403  # off: no token configured
+    assert refusal("t0ken", None)[0] == 401
+    assert refusal("t0ken", "Basic t0ken")[0] == 401
+    assert refusal("t0ken", "Bearer t0ke")[0] == 401
+    assert refusal("t0ken", "Bearer t0ken") is None and refusal("t0ken", "bearer  t0ken") is None

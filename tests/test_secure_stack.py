@@ -35,6 +35,7 @@ from schemas.registry import BotRegistry
 from streams.admin import create_topics
 from streams.kafkaloop import read_partition
 from streams.redisclient import redis_options
+from streams.rediskeys import context_key
 from streams.topics import CATALOG, DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES, RAW_BY_APP, topic_name
 from tests.fake_llm import FakeLLM
 from tests.gatewaykit import running_gateway
@@ -126,6 +127,8 @@ async def test_the_pipeline_runs_end_to_end_over_sasl_ssl_and_redis_tls(secure_s
             redis = aioredis.Redis.from_url(stack.redis_url, **redis_options(client_settings(stack)))
             try:
                 assert [key async for key in redis.scan_iter(match=f"*{USER}*")]
+                # The conversation's text lives in Redis only for the window W (README, Least data).
+                assert 0 < await redis.pttl(context_key(USER, "maestro")) <= Settings().window
             finally:
                 await redis.aclose()
 
