@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from devstack.secure import KAFKA_USER, REDIS_USER, SCRAM_MECHANISM, SecureFiles
+from devstack.secure import KAFKA_USER, REDIS_RIGHTS, REDIS_USER, SCRAM_MECHANISM, SecureFiles
 from foundation.settings import SettingError, Settings
 from streams.admin import list_topics, run_sync
 from streams.kafkaclient import PLAINTEXT, KafkaSecurity
@@ -451,7 +451,7 @@ class RedisServer(_Server):
         files = self.secure
         return (f"port 0\ntls-port {self.port}\ntls-cert-file {files.server_cert}\n"
                 f"tls-key-file {files.server_key}\ntls-ca-cert-file {files.ca_file}\ntls-auth-clients optional\n"
-                f"user default off\nuser {REDIS_USER} on >{files.redis_password} ~* &* +@all\n")
+                f"user default off\nuser {REDIS_USER} on >{files.redis_password} {REDIS_RIGHTS}\n")
 
     def prepare(self) -> list[str]:
         redis_server = require_program("redis-server", INSTALL_REDIS)

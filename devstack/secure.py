@@ -20,6 +20,10 @@ from pathlib import Path
 KAFKA_USER = "relance"
 REDIS_USER = "relance"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+# What Redis's ACL user may do: only Relance's keys, nothing administrative or
+# keyspace-wide but INFO (the workers check durability with it). deploy/secrets/make
+# writes the same for docker-compose; the secure tests prove the workers need no more.
+REDIS_RIGHTS = "~relance:* &* +@all -@dangerous +info"
 VALID_DAYS = 30
 
 

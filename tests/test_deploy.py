@@ -176,9 +176,11 @@ def test_compose_environment_holds_only_real_settings_with_valid_values():
     # A misspelt RELANCE_ variable is silently ignored by the worker, which then runs on
     # a default (for example the local broker address) instead of the compose service.
     names = set(Settings.names())
+    secret_files = {name + "_file" for name in Settings.secret_names()}
     for service_name, service in _compose()["services"].items():
         env = service.get("environment") or {}
-        relance = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        relance = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                   if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in secret_files}
         unknown = sorted(set(relance) - names)
         assert not unknown, f"{service_name}: not settings: {unknown}"
         Settings.from_mapping(relance)   # raises SettingError on a value the worker rejects
@@ -236,6 +238,40 @@ def test_compose_runs_the_gateway_with_its_secrets_from_the_environment_only():
     for name in ("RELANCE_APP_SECRET", "RELANCE_VERIFY_TOKEN"):
         assert raw[name] == "${%s:-}" % name
 
+
+
+def test_compose_kafka_and_redis_ask_every_client_for_credentials_from_secret_files():
+    services = _compose()["services"]
+    kafka = services["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {item.split("://")[0]: item.split("://")[1] for item in kafka["KAFKA_LISTENERS"].split(",")}
+    for name, address in listeners.items():
+        # Every listener another container or the host can reach asks for a login.
+        assert protocols[name].startswith("SASL_") or address.startswith("127.0.0.1:"), name
+    assert "SASL_PLAINTEXT" in protocols.values() and kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    jaas = kafka["KAFKA_OPTS"].split("java.security.auth.login.config=")[1]
+    assert jaas == "/run/secrets/kafka_jaas.conf" and _secret_names(services["kafka"]) >= {"kafka_jaas.conf"}
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--aclfile") + 1] == "/run/secrets/redis_users.acl"
+    assert _secret_names(services["redis"]) >= {"redis_users.acl"}
+    clients = [name for name, service in services.items() if "RELANCE_BROKER" in (service.get("environment") or {})]
+    assert set(clients) >= set(ROLES) | {GATEWAY, "topics"}
+    for name in clients:
+        env = services[name]["environment"]
+        settings = Settings.from_mapping({k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                                          if k.startswith(ENV_PREFIX) and not k.endswith("_FILE")})
+        assert settings.kafka_security_protocol.startswith("SASL_") and settings.kafka_username, name
+        for variable in ("RELANCE_KAFKA_PASSWORD_FILE", "RELANCE_REDIS_PASSWORD_FILE"):
+            path = env[variable]
+            assert path.startswith("/run/secrets/") and path.rsplit("/", 1)[1] in _secret_names(services[name]), name
+    # The secrets' files are made on the machine (deploy/secrets/make) and never committed.
+    sources = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["secrets"]
+    ignored = (DEPLOY / "secrets" / ".gitignore").read_text().split()
+    assert ignored[0] == "*" and all(source["file"].startswith("./deploy/secrets/") for source in sources.values())
+
+
+def _secret_names(service: dict) -> set[str]:
+    return {entry["source"] if isinstance(entry, dict) else entry for entry in service.get("secrets", [])}
 
 # -- Prometheus ----------------------------------------------------------------------------
 
@@ -523,7 +559,7 @@ def test_k8s_gateway_reads_its_secrets_from_a_mounted_secret_and_is_reached_thro
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     secret_dirs = {m["mountPath"].rstrip("/") for m in container["volumeMounts"] if "secret" in volumes[m["name"]]}
     files = {v["name"]: v["value"] for v in container["env"] if v["name"].endswith("_FILE")}
-    assert set(files) == {"RELANCE_APP_SECRET_FILE", "RELANCE_VERIFY_TOKEN_FILE"}
+    assert {"RELANCE_APP_SECRET_FILE", "RELANCE_VERIFY_TOKEN_FILE"} <= set(files)
     for path in files.values():
         assert path.rsplit("/", 1)[0] in secret_dirs, path
     # The Ingress terminates TLS for its host and sends /webhooks/ to the gateway's webhooks port.
@@ -539,3 +575,96 @@ def test_k8s_gateway_reads_its_secrets_from_a_mounted_secret_and_is_reached_thro
             backend = path["backend"]["service"]
             assert backend["name"] == service["metadata"]["name"]
             assert service_ports[backend["port"]["name"]]["targetPort"] == "webhooks"
+
+
+# -- Kubernetes: security (issue 19) --------------------------------------------------------------
+
+def _pods() -> list[dict]:
+    """Every pod template: the Deployments' and the topic Job's."""
+    return [d["spec"]["template"] for d in _by_kind("Deployment") + _by_kind("Job")]
+
+
+def test_k8s_every_container_runs_as_non_root_on_a_read_only_root_file_system():
+    pods = _pods()
+    assert len(pods) == len(ROLES) + 2  # the workers, the gateway and the topic Job
+    for pod in pods:
+        pod_context = pod["spec"].get("securityContext", {})
+        for container in pod["spec"]["containers"]:
+            context = container["securityContext"]
+            assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, container["args"]
+            assert context.get("runAsUser", pod_context.get("runAsUser", 0)) != 0, container["args"]
+            assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_k8s_secrets_are_mounted_files_and_kafka_and_redis_are_reached_securely():
+    settings = {c["metadata"]["name"]: c for c in _by_kind("ConfigMap")}["relance-settings"]["data"]
+    parsed = Settings.from_mapping({k[len(ENV_PREFIX):].lower(): v for k, v in settings.items()})
+    assert parsed.kafka_security_protocol == "SASL_SSL" and parsed.redis_url.startswith("rediss://")
+    for pod in _pods():
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        [container] = pod["spec"]["containers"]
+        # No secret as an environment value: env shows in `kubectl describe`, crash dumps, child processes.
+        assert not any("secretKeyRef" in v.get("valueFrom", {}) for v in container.get("env", []))
+        assert not any("secretRef" in source for source in container["envFrom"])
+        secret_dirs = {m["mountPath"] for m in container.get("volumeMounts", []) if "secret" in volumes[m["name"]]}
+        files = {v["name"]: v["value"] for v in container.get("env", []) if v["name"].endswith("_FILE")}
+        for path in files.values():
+            assert path.rsplit("/", 1)[0] in secret_dirs, (container["args"], path)
+        # Every pod talks to Kafka: its credentials and CA are files of a mounted Secret.
+        assert {"RELANCE_KAFKA_USERNAME_FILE", "RELANCE_KAFKA_PASSWORD_FILE"} <= set(files), container["args"]
+        assert parsed.kafka_ca_file.rsplit("/", 1)[0] in secret_dirs, container["args"]
+        if container["args"][0] == "worker":
+            assert {"RELANCE_REDIS_USERNAME_FILE", "RELANCE_REDIS_PASSWORD_FILE"} <= set(files)
+            assert parsed.redis_ca_file.rsplit("/", 1)[0] in secret_dirs
+    # Each token of the registry is a file in the sender's mounted Secret.
+    [sender] = [d for d in _workers() if _role(d) == "sender"]
+    sender_dirs = {m["mountPath"] for m in _container(sender)["volumeMounts"]}
+    registry = tomllib.loads({c["metadata"]["name"]: c for c in _by_kind("ConfigMap")}["relance-registry"]["data"]["bots.toml"])
+    for bot in registry["bot"]:
+        for reference in bot["tokens"].values():
+            assert reference.startswith("file:") and reference[5:].rsplit("/", 1)[0] in sender_dirs, reference
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _component(pod: dict) -> str:
+    return pod["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def test_k8s_network_policies_deny_all_then_open_only_the_gateway_and_the_workers_needs():
+    policies = _by_kind("NetworkPolicy")
+    pods = _pods()
+    # Everything is denied first, both ways, for every pod of the namespace.
+    assert any(p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies)
+    egress_ports: dict[str, set[int]] = {_component(pod): set() for pod in pods}
+    for policy in policies:
+        spec = policy["spec"]
+        selected = [pod for pod in pods if _selects(spec["podSelector"], pod["metadata"]["labels"])]
+        assert selected, f"{policy['metadata']['name']} selects no pod"
+        for rule in spec.get("ingress", []):
+            ports = {port["port"] for port in rule["ports"]}
+            # From outside the namespace, only the gateway's webhooks port and the web ports
+            # (for Prometheus); a rule with no `from` or no `ports` would open everything.
+            assert rule.get("from") and ports, policy["metadata"]["name"]
+            assert ports <= {"http", "webhooks"}
+            if "webhooks" in ports:
+                assert {_component(pod) for pod in selected} == {GATEWAY}
+        for rule in spec.get("egress", []):
+            assert rule.get("ports"), policy["metadata"]["name"]  # no rule opens every port
+            for pod in selected:
+                egress_ports[_component(pod)] |= {port["port"] for port in rule["ports"]}
+    # DNS and Kafka for everyone; Redis for the workers; HTTPS for the LLM and the send APIs only.
+    for component, ports in egress_ports.items():
+        expected = {53, 9093} | ({6380} if component in ROLES else set())
+        expected |= {443} if component in ("generator", "sender") else set()
+        assert ports == expected, component
