@@ -84,7 +84,7 @@ class RawTopics:
                 await producer.stop()  # a producer that failed to start still holds a client
                 log.warning("kafka not reachable: webhooks get 503 until it is",
                             extra={"broker": self.settings.broker, "error": str(exc),
-                                   "why": await diagnose(self.settings.broker, self.security)})
+                                   "why": await diagnose(self.settings.broker, self.security, self.timeout)})
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except asyncio.TimeoutError:

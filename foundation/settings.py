@@ -55,8 +55,10 @@ def parse_quiet_hours(value: Any) -> tuple[int, int] | None:
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
+    """One of ``allowed``, in the case they are written in (``wall``, ``SASL_SSL``)."""
     def parse(value: Any) -> str:
-        text = str(value).strip().lower()
+        text = str(value).strip()
+        text = text.upper() if allowed[0].isupper() else text.lower()
         if text not in allowed:
             raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
         return text
@@ -75,15 +77,6 @@ def _non_negative_int(value: Any) -> int:
     if number < 0:
         raise ValueError(f"{value!r} is negative")
     return number
-
-
-def _choice_upper(*allowed: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().upper()
-        if text not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-        return text
-    return parse
 
 
 def _positive_int(value: Any) -> int:
@@ -204,8 +197,8 @@ class Settings:
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
     shutdown_grace: int = setting(10_000, "How long a stopping worker may take before it exits anyway, leaving what it could not flush to the next owner.", parse_duration)
     # -- security: how clients reach Kafka and Redis (README, Security) ----------------------
-    kafka_security_protocol: str = setting("PLAINTEXT", "How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", _choice_upper("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.", _choice_upper("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"))
+    kafka_security_protocol: str = setting("PLAINTEXT", "How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"))
     kafka_username: str | None = secret_setting(None, "Kafka SASL user name (PLAIN, SCRAM).", _optional_str)
     kafka_password: str | None = secret_setting(None, "Kafka SASL password (PLAIN, SCRAM).", _optional_str)
     kafka_oauth_token_file: str | None = setting(None, "OAUTHBEARER: file holding the current token, read again each time the client needs one.", _optional_str)

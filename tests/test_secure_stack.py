@@ -39,6 +39,7 @@ from streams.rediskeys import context_key
 from streams.topics import CATALOG, DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES, RAW_BY_APP, topic_name
 from tests.fake_llm import FakeLLM
 from tests.gatewaykit import running_gateway
+from tests.test_sender_kafka import registry_file
 from waiting import async_wait_for
 
 pytestmark = pytest.mark.kafka
@@ -46,7 +47,6 @@ pytestmark = pytest.mark.kafka
 RELANCE = str(Path(sys.executable).with_name("relance"))
 START = 1_795_856_400_000  # 2026-11-28T09:00:00Z
 MINUTE, HOUR = 60_000, 3_600_000
-WA = "106540352242922"
 USER = "u-secure-417"
 TEXTS = [f"secure question {i} about the Vertigo score" for i in range(5)]
 EXPLAIN_TOKEN = "explain-token-of-the-secure-test"
@@ -60,22 +60,6 @@ def settings_env(settings: dict[str, str]) -> dict[str, str]:
 def client_settings(stack, **overrides) -> Settings:
     """Settings as a process of this stack loads them (secrets from their files)."""
     return Settings.load(env=settings_env({**stack.client_settings(), **overrides}))
-
-
-def registry(tmp_path: Path) -> Path:
-    token = tmp_path / "wa-token"
-    token.write_text("EAAG-secure\n")
-    path = tmp_path / "bots.toml"
-    path.write_text(f'''
-[[bot]]
-id = "maestro"
-name = "Maestro of Movie Magic"
-persona = "A warm film-music lover who suggests soundtracks and composers."
-language = "en"
-whatsapp = ["{WA}"]
-tokens = {{ whatsapp = "file:{token}" }}
-''')
-    return path
 
 
 def conversation() -> list[bytes]:
@@ -104,7 +88,7 @@ async def test_the_pipeline_runs_end_to_end_over_sasl_ssl_and_redis_tls(secure_s
     stack, prefix = secure_stack, "sec-e2e-"
     security = stack.kafka.security
     create_topics(stack.bootstrap, CATALOG, prefix, 4, security=security)
-    bots = registry(tmp_path)
+    bots = registry_file(tmp_path)  # maestro's WhatsApp number WA1 sends
     async with FakeLLM(mode="ok") as llm, FakeGraph(accounts_from_registry(BotRegistry.load(bots))) as graph:
         worker = WorkerProcess(
             tmp_path, ["engine", "context", "generator", "sender"], **stack.client_settings(),
