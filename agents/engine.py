@@ -27,7 +27,8 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.explain import install_explain
-from domain.rules import DecisionCore, UserState
+from domain.rules import DecisionCore
+from domain.state import changelog_value, from_changelog
 from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
@@ -121,7 +122,7 @@ class Engine:
                 if record.key == META_KEY:
                     meta = record.value
                 elif record.value:
-                    core.load_user(record.key.decode(), UserState.from_dict(orjson.loads(record.value)))
+                    core.load_user(record.key.decode(), from_changelog(record.value))
                 else:
                     core.forget_user(record.key.decode())
         if meta:
@@ -245,7 +246,7 @@ class Engine:
                 continue
             for user_id in users:
                 user = core.user(user_id)
-                state.append((orjson.dumps(user.to_dict()) if user is not None else b"", user_id.encode(), partition))
+                state.append((changelog_value(user) if user is not None else b"", user_id.encode(), partition))
             self._meta_changed.add(partition)
         self._unsaved.clear()
         for core in self.cores.values():
