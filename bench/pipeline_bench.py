@@ -7,12 +7,13 @@ then, per repetition:
 - ``plain``: a plain aiokafka consumer (no group) reads and orjson-decodes them: the limit;
 - ``core``: the pure ``DecisionCore`` on the same records in this process, no Kafka:
   parse only, feed only (pre-parsed), parse + feed, and that plus what the engine encodes
-  per batch (decision and request JSON, ``orjson.dumps(user.to_dict())`` of the users
-  changed in the batch, each partition's meta), batches of 5000 records;
+  per batch (decision and request JSON, ``changelog_value`` of the users changed in the
+  batch, each partition's meta), batches of 5000 records;
 - ``engine xK``: K ``relance worker --role engine`` processes (event mode) in a fresh
-  consumer group with a fresh changelog, on the records already produced: from the
-  moment all K are processing to the last message event processed, by the workers' own
-  ``relance_events_in_total``; then the bench also waits for every offset committed.
+  consumer group with a fresh changelog, waiting on an empty topic until the group is
+  stable with all K; then every record is produced at once (prebuilt batches) and the run
+  is timed from the first record produced to the last offset committed, tail included.
+  A run whose workers did not count every message event fails instead of printing a rate.
 
 Run: ``.venv/bin/python -m bench.pipeline_bench --events 200000 --repeat 2 --workers 1,2``
 """
@@ -28,8 +29,8 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    measure_progress, plain_consume, produce_items, result, spread,
+    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, metric_total,
+    plain_consume, result, spread, timed_run,
 )
 
 RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
@@ -42,6 +43,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
     from streams.outbox import partition_for
     from domain.rules import DecisionCore
+    from domain.state import changelog_value
     from foundation.settings import Settings
     from schemas.records import loads, parse_record
 
@@ -80,7 +82,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
                     for user_id in dirty:
                         user = core.users.get(user_id)
                         if user is not None:
-                            dumps(user.to_dict())
+                            changelog_value(user)
                     dumps(core.export_meta())
         return n / (time.perf_counter() - started)
 
@@ -94,15 +96,15 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
 
 async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
                      timeout: float, pythonpath=None) -> tuple[str, int, float]:
-    """K engine workers on a fresh prefix whose ``messages`` already hold every record, as
-    the plain consumer reads them. Timed by the workers' own counters, from the moment
-    all K are processing to the last message event."""
+    """K engine workers in a fresh consumer group, waiting on an empty ``messages`` of a
+    fresh prefix until the group is stable with all K; then every record produced at once
+    and the run timed to the last offset committed (``timed_run``). Fails unless the
+    workers' own ``relance_events_in_total`` counted every message event."""
     from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, topic_name
     prefix = fresh_prefix("pipe")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     topic = topic_name(MESSAGES, prefix)
-    await produce_items(bootstrap, topic, items)
     app_id = f"engine-{uuid.uuid4().hex[:6]}"
     settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
                     app_id=app_id, data_dir=work / f"data-{app_id}")
@@ -112,10 +114,14 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     events = sum(1 for _, value, _, _ in items if value and "type" not in orjson.loads(value))
     with running(procs):
         async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: partitions}) as watch:
-            counted, seconds = await measure_progress(procs, "relance_events_in_total", events, timeout)
-            await watch.measure_drain(timeout, procs, end=len(items))  # and every offset committed
-    # Rates are of records, as the plain consumer's: the few control records ride along.
-    return topic, int(counted * len(items) / events), seconds
+            await watch.wait_stable(workers, 120, procs)
+            records = [(topic, key, value, headers, partition) for key, value, headers, partition in items]
+            seconds = await timed_run(bootstrap, records, watch, procs, timeout)
+            counted = await metric_total(procs, "relance_events_in_total")
+    if counted < events:
+        raise RuntimeError(f"engine x{workers}: the workers counted {counted:,.0f} of {events:,} message events; "
+                           "the run did not measure the whole topic")
+    return topic, len(items), seconds
 
 
 def _from(source: str | None) -> str:
