@@ -39,10 +39,17 @@ def test_ingest_bench_prints_positive_rates(stack):
         assert results.get(name, 0) > 0, (name, results)
 
 
-def test_latency_bench_measures_every_followup(stack):
+def test_latency_bench_measures_every_followup_under_load(stack):
     results = run_bench(stack, "bench.latency_bench", "--pairs", "40", "--spread", "0.2", "--delay", "1",
-                        "--repeat", "1")
+                        "--repeat", "1", "--load-rate", "500", "--load-records", "2000")
     assert 0 <= results["latency_p50"] <= results["latency_p99"] < 10_000
+    assert results["latency_missing"] == 0 and results["latency_load_rate"] > 0
+
+
+def test_quix_peer_bench_prints_its_rate_beside_its_plain_consumer(stack):
+    results = run_bench(stack, "bench.quix_bench", "--events", "2000", "--repeat", "1", timeout=120)
+    for name in ("quix_peer", "quix_plain_consumer", "quix_aiokafka_plain_consumer"):
+        assert results.get(name, 0) > 0, (name, results)
 
 
 def test_memory_bench_core_figures_for_minimal_and_realistic_state(stack):
