@@ -29,7 +29,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from agents.explain import install_explain
 from domain.rules import DecisionCore
 from domain.state import changelog_value, from_changelog
-from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
+from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, decode_record
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -161,7 +161,7 @@ class Engine:
                 if not record.value:  # the feeder's clock-only record; any other empty one is counted
                     self._empty_values += clock is None
                     continue
-                parsed = parse_record(loads(record.value))
+                parsed = decode_record(record.value)
                 feed(parsed, now)
             except InvalidRecord as exc:
                 invalid.append((record, exc))

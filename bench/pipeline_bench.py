@@ -45,7 +45,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     from domain.rules import DecisionCore
     from domain.state import changelog_value
     from foundation.settings import Settings
-    from schemas.records import loads, parse_record
+    from schemas.records import decode_record
 
     settings = Settings.from_mapping(RULES)
     items = feeder_items(lines, partitions)
@@ -55,7 +55,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     rates = {}
 
     started = time.perf_counter()
-    parsed = [parse_record(loads(value)) if value else None for _, value, _, _ in keyed]
+    parsed = [decode_record(value) if value else None for _, value, _, _ in keyed]
     rates["parse"] = n / (time.perf_counter() - started)
 
     def run(with_parse: bool, encode: bool, batch: int = 5000) -> float:
@@ -70,7 +70,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
                 core.advance(int(headers[0][1]), inclusive=False)
                 if value:
                     if with_parse:
-                        record = parse_record(loads(value))
+                        record = decode_record(value)
                     core.feed(record, None)
             for core in cores.values():
                 requests, decisions, erased, dirty = core.drain()
