@@ -185,14 +185,20 @@ class GroupWatch:
             await asyncio.sleep(poll)
 
 
-async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[WorkerProcess], timeout: float) -> float:
+async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[WorkerProcess], timeout: float,
+                    counter: tuple[str, float] | None = None) -> tuple[float, float | None]:
     """Seconds from the first record produced to the last offset committed: a whole run,
     the tail included, so no partial run can print a rate.
 
     The workers must be waiting on empty topics, their group stable: nothing is read
     before the clock starts. ``items`` are (topic, key, value, headers, partition) and are
     a list, built into producer batches first, so that the bench's producer is not what is timed;
-    they are sent at once when the clock starts."""
+    they are sent at once when the clock starts.
+
+    Returns the seconds to the last commit and, given ``counter`` (a metric of the workers
+    and its final total), the seconds until their counter reached it: the work done, and
+    the tail after it (the commit interval, the last checkpoint), polled every 0.2 s so
+    that the polling costs the workers little."""
     from aiokafka import AIOKafkaProducer
     from streams.outbox import Outbox
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=1024 * 1024,
@@ -207,7 +213,22 @@ async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[Work
         await outbox.flush()
     finally:
         await producer.stop()
-    return await watch.wait_committed(len(items), timeout, workers) - started
+    counted = asyncio.ensure_future(_reached(workers, *counter)) if counter else None
+    try:
+        committed = await watch.wait_committed(len(items), timeout, workers)
+        # Commits follow the work: the counter is there already, if seen a poll later.
+        worked = min(await asyncio.wait_for(counted, 10), committed) - started if counted else None
+    finally:
+        if counted is not None:
+            counted.cancel()
+    return committed - started, worked
+
+
+async def _reached(workers: list[WorkerProcess], name: str, total: float, poll: float = 0.2) -> float:
+    """The moment the workers' counter ``name`` summed to ``total``."""
+    while await metric_total(workers, name) < total:
+        await asyncio.sleep(poll)
+    return time.perf_counter()
 
 
 async def metric_sum(session, port: int, name: str) -> float:

@@ -81,7 +81,7 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
                 GroupWatch(bootstrap, prefix + app_id, {topic_name(MESSAGES, prefix): partitions}) as out:
             await watch.wait_stable(1, 120, [worker])
             items = [(topic_name(RAW_BY_APP[app], prefix), None, body, None, 0) for app, body in documents]
-            seconds = await timed_run(bootstrap, items, watch, [worker], timeout)
+            seconds, _ = await timed_run(bootstrap, items, watch, [worker], timeout)
             counted = await metric_total([worker], "relance_webhooks_in_total")
             events = await out.ends()  # committed only after its events were acknowledged
     if counted < len(documents):

@@ -156,7 +156,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
                     # The whole run, as pipeline_bench times it: first record produced to last commit.
-                    seconds = await timed_run(bootstrap, items, watch, [worker], args.timeout)
+                    seconds, _ = await timed_run(bootstrap, items, watch, [worker], args.timeout)
                     records = len(items)
                 finally:
                     spy.send_signal(2)  # SIGINT: py-spy writes what it has and exits

@@ -116,7 +116,7 @@ async def one_run(bootstrap: str, work, items, partitions: int, timeout: float) 
         async with GroupWatch(bootstrap, group, {topic: partitions}) as watch:
             await watch.wait_stable(1, 120, [app])
             records = [(topic, key, value, headers, partition) for key, value, headers, partition in items]
-            seconds = await timed_run(bootstrap, records, watch, [app], timeout)
+            seconds, _ = await timed_run(bootstrap, records, watch, [app], timeout)
     count, plain_seconds = confluent_plain(bootstrap, topic, partitions, len(items))
     ours, ours_seconds = await plain_consume(bootstrap, topic, partitions, len(items))
     if count < len(items) or ours < len(items):

@@ -30,7 +30,7 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ]
     return [
         ("pipeline", ["bench.pipeline_bench", "--events", str(args.events), "--repeat", str(args.repeat),
-                      "--workers", "1,2"]),
+                      "--workers", "1,2"] + (["--before", args.before] if args.before else [])),
         ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]),
         ("quix", ["bench.quix_bench", "--events", str(args.events), "--repeat", str(args.repeat)]),
         ("latency", ["bench.latency_bench", "--pairs", "2000", "--spread", "10", "--repeat", str(args.repeat)]),
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=4000, help="follow-ups the sender bench sends, per phase")
     parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,quix,latency,memory,gateway,sender")
     parser.add_argument("--source", help="memory bench workers run from this copy of the code")
+    parser.add_argument("--before", metavar="TREE", help="pipeline bench: also run the engine of this tree (a git "
+                        "worktree of an earlier commit), alternating, and print the ratio")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     add_stack_flags(parser)
     args = parser.parse_args(argv)
@@ -106,6 +108,7 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
         ("DecisionCore + encode (our per-event cost)", "core_parse_feed_encode", "events/s", None, "-"),
         ("engine worker x1", "engine_x1", "events/s", lambda v: v >= 100_000 and plain and v / plain >= 0.45,
          ">=100k/s and >=0.45x plain"),
+        ("engine worker x1, the tree before (--before)", "engine_x1_before", "events/s", None, "-"),
         ("engine worker x2 (same group)", "engine_x2", "events/s",
          lambda v: get("engine_x1") and v / get("engine_x1") >= 1.8, ">=1.8x x1"),
         ("ingest worker: webhooks", "ingest_webhooks", "webhooks/s", None, "-"),
