@@ -172,11 +172,15 @@ class GroupWatch:
 
     async def wait_committed(self, end: int, timeout: float, workers: list[WorkerProcess], poll: float = 0.05) -> float:
         """Wait until the group has committed ``end`` offsets in all; the moment it saw them."""
+        from aiokafka.errors import KafkaError
         deadline = time.monotonic() + timeout
         while True:
             for worker in workers:
                 worker.check_alive()
-            committed = await self.committed()
+            try:
+                committed = await self.committed()
+            except KafkaError:  # no coordinator yet (a group that never committed): none
+                committed = None
             if committed is not None and committed >= end:
                 return time.perf_counter()
             if time.monotonic() > deadline:

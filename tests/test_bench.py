@@ -71,3 +71,16 @@ def test_sender_bench_measures_every_send_and_keeps_the_limit(stack):
     assert results["sender_sends_at_limit"] > 0 and results["sender_limit"] == 160
     assert results["sender_busiest_number_second"] <= 80  # WhatsApp's rate per number, spec section 9
     assert results["sender_sends_unlimited"] > 0
+
+
+async def test_a_run_that_does_not_commit_every_record_fails_instead_of_giving_a_rate(stack, topic_prefix):
+    """One two-worker run once measured 178 of 300,000 records and printed a rate: a timed
+    run now ends only at the last committed offset, or fails saying how many are missing."""
+    from bench.common import GroupWatch
+    from streams.admin import acreate_topics
+    from streams.topics import MESSAGES, topic_name
+    await acreate_topics(stack.bootstrap, [MESSAGES], topic_prefix, 2)
+    topic = topic_name(MESSAGES, topic_prefix)
+    async with GroupWatch(stack.bootstrap, f"{topic_prefix}nobody", {topic: 2}) as watch:
+        with pytest.raises(RuntimeError, match="5 of 5 records not committed"):
+            await watch.wait_committed(5, timeout=1.0, workers=[])
