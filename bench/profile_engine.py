@@ -40,8 +40,8 @@ from bench.pipeline_bench import RULES
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
-PARSE = ("parse_record", "parse_message", "_common_message", "_checked_message", "parse_control", "loads",
-         "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
+PARSE = ("decode_record", "_producers_ts", "parse_record", "parse_message", "_common_message", "_checked_message",
+         "parse_control", "loads", "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
 
 
 def bucket(frames: list[tuple[str, str, int]]) -> str:
@@ -60,7 +60,7 @@ def bucket(frames: list[tuple[str, str, int]]) -> str:
     if has("_dead_letter", "agents/engine.py"):
         return "our: dead letters"
     if any(path.endswith("schemas/records.py") and f in PARSE for f, path, _ in frames):
-        return "our: parse (orjson + parse_record)"
+        return "our: parse (decode_record: msgspec, else orjson + parse_record)"
     if any(path.endswith("domain/rules.py") or path.endswith("domain/safety.py") for _, path, _ in frames):
         return "our: DecisionCore (advance, feed, drain)"
     if has("process", "agents/engine.py"):
