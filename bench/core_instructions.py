@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import orjson
+
 from bench.common import ROOT, result
 
 STAGES = ("parse", "parse+feed", "parse+feed+encode")
@@ -34,7 +36,6 @@ STAGES = ("parse", "parse+feed", "parse+feed+encode")
 def feed(records: int, stage: str, run: bool) -> None:
     """In the child, under callgrind: generate the records (always), then, if ``run``, run
     ``stage`` on them."""
-    import orjson
     from bench.common import canonical_lines, feeder_items
     from bench.pipeline_bench import RULES
     from domain.rules import DecisionCore
@@ -71,17 +72,22 @@ def feed(records: int, stage: str, run: bool) -> None:
             continue
         for core in cores.values():
             requests, decisions, _, dirty = core.drain()
-            if stage != "parse+feed+encode":
-                continue
-            for decision in decisions:
-                decision.to_json()
-            for request in requests:
-                request.to_json()
-            for user_id in dirty:
-                user = core.users.get(user_id)
-                if user is not None:
-                    changelog_value(user)
-            orjson.dumps(core.export_meta())
+            if stage == "parse+feed+encode":
+                encode_drained(core, requests, decisions, dirty, changelog_value)
+
+
+def encode_drained(core, requests, decisions, dirty, changelog_value) -> None:
+    """What the engine encodes of a core's drained outputs: decision and request JSON, and
+    at a checkpoint the changed users' changelog values and the core's meta."""
+    for decision in decisions:
+        decision.to_json()
+    for request in requests:
+        request.to_json()
+    for user_id in dirty:
+        user = core.users.get(user_id)
+        if user is not None:
+            changelog_value(user)
+    orjson.dumps(core.export_meta())
 
 
 def instructions(records: int, stage: str, source: str | None, run: bool) -> int:

@@ -44,6 +44,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     from streams.outbox import partition_for
     from domain.rules import DecisionCore
     from domain.state import changelog_value
+    from bench.core_instructions import encode_drained
     from foundation.settings import Settings
     from schemas.records import decode_record
 
@@ -62,7 +63,6 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
         # As the engine does: records fed one by one, outputs drained per batch, dirty
         # users and each partition's meta encoded once per batch (a flush).
         cores = {p: DecisionCore(settings) for p in range(partitions)}
-        dumps = orjson.dumps
         started = time.perf_counter()
         for first in range(0, n, batch):
             for (key, value, headers, partition), record in zip(keyed[first:first + batch], parsed[first:first + batch]):
@@ -75,15 +75,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
             for core in cores.values():
                 requests, decisions, erased, dirty = core.drain()
                 if encode:
-                    for decision in decisions:
-                        decision.to_json()
-                    for request in requests:
-                        request.to_json()
-                    for user_id in dirty:
-                        user = core.users.get(user_id)
-                        if user is not None:
-                            changelog_value(user)
-                    dumps(core.export_meta())
+                    encode_drained(core, requests, decisions, dirty, changelog_value)
         return n / (time.perf_counter() - started)
 
     rates["feed"] = run(with_parse=False, encode=False)

@@ -641,6 +641,11 @@ class Check(NamedTuple):
         return {"rule": self.rule, "passed": self.passed, "detail": self.detail}
 
 
+@lru_cache(maxsize=4096)  # most checks are the same few: each one's JSON is made once
+def _check_json(check: Check) -> bytes:
+    return orjson.dumps(check.to_dict())
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """Every decision, sent or not, on topic ``decisions``, key ``user_id``.
@@ -663,17 +668,24 @@ class DecisionRecord:
     checks: tuple[Check, ...]
 
     def to_dict(self) -> dict:
+        body = self.to_dict_without_checks()
+        body["checks"] = [check.to_dict() for check in self.checks]
+        return body
+
+    def to_dict_without_checks(self) -> dict:
         return {
             "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
             "app": self.app, "due_ts": format_ts(self.due_ts), "send_ts": format_ts(self.send_ts),
             "decided_at": format_ts(self.decided_at), "outcome": self.outcome,
             "stopped_by": self.stopped_by, "inbound_in_window": self.inbound_in_window,
             "last_inbound_ts": format_ts(self.last_inbound_ts),
-            "checks": [check.to_dict() for check in self.checks],
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        """``to_dict`` as JSON, the checks' JSON made once per distinct check and spliced in."""
+        body = self.to_dict_without_checks()
+        body["checks"] = orjson.Fragment(b"[" + b",".join([_check_json(check) for check in self.checks]) + b"]")
+        return orjson.dumps(body)
 
 
 DECISION_OUTCOMES = ("emitted", "suppressed", "deferred")

@@ -509,3 +509,13 @@ def test_the_compiled_decoder_agrees_with_loads_and_parse_record(ts, app, direct
 def test_the_compiled_decoder_agrees_on_bytes_that_are_not_the_common_shape(data):
     from schemas.records import decode_record, loads, parse_record
     assert _outcome(lambda: decode_record(data)) == _outcome(lambda: parse_record(loads(data)))
+
+
+@given(st.lists(st.builds(Check, st.sampled_from(["engaged", "opt_out", "user_cap"]), st.booleans(), st.text(max_size=30)),
+                max_size=12))
+def test_a_decision_encodes_as_its_dict_does_with_its_checks_json_made_once(checks):
+    """to_json splices each distinct check's cached JSON in: the same bytes as the dict's."""
+    from dataclasses import replace
+    decision = replace(DECISION, checks=tuple(checks))
+    assert decision.to_json() == orjson.dumps(decision.to_dict())
+    assert decision.to_json() == decision.to_json()  # the second time from the cache
