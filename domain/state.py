@@ -49,8 +49,7 @@ class PairState:
 
     def add(self, ts: int, key: int, inbound: bool) -> bool:
         """Keep a message in time order; False if one with the same key is kept already."""
-        needle = key.to_bytes(8, _ORDER, signed=True)
-        if (self.inbound and _holds_key(self.inbound, needle)) or (self.outbound and _holds_key(self.outbound, needle)):
+        if _holds_key(self.inbound.tobytes() + self.outbound.tobytes(), key.to_bytes(8, _ORDER, signed=True)):
             return False
         packed = self.inbound if inbound else self.outbound
         at = len(packed)
@@ -97,10 +96,10 @@ class PairState:
 _ORDER = sys.byteorder
 
 
-def _holds_key(packed: array, needle: bytes) -> bool:
-    """Whether ``[ts, key, ...]`` holds the key whose bytes are ``needle``: searched in
-    the raw bytes (``in`` on an array makes an int of every item), at key places only."""
-    raw = packed.tobytes()
+def _holds_key(raw: bytes, needle: bytes) -> bool:
+    """Whether the bytes of ``[ts, key, ...]`` (one array or several joined) hold the key
+    whose bytes are ``needle``: searched in the raw bytes (``in`` on an array makes an int
+    of every item), at key places only."""
     at = raw.find(needle)
     while at >= 0:
         if at % 16 == 8:
