@@ -27,8 +27,9 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.explain import install_explain
-from domain.rules import DecisionCore, UserState
-from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, loads, parse_record
+from domain.rules import DecisionCore
+from domain.state import changelog_value, from_changelog
+from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, decode_record
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -122,7 +123,7 @@ class Engine:
                 if record.key == META_KEY:
                     meta = record.value
                 elif record.value:
-                    core.load_user(record.key.decode(), UserState.from_dict(orjson.loads(record.value)))
+                    core.load_user(record.key.decode(), from_changelog(record.value))
                 else:
                     core.forget_user(record.key.decode())
         if meta:
@@ -161,7 +162,7 @@ class Engine:
                 if not record.value:  # the feeder's clock-only record; any other empty one is counted
                     self._empty_values += clock is None
                     continue
-                parsed = parse_record(loads(record.value))
+                parsed = decode_record(record.value)
                 feed(parsed, now)
             except InvalidRecord as exc:
                 invalid.append((record, exc))
@@ -246,7 +247,7 @@ class Engine:
                 continue
             for user_id in users:
                 user = core.user(user_id)
-                state.append((orjson.dumps(user.to_dict()) if user is not None else b"", user_id.encode(), partition))
+                state.append((changelog_value(user) if user is not None else b"", user_id.encode(), partition))
             self._meta_changed.add(partition)
         self._unsaved.clear()
         for core in self.cores.values():

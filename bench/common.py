@@ -170,34 +170,69 @@ class GroupWatch:
                 raise RuntimeError(f"group {self.group} not stable with {members} members after {timeout}s")
             await asyncio.sleep(0.25)
 
-    async def measure_drain(self, timeout: float, workers: list[WorkerProcess], poll: float = 0.1,
-                            end: int | None = None, started: float | None = None) -> tuple[int, float]:
-        """Wait for lag 0; (records, seconds) between the first commit seen and the last.
-
-        Commits come about once a second: when the whole run fits in a few of them (tiny
-        smoke runs), the time from ``started`` (default: the call) to lag 0 is used
-        instead. ``end``: the offsets to reach (default: the end offsets now).
-        """
-        end = end if end is not None else await self.ends()
+    async def wait_committed(self, end: int, timeout: float, workers: list[WorkerProcess], poll: float = 0.05) -> float:
+        """Wait until the group has committed ``end`` offsets in all; the moment it saw them."""
+        from aiokafka.errors import KafkaError
         deadline = time.monotonic() + timeout
-        started = started if started is not None else time.perf_counter()
-        first = None
         while True:
             for worker in workers:
                 worker.check_alive()
-            committed = await self.committed()
-            now = time.perf_counter()
-            if committed is not None:
-                if first is None:
-                    first = (committed, now)
-                if committed >= end:
-                    records, seconds = committed - first[0], now - first[1]
-                    if records < 0.5 * end or seconds < 2.0:
-                        return end, now - started
-                    return records, seconds
+            try:
+                committed = await self.committed()
+            except KafkaError:  # no coordinator yet (a group that never committed): none
+                committed = None
+            if committed is not None and committed >= end:
+                return time.perf_counter()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"group {self.group}: lag {end - (committed or 0)} after {timeout}s")
+                raise RuntimeError(f"group {self.group}: {end - (committed or 0)} of {end} records not committed "
+                                   f"after {timeout}s")
             await asyncio.sleep(poll)
+
+
+async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[WorkerProcess], timeout: float,
+                    counter: tuple[str, float] | None = None) -> tuple[float, float | None]:
+    """Seconds from the first record produced to the last offset committed: a whole run,
+    the tail included, so no partial run can print a rate.
+
+    The workers must be waiting on empty topics, their group stable: nothing is read
+    before the clock starts. ``items`` are (topic, key, value, headers, partition) and are
+    a list, built into producer batches first, so that the bench's producer is not what is timed;
+    they are sent at once when the clock starts.
+
+    Returns the seconds to the last commit and, given ``counter`` (a metric of the workers
+    and its final total), the seconds until their counter reached it: the work done, and
+    the tail after it (the commit interval, the last checkpoint), polled every 0.2 s so
+    that the polling costs the workers little."""
+    from aiokafka import AIOKafkaProducer
+    from streams.outbox import Outbox
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=1024 * 1024,
+                                max_request_size=4 * 1024 * 1024, acks=1, request_timeout_ms=60_000)
+    await producer.start()
+    try:
+        outbox = Outbox(producer)
+        await outbox.know(*{item[0] for item in items})
+        for topic, key, value, headers, partition in items:
+            outbox.add(topic, value, key, partition, headers)
+        started = time.perf_counter()
+        await outbox.flush()
+    finally:
+        await producer.stop()
+    counted = asyncio.ensure_future(_reached(workers, *counter)) if counter else None
+    try:
+        committed = await watch.wait_committed(len(items), timeout, workers)
+        # Commits follow the work: the counter is there already, if seen a poll later.
+        worked = min(await asyncio.wait_for(counted, 10), committed) - started if counted else None
+    finally:
+        if counted is not None:
+            counted.cancel()
+    return committed - started, worked
+
+
+async def _reached(workers: list[WorkerProcess], name: str, total: float, poll: float = 0.2) -> float:
+    """The moment the workers' counter ``name`` summed to ``total``."""
+    while await metric_total(workers, name) < total:
+        await asyncio.sleep(poll)
+    return time.perf_counter()
 
 
 async def metric_sum(session, port: int, name: str) -> float:
@@ -208,42 +243,11 @@ async def metric_sum(session, port: int, name: str) -> float:
                if line.startswith(name) and (line[len(name)] in " {"))
 
 
-async def measure_progress(workers: list[WorkerProcess], name: str, total: int, timeout: float,
-                           poll: float = 0.05) -> tuple[float, float]:
-    """(count, seconds) of counter ``name`` summed over the workers, up to ``total``: the
-    work as it is done (committed offsets lag it by the checkpoint in flight, which would
-    bias a rate taken from them). Timed from the first moment every worker has done some,
-    so that several workers are measured together, not the first one alone while the
-    others join; a run too short for that is timed from the first worker's start, and one
-    done between two polls from the call."""
+async def metric_total(workers: list[WorkerProcess], name: str) -> float:
+    """A counter summed over the workers' /metrics and their labels."""
     import aiohttp
     async with aiohttp.ClientSession() as session:
-        return await _progress(session, workers, name, total, timeout, poll)
-
-
-async def _progress(session, workers: list[WorkerProcess], name: str, total: int, timeout: float,
-                    poll: float) -> tuple[float, float]:
-    deadline = time.monotonic() + timeout
-    called = time.perf_counter()
-    first = any_first = None
-    while True:
-        for worker in workers:
-            worker.check_alive()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            each = [await metric_sum(session, worker.web_port, name) for worker in workers]
-            done, now = sum(each), time.perf_counter()
-            if any_first is None and done > 0:
-                any_first = (done, now)
-            if first is None and all(each) and done < total:
-                first = (done, now)
-            if done >= total:
-                start = first or any_first
-                if start[1] == now:  # all of it between two polls: a smoke run, timed from the call
-                    return done, now - called
-                return done - start[0], now - start[1]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: not at {total} after {timeout}s")
-        await asyncio.sleep(poll)
+        return sum([await metric_sum(session, worker.web_port, name) for worker in workers])
 
 
 # -- output ------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 Canonical messages from ``devstack.traffic.generate`` become each platform's webhook
 (``webhook_of``, receiving ids from deploy/bots.toml, as ``relance simulate --format
-webhooks`` posts them) and are produced first; then one ingest worker (its batch loop,
-group ``<prefix><app_id>.ingest``) starts in a fresh group and is timed by its own
-``relance_webhooks_in_total``, from its first webhook to the last (committed offsets lag
-the work by the checkpoint in flight). Events/s are the canonical events it wrote to
-``messages`` over the same time (WhatsApp has no webhook for a bot's reply, only a
-status receipt, which is dropped).
+webhooks`` posts them). One ingest worker (its batch loop, group
+``<prefix><app_id>.ingest``) waits in a fresh group on empty raw topics; then every
+webhook is produced at once and the run is timed to the last offset committed, tail
+included; a run whose worker did not count every webhook fails. Events/s are the
+canonical events it wrote to ``messages`` over the same time (WhatsApp has no webhook for
+a bot's reply, only a status receipt, which is dropped).
 A plain aiokafka consumer reading and decoding the same raw topics gives the limit.
 
 Run: ``.venv/bin/python -m bench.ingest_bench --webhooks 50000 --repeat 2``
@@ -25,7 +25,7 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, measure_progress, result, spread,
+    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, metric_total, result, spread, timed_run,
 )
 
 
@@ -44,21 +44,6 @@ def webhooks(count: int, seed: int) -> list[tuple[str, bytes]]:
         if len(out) >= count:
             break
     return out
-
-
-async def produce_webhooks(bootstrap: str, prefix: str, documents: list[tuple[str, bytes]]) -> None:
-    from aiokafka import AIOKafkaProducer
-    from streams.topics import RAW_BY_APP, topic_name
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1)
-    await producer.start()
-    try:
-        pending = []
-        for app, body in documents:
-            pending.append(await producer.send(topic_name(RAW_BY_APP[app], prefix), body))
-        await producer.flush()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
@@ -87,7 +72,6 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     from streams.topics import CATALOG, MESSAGES, RAW_BY_APP, topic_name
     prefix = fresh_prefix("ing")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
-    await produce_webhooks(bootstrap, prefix, documents)
     app_id = f"ingest-{uuid.uuid4().hex[:6]}"
     raw = {topic_name(spec, prefix): 1 for spec in RAW_BY_APP.values()}
     worker = WorkerProcess(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
@@ -95,11 +79,16 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     with running([worker]):
         async with GroupWatch(bootstrap, prefix + app_id + ".ingest", raw) as watch, \
                 GroupWatch(bootstrap, prefix + app_id, {topic_name(MESSAGES, prefix): partitions}) as out:
-            count, seconds = await measure_progress([worker], "relance_webhooks_in_total", len(documents), timeout)
-            await watch.measure_drain(timeout, [worker], end=len(documents))  # every offset committed
+            await watch.wait_stable(1, 120, [worker])
+            items = [(topic_name(RAW_BY_APP[app], prefix), None, body, None, 0) for app, body in documents]
+            seconds, _ = await timed_run(bootstrap, items, watch, [worker], timeout)
+            counted = await metric_total([worker], "relance_webhooks_in_total")
             events = await out.ends()  # committed only after its events were acknowledged
+    if counted < len(documents):
+        raise RuntimeError(f"the ingest worker counted {counted:,.0f} of {len(documents):,} webhooks; "
+                           "the run did not measure the whole topic")
     limit = await plain_raw(bootstrap, list(raw), len(documents))
-    return count / seconds, events / len(documents) * count / seconds, limit
+    return len(documents) / seconds, events / seconds, limit
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -7,12 +7,13 @@ then, per repetition:
 - ``plain``: a plain aiokafka consumer (no group) reads and orjson-decodes them: the limit;
 - ``core``: the pure ``DecisionCore`` on the same records in this process, no Kafka:
   parse only, feed only (pre-parsed), parse + feed, and that plus what the engine encodes
-  per batch (decision and request JSON, ``orjson.dumps(user.to_dict())`` of the users
-  changed in the batch, each partition's meta), batches of 5000 records;
+  per batch (decision and request JSON, ``changelog_value`` of the users changed in the
+  batch, each partition's meta), batches of 5000 records;
 - ``engine xK``: K ``relance worker --role engine`` processes (event mode) in a fresh
-  consumer group with a fresh changelog, on the records already produced: from the
-  moment all K are processing to the last message event processed, by the workers' own
-  ``relance_events_in_total``; then the bench also waits for every offset committed.
+  consumer group with a fresh changelog, waiting on an empty topic until the group is
+  stable with all K; then every record is produced at once (prebuilt batches) and the run
+  is timed from the first record produced to the last offset committed, tail included.
+  A run whose workers did not count every message event fails instead of printing a rate.
 
 Run: ``.venv/bin/python -m bench.pipeline_bench --events 200000 --repeat 2 --workers 1,2``
 """
@@ -28,8 +29,8 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    measure_progress, plain_consume, produce_items, result, spread,
+    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, metric_total,
+    plain_consume, result, spread, timed_run,
 )
 
 RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "user_cap_week": 3,
@@ -42,8 +43,10 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
     from streams.outbox import partition_for
     from domain.rules import DecisionCore
+    from domain.state import changelog_value
+    from bench.core_instructions import encode_drained
     from foundation.settings import Settings
-    from schemas.records import loads, parse_record
+    from schemas.records import decode_record
 
     settings = Settings.from_mapping(RULES)
     items = feeder_items(lines, partitions)
@@ -53,14 +56,13 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     rates = {}
 
     started = time.perf_counter()
-    parsed = [parse_record(loads(value)) if value else None for _, value, _, _ in keyed]
+    parsed = [decode_record(value) if value else None for _, value, _, _ in keyed]
     rates["parse"] = n / (time.perf_counter() - started)
 
     def run(with_parse: bool, encode: bool, batch: int = 5000) -> float:
         # As the engine does: records fed one by one, outputs drained per batch, dirty
         # users and each partition's meta encoded once per batch (a flush).
         cores = {p: DecisionCore(settings) for p in range(partitions)}
-        dumps = orjson.dumps
         started = time.perf_counter()
         for first in range(0, n, batch):
             for (key, value, headers, partition), record in zip(keyed[first:first + batch], parsed[first:first + batch]):
@@ -68,20 +70,12 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
                 core.advance(int(headers[0][1]), inclusive=False)
                 if value:
                     if with_parse:
-                        record = parse_record(loads(value))
+                        record = decode_record(value)
                     core.feed(record, None)
             for core in cores.values():
                 requests, decisions, erased, dirty = core.drain()
                 if encode:
-                    for decision in decisions:
-                        decision.to_json()
-                    for request in requests:
-                        request.to_json()
-                    for user_id in dirty:
-                        user = core.users.get(user_id)
-                        if user is not None:
-                            dumps(user.to_dict())
-                    dumps(core.export_meta())
+                    encode_drained(core, requests, decisions, dirty, changelog_value)
         return n / (time.perf_counter() - started)
 
     rates["feed"] = run(with_parse=False, encode=False)
@@ -93,16 +87,16 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
 # -- through Kafka -------------------------------------------------------------------------
 
 async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
-                     timeout: float, pythonpath=None) -> tuple[str, int, float]:
-    """K engine workers on a fresh prefix whose ``messages`` already hold every record, as
-    the plain consumer reads them. Timed by the workers' own counters, from the moment
-    all K are processing to the last message event."""
+                     timeout: float, pythonpath=None) -> tuple[str, int, float, float | None]:
+    """K engine workers in a fresh consumer group, waiting on an empty ``messages`` of a
+    fresh prefix until the group is stable with all K; then every record produced at once
+    and the run timed to the last offset committed (``timed_run``). Fails unless the
+    workers' own ``relance_events_in_total`` counted every message event."""
     from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, topic_name
     prefix = fresh_prefix("pipe")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     topic = topic_name(MESSAGES, prefix)
-    await produce_items(bootstrap, topic, items)
     app_id = f"engine-{uuid.uuid4().hex[:6]}"
     settings = dict(RULES, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix, partitions=partitions,
                     app_id=app_id, data_dir=work / f"data-{app_id}")
@@ -112,10 +106,15 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     events = sum(1 for _, value, _, _ in items if value and "type" not in orjson.loads(value))
     with running(procs):
         async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: partitions}) as watch:
-            counted, seconds = await measure_progress(procs, "relance_events_in_total", events, timeout)
-            await watch.measure_drain(timeout, procs, end=len(items))  # and every offset committed
-    # Rates are of records, as the plain consumer's: the few control records ride along.
-    return topic, int(counted * len(items) / events), seconds
+            await watch.wait_stable(workers, 120, procs)
+            records = [(topic, key, value, headers, partition) for key, value, headers, partition in items]
+            seconds, worked = await timed_run(bootstrap, records, watch, procs, timeout,
+                                              counter=("relance_events_in_total", events))
+            counted = await metric_total(procs, "relance_events_in_total")
+    if counted < events:
+        raise RuntimeError(f"engine x{workers}: the workers counted {counted:,.0f} of {events:,} message events; "
+                           "the run did not measure the whole topic")
+    return topic, len(items), seconds, worked
 
 
 def _from(source: str | None) -> str:
@@ -144,11 +143,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 for source in sources:  # alternating, so both see the same machine
                     run += 1
                     url = redis_db_url(redis_url, run, flush=own_redis)
-                    topic, records, seconds = await engine_run(bootstrap, url, work, items, k, args.partitions,
-                                                               args.timeout, pythonpath=source)
+                    topic, records, seconds, worked = await engine_run(bootstrap, url, work, items, k, args.partitions,
+                                                                       args.timeout, pythonpath=source)
                     engine[k, source].append(records / seconds)
                     print(f"  rep {repetition + 1}: engine x{k}{_from(source)}: {records:,} records committed in "
-                          f"{seconds:.2f}s ({records / seconds:,.0f}/s)", flush=True)
+                          f"{seconds:.2f}s ({records / seconds:,.0f}/s); every event counted at {worked or 0:.2f}s, "
+                          f"the tail {seconds - (worked or 0):.2f}s", flush=True)
             count, seconds = await plain_consume(bootstrap, topic, args.partitions, len(items))
             plain.append(count / seconds)
             print(f"  rep {repetition + 1}: plain consumer {count:,} in {seconds:.2f}s ({count / seconds:,.0f}/s)",
@@ -176,7 +176,10 @@ async def main_async(args: argparse.Namespace) -> None:
         result(f"engine_x{k}", statistics.median(rates), "events/s", spread=spread(rates).replace(" ", ""),
                ratio_plain=f"{statistics.median(rates) / statistics.median(plain):.4f}")
         if args.before:
-            result(f"engine_x{k}_over_before", statistics.median(rates) / statistics.median(engine[k, args.before]), "ratio")
+            before = engine[k, args.before]
+            result(f"engine_x{k}_before", statistics.median(before), "events/s", spread=spread(before).replace(" ", ""),
+                   ratio_plain=f"{statistics.median(before) / statistics.median(plain):.4f}")
+            result(f"engine_x{k}_over_before", statistics.median(rates) / statistics.median(before), "ratio")
     if 1 in worker_counts and 2 in worker_counts:
         result("engine_x2_over_x1", statistics.median(engine[2, None]) / statistics.median(engine[1, None]), "ratio")
 

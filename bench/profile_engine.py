@@ -29,21 +29,19 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix,
-    measure_progress, produce_items, result,
+    GroupWatch, ROOT, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, result,
+    timed_run,
 )
 from bench.pipeline_bench import RULES
 
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
-PARSE = ("parse_record", "parse_message", "_common_message", "_checked_message", "parse_control", "loads",
-         "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
+PARSE = ("decode_record", "_producers_ts", "parse_record", "parse_message", "_common_message", "_checked_message",
+         "parse_control", "loads", "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
 
 
 def bucket(frames: list[tuple[str, str, int]]) -> str:
@@ -62,7 +60,7 @@ def bucket(frames: list[tuple[str, str, int]]) -> str:
     if has("_dead_letter", "agents/engine.py"):
         return "our: dead letters"
     if any(path.endswith("schemas/records.py") and f in PARSE for f, path, _ in frames):
-        return "our: parse (orjson + parse_record)"
+        return "our: parse (decode_record: msgspec, else orjson + parse_record)"
     if any(path.endswith("domain/rules.py") or path.endswith("domain/safety.py") for _, path, _ in frames):
         return "our: DecisionCore (advance, feed, drain)"
     if has("process", "agents/engine.py"):
@@ -142,7 +140,8 @@ async def main_async(args: argparse.Namespace) -> None:
         prefix = fresh_prefix("prof")
         await acreate_topics(bootstrap, CATALOG, prefix, args.partitions)
         topic = topic_name(MESSAGES, prefix)
-        sent, _ = await produce_items(bootstrap, topic, feeder_items(lines, args.partitions))
+        items = [(topic, key, value, headers, partition)
+                 for key, value, headers, partition in feeder_items(lines, args.partitions)]
         app_id = f"engine-{uuid.uuid4().hex[:6]}"
         worker = WorkerProcess(work, ["engine"], pythonpath=args.source, **dict(
             RULES, broker=bootstrap, redis_url=redis_db_url(redis_url, 9, flush=not args.redis_url),
@@ -156,9 +155,9 @@ async def main_async(args: argparse.Namespace) -> None:
                                         "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
-                    events = sum(1 for line in lines if "type" not in orjson.loads(line))
-                    counted, seconds = await measure_progress([worker], "relance_events_in_total", events, args.timeout)
-                    records = int(counted * sent / events)  # records, as the plain consumer counts them
+                    # The whole run, as pipeline_bench times it: first record produced to last commit.
+                    seconds, _ = await timed_run(bootstrap, items, watch, [worker], args.timeout)
+                    records = len(items)
                 finally:
                     spy.send_signal(2)  # SIGINT: py-spy writes what it has and exits
                     try:

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple, Union
+from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, NamedTuple, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 import orjson
 
 APPS = ("facebook", "instagram", "whatsapp")
@@ -265,7 +266,15 @@ def _common_message(obj: Any) -> MessageEvent | None:
             and 0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user_id) <= MAX_ID_LENGTH
             and 0 < len(bot_id) <= MAX_ID_LENGTH and len(text) <= MAX_TEXT_LENGTH
             and type(app) is str and app in _APP_SET and type(direction) is str and direction in _DIRECTION_SET
-            and type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[19] == "."):
+            and type(ts) is str):
+        return None
+    ms = _producers_ts(ts)
+    return None if ms is None else MessageEvent(event_id, app, user_id, bot_id, direction, ms, text, {})
+
+
+def _producers_ts(ts: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ``, the producers' format, as epoch ms; None for any other."""
+    if not (len(ts) == 24 and ts[23] == "Z" and ts[19] == "."):
         return None
     day = _day_ms(ts[:10])
     hour, minute, second = _HOURS.get(ts[11:13]), _TWO_DIGITS.get(ts[14:16]), _TWO_DIGITS.get(ts[17:19])
@@ -273,8 +282,42 @@ def _common_message(obj: Any) -> MessageEvent | None:
     if (day is None or day < 0 or hour is None or minute is None or second is None or millis is None
             or ts[10] != "T" or ts[13] != ":" or ts[16] != ":"):
         return None
-    ms = day + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis
-    return MessageEvent(event_id, app, user_id, bot_id, direction, ms, text, {})
+    return day + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis
+
+
+_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class _CommonShape(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """``_common_message``'s shape for msgspec's compiled decoder: JSON to checked fields in
+    one pass, no dict in between. Exactly these seven fields (duplicates: the last, as
+    orjson); anything else fails here and takes the full path."""
+
+    event_id: _Identifier
+    app: Literal[APPS]
+    user_id: _Identifier
+    bot_id: _Identifier
+    direction: Literal[DIRECTIONS]
+    ts: str
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+
+
+_decode_common_shape = msgspec.json.Decoder(_CommonShape).decode
+
+
+def decode_record(data: bytes) -> MessageEvent | ControlEvent:
+    """``parse_record(loads(data))``, the common message shape decoded and checked in one
+    compiled pass: a third of the time on the engine's hot path. Everything else (control
+    records, rare shapes, every invalid record) takes ``loads`` and ``parse_record``, which
+    say what is wrong; a property test holds the two paths together."""
+    try:
+        shape = _decode_common_shape(data)
+    except msgspec.DecodeError:  # ValidationError included
+        return parse_record(loads(data))
+    ms = _producers_ts(shape.ts)
+    if ms is None:
+        return parse_record(loads(data))
+    return MessageEvent(shape.event_id, shape.app, shape.user_id, shape.bot_id, shape.direction, ms, shape.text, {})
 
 
 _APP_SET = frozenset(APPS)
@@ -598,6 +641,11 @@ class Check(NamedTuple):
         return {"rule": self.rule, "passed": self.passed, "detail": self.detail}
 
 
+@lru_cache(maxsize=4096)  # most checks are the same few: each one's JSON is made once
+def _check_json(check: Check) -> bytes:
+    return orjson.dumps(check.to_dict())
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """Every decision, sent or not, on topic ``decisions``, key ``user_id``.
@@ -620,17 +668,24 @@ class DecisionRecord:
     checks: tuple[Check, ...]
 
     def to_dict(self) -> dict:
+        body = self.to_dict_without_checks()
+        body["checks"] = [check.to_dict() for check in self.checks]
+        return body
+
+    def to_dict_without_checks(self) -> dict:
         return {
             "followup_id": self.followup_id, "user_id": self.user_id, "bot_id": self.bot_id,
             "app": self.app, "due_ts": format_ts(self.due_ts), "send_ts": format_ts(self.send_ts),
             "decided_at": format_ts(self.decided_at), "outcome": self.outcome,
             "stopped_by": self.stopped_by, "inbound_in_window": self.inbound_in_window,
             "last_inbound_ts": format_ts(self.last_inbound_ts),
-            "checks": [check.to_dict() for check in self.checks],
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        """``to_dict`` as JSON, the checks' JSON made once per distinct check and spliced in."""
+        body = self.to_dict_without_checks()
+        body["checks"] = orjson.Fragment(b"[" + b",".join([_check_json(check) for check in self.checks]) + b"]")
+        return orjson.dumps(body)
 
 
 DECISION_OUTCOMES = ("emitted", "suppressed", "deferred")

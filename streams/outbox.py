@@ -23,6 +23,9 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+_NO_HEADERS: list = []  # the record batch builder takes a list; never changed
+
+
 class Outbox:
     """Batches per (topic, partition) for one producer; nothing is sent until ``send``."""
 
@@ -40,8 +43,10 @@ class Outbox:
         for topic in topics:
             self._partitions[topic] = len(await self.producer.partitions_for(topic))
 
-    def add(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+    def add(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue one record; without ``partition`` it goes where the key's hash sends it."""
+        headers = _NO_HEADERS if headers is None else headers
         if partition is None:
             count = self._partitions[topic]
             partition = partition_for(key, count) if key is not None else next(self._spread) % count
@@ -50,11 +55,11 @@ class Outbox:
         if batch is None:
             batch = self._open[where] = self.producer.create_batch()
             self._ready.append((where, batch))
-        if batch.append(timestamp=None, key=key, value=value) is not None:
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is not None:
             return
         batch = self._open[where] = self.producer.create_batch()  # full: the next one
         self._ready.append((where, batch))
-        if batch.append(timestamp=None, key=key, value=value) is None:
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
             raise ValueError(f"a record of {len(value)} bytes is larger than a producer batch")
 
     async def send(self) -> None:

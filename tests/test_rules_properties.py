@@ -10,9 +10,12 @@ import os
 import random
 from dataclasses import replace
 
+import orjson
+import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from domain.rules import DecisionCore, UserState
+from domain.rules import DecisionCore
+from domain.state import changelog_value, from_changelog
 from foundation.settings import Settings
 from schemas.records import Erase, Kill, MessageEvent, OptIn, OptOut, Profile, Tick
 from tests.oracle import Oracle
@@ -292,9 +295,14 @@ def test_always_one_followup_when_every_condition_holds(n, delay_h, extra, spaci
     assert mine_requested[0].due_ts == due and mine_requested[0].app == mine[-1].app
 
 
+# The changelog as the engine writes it, and as earlier versions wrote it (JSON).
+CHANGELOG_ENCODINGS = {"packed": changelog_value, "json": lambda user: orjson.dumps(user.to_dict())}
+
+
+@pytest.mark.parametrize("encoding", sorted(CHANGELOG_ENCODINGS))
 @PROPERTY
 @given(settings_strategy, streams(), st.integers(0, 200))
-def test_restoring_state_mid_stream_changes_nothing(config, records, cut):
+def test_restoring_state_mid_stream_changes_nothing(encoding, config, records, cut):
     """A worker that restarts from its changelog must decide exactly as one that did not."""
     cut = min(cut, len(records))
     whole = [r for _, r in feed_all(DecisionCore(config), records)]
@@ -303,7 +311,7 @@ def test_restoring_state_mid_stream_changes_nothing(config, records, cut):
     restored = DecisionCore(config)
     restored.import_meta(first.export_meta())
     for user_id, user in first.users.items():
-        restored.load_user(user_id, UserState.from_dict(user.to_dict()))
+        restored.load_user(user_id, from_changelog(CHANGELOG_ENCODINGS[encoding](user)))
     after = [r for _, r in feed_all(restored, records[cut:])]
     assert before + after == whole
 

@@ -468,3 +468,54 @@ def test_the_common_shape_fast_path_agrees_with_the_full_validation(ts, app, dir
         assert fast == checked
     elif len(obj) == 7 and checked is not None and isinstance(ts, str) and len(ts) == 24 and ts.endswith("Z") and ts[10] == "T":
         pytest.fail(f"fast path refused a record in the producers' format: {obj}")
+
+
+def _outcome(parse) -> object:
+    """What a parser makes of a record: the record, or the reason and kind it refuses it for."""
+    try:
+        return parse()
+    except InvalidRecord as exc:
+        return ("invalid", str(exc), exc.kind)
+
+
+@given(
+    ts=_TS_TEXT,
+    app=st.one_of(st.sampled_from(["whatsapp", "facebook", "instagram", "telegram"]), _FIELD),
+    direction=st.one_of(st.sampled_from(["inbound", "outbound", "Inbound"]), _FIELD),
+    user_id=st.one_of(st.just("u1"), st.just("😀" * 256), st.just("😀" * 257), _FIELD),
+    text=st.one_of(st.just("hello"), st.just("y" * 8193), _FIELD),
+    extra=st.dictionaries(st.sampled_from(["type", "lang", "event_id"]), st.just("z"), max_size=1),
+)
+def test_the_compiled_decoder_agrees_with_loads_and_parse_record(ts, app, direction, user_id, text, extra):
+    """decode_record, the engine's hot path, reads every record as parse_record(loads(...))
+    does, and refuses every invalid one with the same reason and kind."""
+    from schemas.records import decode_record, loads, parse_record
+    obj = {"event_id": "e1", "app": app, "user_id": user_id, "bot_id": "b", "direction": direction, "ts": ts, "text": text}
+    obj.update(extra)
+    data = json.dumps(obj, ensure_ascii=False).encode()  # json: integers of any size
+    assert _outcome(lambda: decode_record(data)) == _outcome(lambda: parse_record(loads(data)))
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{oops", b"\xff\xfe", b"[]", b"null", b'"text"', b"\xef\xbb\xbf{}",
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound",'
+    b'"ts":"2026-11-28T09:30:00.000Z","text":"\\ud800"}',                              # a lone surrogate
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound",'
+    b'"ts":"2026-11-28T09:30:00.000Z","text":"hi","user_id":"v"}',                     # a repeated key
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound",'
+    b'"ts":"2026-11-28T09:30:00.000Z","text":"hi"} trailing',
+    b'{"type":"tick","ts":"2026-11-28T09:30:00.000Z"}', b'{"type":"kill","scope":"app","id":"telegram"}',
+])
+def test_the_compiled_decoder_agrees_on_bytes_that_are_not_the_common_shape(data):
+    from schemas.records import decode_record, loads, parse_record
+    assert _outcome(lambda: decode_record(data)) == _outcome(lambda: parse_record(loads(data)))
+
+
+@given(st.lists(st.builds(Check, st.sampled_from(["engaged", "opt_out", "user_cap"]), st.booleans(), st.text(max_size=30)),
+                max_size=12))
+def test_a_decision_encodes_as_its_dict_does_with_its_checks_json_made_once(checks):
+    """to_json splices each distinct check's cached JSON in: the same bytes as the dict's."""
+    from dataclasses import replace
+    decision = replace(DECISION, checks=tuple(checks))
+    assert decision.to_json() == orjson.dumps(decision.to_dict())
+    assert decision.to_json() == decision.to_json()  # the second time from the cache
