@@ -209,9 +209,9 @@ class Generator:
 
     async def _failed(self, event, request: FollowupRequest, tries: int, exc: LLMError) -> None:
         if isinstance(exc, CircuitOpen):
-            # The LLM is known to be down: the request waits for the breaker's next trial,
-            # and the try it could not make is not counted, so an outage of any length
-            # within the messaging window costs no follow-up its tries.
+            # Refused before any call, the LLM being known down: the request waits for the
+            # breaker's next trial, and the try it could not make is not counted. Only
+            # calls made count, so an outage costs a follow-up at most a try per trial.
             tries -= 1
             not_before = wall_ms() + int(exc.retry_in * 1000) + self.rng.randrange(self.settings.generation_backoff + 1)
             await self._retry(request, tries, not_before, exc)

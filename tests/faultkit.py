@@ -40,7 +40,7 @@ from schemas.records import format_ts
 from schemas.registry import BotRegistry
 from streams.topics import (
     DEADLETTER, DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY, MESSAGES,
-    RAW_BY_APP, CONTROL, topic_name,
+    RAW_BY_APP, CLOCK_HEADER, CONTROL, topic_name,
 )
 from tests.fake_llm import FakeLLM
 from tests.kafkaread import TopicReader, group_lag
@@ -252,9 +252,9 @@ class FaultRig:
                 parsed.append(None)
         return list(parsed)
 
-    def dropped(self) -> float:
-        """Records the workers dropped under a named count, all stages and reasons."""
-        return sum(worker.metric("relance_records_dropped_total") for worker in self.workers.values())
+    def dropped(self, **labels: str) -> float:
+        """Records the workers dropped under a named count (all stages and reasons, or those labels)."""
+        return sum(worker.metric("relance_records_dropped_total", **labels) for worker in self.workers.values())
 
     async def _produce(self, items: list[tuple[str, bytes | None, bytes | None, list]], pace_s: float = 0.0,
                        chunks: int = 1) -> list:
@@ -302,7 +302,8 @@ class FaultRig:
 
     def caught_up(self) -> bool:
         """Everything consumed and committed by the engine, the generator and the sender."""
-        groups = [(f"{PREFIX}relance-engine.engine", MESSAGES), (f"{PREFIX}relance-generator", FOLLOWUPS_REQUESTED),
+        groups = [(f"{PREFIX}relance-engine.engine", MESSAGES), (f"{PREFIX}relance-context", MESSAGES),
+                  (f"{PREFIX}relance-generator", FOLLOWUPS_REQUESTED),
                   (f"{PREFIX}relance-generator", FOLLOWUPS_RETRY), (f"{PREFIX}relance-sender", DELIVERY_RETRY),
                   *((f"{PREFIX}relance-sender", spec) for spec in DELIVERY_BY_APP.values())]
 
@@ -405,18 +406,18 @@ class CaseResult:
     at_fault: str                # how far the case had got when the fault came
     took_s: float
     restarts: dict[str, int]     # workers that died on their own and were started again
+    poisoned: list = field(default_factory=list)  # the poison records written, where they landed
 
 
 def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, reference: Accounting | None = None,
-             poison: Callable[[FaultRig, Script], None] | None = None, timeout: float = 180) -> CaseResult:
+             poison: Callable[[FaultRig, Script], list] | None = None, timeout: float = 180) -> CaseResult:
     script = conversations(case, users, rig.accounts)
     letters_from, dropped_before = len(rig.records(DEADLETTER)), rig.dropped()
     rig.restarts.clear()
     started = time.monotonic()
     driving = rig.background.submit(rig.drive(script))
     fault_end, at_fault = None, ""
-    if poison:
-        poison(rig, script)
+    poisoned = poison(rig, script) if poison else []
     if fault:
         wait_for(lambda: fault.trigger(rig, script, reference) or _failed(driving), 120, f"{fault.name}: its moment")
         now = account(rig, script, len(rig.records(DEADLETTER)), 0)
@@ -439,7 +440,7 @@ def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, r
     row = {**accounting.against(reference or accounting), "timed_out": timed_out}
     name = fault.name if fault else ("poison" if poison else "reference")
     recovery = round(caught[0] - fault_end, 1) if fault_end and caught else None
-    return CaseResult(name, accounting, row, recovery, at_fault, round(time.monotonic() - started, 1), dict(rig.restarts))
+    return CaseResult(name, accounting, row, recovery, at_fault, round(time.monotonic() - started, 1), dict(rig.restarts), poisoned)
 
 
 def _failed(future: concurrent.futures.Future) -> bool:
@@ -515,3 +516,38 @@ FAULTS = {
     "sender_sigkill": Fault("sender_sigkill", share_sent, lambda rig: rig.restart_worker("sender")),
     "llm_down": Fault("llm_down", share_sent, lambda rig: llm_down(rig, LLM_DOWN_S)),
 }
+
+
+# -- poison -------------------------------------------------------------------------------------
+
+# Every input topic of a stage (streams/topics.py), and one record of each kind of poison.
+POISONED_TOPICS = (*RAW_BY_APP.values(), CONTROL, MESSAGES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY,
+                   *DELIVERY_BY_APP.values(), DELIVERY_RETRY)
+POISONS = {
+    "oversized": (b'"' * 1_000_000, []),      # under the broker's limit, twice it escaped whole in a dead letter
+    "unreadable": (b"\xff\xfe\x00{not json", []),
+    "wrong_type": (b"[1, 2, 3]", []),
+    "empty": (b"", []),
+    "null": (None, []),
+    "bad_headers": (b"{}", [(CLOCK_HEADER, b"soon"), ("x-junk", b"\xff\xfe")]),
+}
+
+
+@dataclass(frozen=True)
+class Poison:
+    topic: str
+    kind: str
+    partition: int
+    offset: int
+
+
+def poison_every_input_topic(rig: FaultRig, script: Script) -> list[Poison]:
+    """One record of every kind on every input topic, keyed (where the topic is) by a user
+    of the case, written while the case's conversations flow."""
+    key = f"{script.user_prefix}000000".encode()
+    items, kinds = [], []
+    for spec in POISONED_TOPICS:
+        for kind, (value, headers) in POISONS.items():
+            items.append((topic_name(spec, PREFIX), key, value, headers))  # a null value needs a key
+            kinds.append((topic_name(spec, PREFIX), kind))
+    return [Poison(topic, kind, meta.partition, meta.offset) for (topic, kind), meta in zip(kinds, rig.produce(items))]

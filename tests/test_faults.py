@@ -13,7 +13,8 @@ import itertools
 
 import pytest
 
-from tests.faultkit import FAULTS, CaseResult, FaultRig, print_table, run_case
+from streams.topics import MESSAGES, topic_name
+from tests.faultkit import FAULTS, PREFIX, POISONS, CaseResult, FaultRig, poison_every_input_topic, print_table, run_case
 
 pytestmark = pytest.mark.kafka
 
@@ -70,4 +71,30 @@ def test_a_fault_loses_nothing_and_doubles_nothing(rig, reference, fault):
     RESULTS.append(result)
     print_table([result])
     assert result.row["dead_letters"] == 0, result.accounting.dead_letters[:3]
+    assert_accounted(result, reference)
+
+
+def test_poison_of_every_kind_on_every_input_topic_is_a_dead_letter_or_a_named_count(rig, reference):
+    messages = topic_name(MESSAGES, PREFIX)
+    engine_before, context_before = rig.dropped(stage="engine"), rig.dropped(stage="context")
+    result = run_case(rig, next(CASES), USERS, reference=reference, poison=poison_every_input_topic)
+    RESULTS.append(result)
+    letters = {(letter["source_topic"], letter["partition"], letter["offset"]): letter
+               for letter in result.accounting.dead_letters}
+    fates = {}
+    for poison in result.poisoned:
+        letter = letters.get((poison.topic, poison.partition, poison.offset))
+        fates[poison.topic, poison.kind] = f"letter ({letter['stage']})" if letter else "counted"
+    print(f"\n{'topic':<28}" + "".join(f"{kind:>20}" for kind in POISONS))
+    for topic in dict.fromkeys(p.topic for p in result.poisoned):
+        print(f"{topic:<28}" + "".join(f"{fates[topic, kind]:>20}" for kind in POISONS))
+    print_table([result])
+    unlettered = [p for p in result.poisoned if (p.topic, p.partition, p.offset) not in letters]
+    # Spec section 5: nothing invalid stops the stream and nothing is lost. A record that
+    # carries nothing (empty or null) is counted under a named reason instead (README).
+    assert [(p.topic, p.kind) for p in unlettered if p.kind not in ("empty", "null")] == []
+    assert rig.dropped(stage="engine") - engine_before == sum(p.topic == messages for p in unlettered)
+    assert rig.dropped(stage="context") - context_before == sum(p.topic == messages for p in result.poisoned)
+    assert len(letters) == len(result.poisoned) - len(unlettered), "a dead letter of something else"
+    assert result.restarts == {}, "a poison record stopped a worker"
     assert_accounted(result, reference)
