@@ -230,6 +230,14 @@ class FaultRig:
         self.workers[role] = self._worker(role).start()
         return restarted
 
+    def log_lines(self) -> dict[str, list[dict]]:
+        """Each worker's log so far, line by line (JSON lines; a line that is not JSON as its message)."""
+        lines = {}
+        for role, worker in self.workers.items():
+            text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+            lines[role] = [_log_line(line) for line in text.splitlines()]
+        return lines
+
     def supervise(self) -> None:
         """Start again any worker that died (a crash the harness did not cause), and count it."""
         for role, worker in self.workers.items():
@@ -314,6 +322,13 @@ class FaultRig:
             return all(lag in (0, None) for lag in self.background.call(lags(), timeout=30))
         except Exception:  # the broker is not back yet
             return False
+
+
+def _log_line(line: str) -> dict:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {"message": line}
 
 
 # -- the accounting ----------------------------------------------------------------------------
@@ -407,6 +422,10 @@ class CaseResult:
     took_s: float
     restarts: dict[str, int]     # workers that died on their own and were started again
     poisoned: list = field(default_factory=list)  # the poison records written, where they landed
+    logs: dict[str, list[dict]] = field(default_factory=dict)  # each worker's lines from the fault to the end
+
+    def outage_lines(self, role: str) -> list[str]:
+        return [line["message"] for line in self.logs.get(role, []) if line.get("logger") == "relance.outage"]
 
 
 def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, reference: Accounting | None = None,
@@ -416,12 +435,13 @@ def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, r
     rig.restarts.clear()
     started = time.monotonic()
     driving = rig.background.submit(rig.drive(script))
-    fault_end, at_fault = None, ""
+    fault_end, at_fault, logged_before = None, "", {}
     poisoned = poison(rig, script) if poison else []
     if fault:
         wait_for(lambda: fault.trigger(rig, script, reference) or _failed(driving), 120, f"{fault.name}: its moment")
         now = account(rig, script, len(rig.records(DEADLETTER)), 0)
         at_fault = f"{len(now.requested)} requested, {sum(1 for n in now.sent_at_fake.values() if n)} sent"
+        logged_before = {role: len(lines) for role, lines in rig.log_lines().items()}
         fault_end = fault.inject(rig)
     caught = []
 
@@ -440,7 +460,9 @@ def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, r
     row = {**accounting.against(reference or accounting), "timed_out": timed_out}
     name = fault.name if fault else ("poison" if poison else "reference")
     recovery = round(caught[0] - fault_end, 1) if fault_end and caught else None
-    return CaseResult(name, accounting, row, recovery, at_fault, round(time.monotonic() - started, 1), dict(rig.restarts), poisoned)
+    logs = {role: lines[logged_before.get(role, 0):] for role, lines in rig.log_lines().items()}
+    return CaseResult(name, accounting, row, recovery, at_fault, round(time.monotonic() - started, 1), dict(rig.restarts),
+                      poisoned, logs if fault else {})
 
 
 def _failed(future: concurrent.futures.Future) -> bool:
@@ -457,6 +479,9 @@ def print_table(results: list[CaseResult]) -> None:
         cells = [len(v) if isinstance(v, list) else v for v in (result.row[c] for c in columns)]
         print(f"{result.name:<22}" + "".join(f"{c:>13g}" for c in cells)
               + f"{'' if result.recovery_s is None else result.recovery_s:>12}{result.took_s:>8}  {result.at_fault:<24} {result.restarts}")
+        if result.logs:
+            print(f"{'':<22}log lines from the fault on: "
+                  + ", ".join(f"{role} {len(lines)}" for role, lines in result.logs.items()))
 
 
 # -- the faults ---------------------------------------------------------------------------------

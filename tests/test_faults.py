@@ -58,6 +58,11 @@ def assert_accounted(result: CaseResult, reference) -> None:
     assert changes <= ALLOWED_CHANGES, changes
 
 
+# The faults that are a dependency's outage, and the most lines a worker may log from the
+# fault to the end of its case (a broker outage made thousands a second before issue 14).
+OUTAGES = {"broker_sigkill": "kafka", "redis_sigkill_kept": "redis", "redis_sigkill_wiped": "redis"}
+MAX_LOG_LINES = 400
+
 FAULT_CASES = [
     pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="needs the ledger branch"))
     if name == "redis_sigkill_wiped" else name
@@ -72,6 +77,12 @@ def test_a_fault_loses_nothing_and_doubles_nothing(rig, reference, fault):
     print_table([result])
     assert result.row["dead_letters"] == 0, result.accounting.dead_letters[:3]
     assert_accounted(result, reference)
+    dependency = OUTAGES.get(fault)
+    if dependency:  # each worker tells the outage's start and end, and does not flood
+        for role, lines in result.logs.items():
+            told = result.outage_lines(role)
+            assert f"{dependency} unreachable" in " ".join(told) and f"{dependency} reachable again after" in " ".join(told), (role, told)
+            assert len(lines) <= MAX_LOG_LINES, (role, len(lines), lines[-20:])
 
 
 def test_poison_of_every_kind_on_every_input_topic_is_a_dead_letter_or_a_named_count(rig, reference):
