@@ -230,13 +230,17 @@ class FaultRig:
         self.workers[role] = self._worker(role).start()
         return restarted
 
-    def log_lines(self) -> dict[str, list[dict]]:
-        """Each worker's log so far, line by line (JSON lines; a line that is not JSON as its message)."""
+    def log_lines(self, after: dict[Path, int] | None = None) -> dict[str, list[dict]]:
+        """Each worker's log (JSON lines; one that is not JSON as its message), past the
+        line counts ``after`` gives per log file (a restarted worker writes a new one)."""
         lines = {}
         for role, worker in self.workers.items():
             text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
-            lines[role] = [_log_line(line) for line in text.splitlines()]
+            lines[role] = [_log_line(line) for line in text.splitlines()[(after or {}).get(worker.log_path, 0):]]
         return lines
+
+    def log_marks(self) -> dict[Path, int]:
+        return {self.workers[role].log_path: len(lines) for role, lines in self.log_lines().items()}
 
     def supervise(self) -> None:
         """Start again any worker that died (a crash the harness did not cause), and count it."""
@@ -441,7 +445,7 @@ def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, r
         wait_for(lambda: fault.trigger(rig, script, reference) or _failed(driving), 120, f"{fault.name}: its moment")
         now = account(rig, script, len(rig.records(DEADLETTER)), 0)
         at_fault = f"{len(now.requested)} requested, {sum(1 for n in now.sent_at_fake.values() if n)} sent"
-        logged_before = {role: len(lines) for role, lines in rig.log_lines().items()}
+        logged_before = rig.log_marks()
         fault_end = fault.inject(rig)
     caught = []
 
@@ -460,7 +464,7 @@ def run_case(rig: FaultRig, case: int, users: int, fault: Fault | None = None, r
     row = {**accounting.against(reference or accounting), "timed_out": timed_out}
     name = fault.name if fault else ("poison" if poison else "reference")
     recovery = round(caught[0] - fault_end, 1) if fault_end and caught else None
-    logs = {role: lines[logged_before.get(role, 0):] for role, lines in rig.log_lines().items()}
+    logs = rig.log_lines(after=logged_before)
     return CaseResult(name, accounting, row, recovery, at_fault, round(time.monotonic() - started, 1), dict(rig.restarts),
                       poisoned, logs if fault else {})
 
