@@ -16,7 +16,9 @@ clock in wall mode), so the mirror says what the engine's state says. It only di
 a re-sent stop word with a new ts after an opt-in, which the engine recognises and the
 mirror (keeping no message keys) takes as new: it then cancels, the safe way round.
 
-Invalid records are skipped here: the engine, on the same topic, dead-letters them.
+Invalid records are skipped here, and counted (``relance_records_dropped_total{stage="context"}``
+by their kind): the engine, on the same topic, dead-letters them. So are empty values
+other than the feeder's clock-only ones, which the engine counts too.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import collections
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import orjson
 
@@ -32,6 +34,7 @@ from domain.lastcheck import facts_of, mirror_of
 from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word
 from domain.state import SafetyFacts
 from foundation.clock import wall_ms
+from foundation.metrics import label
 from foundation.settings import Settings
 from schemas.records import Erase, InvalidRecord, MessageEvent, OptIn, OptOut, Profile, Tick, loads, parse_record
 from streams.wiring import Wiring
@@ -98,32 +101,33 @@ UNSTAMPED: Stamp = (0, None)
 
 
 def usable_record(value: bytes | None) -> UsableRecord | None:
-    """The record this stage acts on, or None (clock-only, invalid, kill switches)."""
+    """The record this stage acts on, or None (clock-only, kill switches); InvalidRecord if invalid."""
     if not value:
         return None
-    try:
-        record = parse_record(loads(value))
-    except InvalidRecord:
-        return None
+    record = parse_record(loads(value))
     return record if isinstance(record, UsableRecord) else None
 
 
 class ContextWriter:
     """Applies batches of ``messages`` records to Redis, one pipeline per batch."""
 
-    def __init__(self, redis, settings: Settings) -> None:
+    def __init__(self, redis, settings: Settings, on_dropped: Callable[[str], None] = lambda reason: None) -> None:
         self.redis = redis
+        self.on_dropped = on_dropped  # told the reason of each record skipped as unusable
         self.kept_messages = settings.context_messages
         self.ttl_ms = settings.window
         self.append = redis.register_script(APPEND_SCRIPT)
         self.safety = SafetyMirror(redis, settings, PhraseListClassifier())
 
-    async def apply(self, values: Iterable[bytes | None], stamps: Iterable[Stamp] | None = None) -> None:
+    async def apply(self, values: Iterable[bytes | None], stamps: Iterable[Stamp | None] | None = None) -> None:
         """Apply records in order. ``stamps`` gives, per record, its partition and the
-        stream's clock as the producer stamped it (event mode), if it did."""
+        stream's clock as the producer stamped it (event mode), if it did; None for a
+        stamp that cannot be read, which makes the record unusable."""
         pipe = self.redis.pipeline(transaction=False)
         for value, stamp in zip(values, stamps or itertools.repeat(UNSTAMPED)):
-            record = usable_record(value)
+            record = self._usable(value, stamp)
+            if stamp is None:
+                continue
             self.safety.tell_clock(*stamp)
             if isinstance(record, Erase):
                 # The erase must see every write queued before it, so the batch splits here.
@@ -137,6 +141,18 @@ class ContextWriter:
                 await self.safety.apply(record)
         await self.safety.queue_writes(pipe)
         await pipe.execute()
+
+    def _usable(self, value: bytes | None, stamp: Stamp | None) -> UsableRecord | None:
+        """The record, or None; one skipped as unusable is told to ``on_dropped``."""
+        try:
+            if stamp is None:
+                raise InvalidRecord(f"header {CLOCK_HEADER} is not a whole number of ms", "invalid_header")
+            if not value and stamp[1] is None:  # empty, and not the feeder's clock-only record
+                self.on_dropped("empty_value")
+            return usable_record(value)
+        except InvalidRecord as exc:
+            self.on_dropped(exc.kind)
+            return None
 
     async def _queue_append(self, pipe, event: MessageEvent) -> None:
         keys = [context_key(event.user_id, event.bot_id), context_bots_key(event.user_id),
@@ -219,12 +235,15 @@ class SafetyMirror:
         self.changed.pop(user_id, None)
 
 
-def stamp_of(event) -> Stamp:
+def stamp_of(event) -> Stamp | None:
     """A Faust event's partition and the stream's clock a producer stamped on it
-    (``devstack/feeder.py``), if any."""
+    (``devstack/feeder.py``), if any; None if the stamp is not a whole number."""
     for name, value in event.message.headers or ():
         if name == CLOCK_HEADER:
-            return event.message.partition, int(value)
+            try:
+                return event.message.partition, int(value)
+            except (TypeError, ValueError):
+                return None
     return event.message.partition, None
 
 
@@ -233,7 +252,9 @@ def install(wiring: Wiring) -> None:
 
     @wiring.app.agent(wiring.topic(MESSAGES), name="context")
     async def context(stream):
-        writer = ContextWriter(wiring.redis, settings)
+        dropped = wiring.metrics.records_dropped
+        writer = ContextWriter(wiring.redis, settings,
+                               on_dropped=lambda reason: dropped.labels(stage="context", reason=label(reason)).inc())
         # No table writes here, so batches may leave stream iteration.
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
             await writer.apply([event.value for event in events], [stamp_of(event) for event in events])

@@ -208,10 +208,20 @@ class Generator:
     # -- endings -----------------------------------------------------------------------
 
     async def _failed(self, event, request: FollowupRequest, tries: int, exc: LLMError) -> None:
+        if isinstance(exc, CircuitOpen):
+            # Refused before any call, the LLM being known down: the request waits for the
+            # breaker's next trial, and the try it could not make is not counted. Only
+            # calls made count, so an outage costs a follow-up at most a try per trial.
+            tries -= 1
+            not_before = wall_ms() + int(exc.retry_in * 1000) + self.rng.randrange(self.settings.generation_backoff + 1)
+            await self._retry(request, tries, not_before, exc)
+            return
         if not exc.retryable or tries >= self.settings.generation_tries:
             await self._give_up(event, tries, request, "generation_failed", f"generation failed after {tries} tries: {exc}")
             return
-        not_before = wall_ms() + retry_delay_ms(tries, self.settings.generation_backoff, self.rng)
+        await self._retry(request, tries, wall_ms() + retry_delay_ms(tries, self.settings.generation_backoff, self.rng), exc)
+
+    async def _retry(self, request: FollowupRequest, tries: int, not_before: int, exc: LLMError) -> None:
         await self._send(self.wiring.topic(FOLLOWUPS_RETRY), request, FollowupAttempt(request, tries, not_before).to_json())
         await self.ledger.set_state(request, f"wait:{tries}")
         log.info("follow-up generation failed, will retry",

@@ -73,15 +73,17 @@ class ChildProcess:
         except OSError:
             return False
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples on its ``/metrics``; 0 while it is not serving yet."""
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (those with these labels) on its ``/metrics``; 0
+        while it is not serving yet."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as response:
                 text = response.read().decode()
         except OSError:
             return 0.0
         return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == name)
+                   for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
     def wait_ready(self, timeout: float) -> None:
         """Until ready; raises at once if the process dies, or at the deadline."""

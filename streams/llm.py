@@ -162,9 +162,14 @@ class ChatCompletionsClient:
     async def complete(self, messages: list[dict]) -> str:
         """The assistant's text; raises LLMError (CircuitOpen when the breaker is open)."""
         for attempt in range(1, self.config.attempts + 1):
-            self.breaker.raise_if_open()
             try:
+                self.breaker.raise_if_open()
                 text = await self._guarded_attempt(messages)
+            except CircuitOpen as exc:
+                if attempt == 1:  # refused before any call: the caller may wait without counting a try
+                    raise
+                raise LLMError(f"LLM call failed after {attempt - 1} attempt(s), then the circuit opened",
+                               retryable=True) from exc
             except _Retryable as exc:
                 self.breaker.record_failure()
                 delay = self._delay(attempt, exc.retry_after)
@@ -172,8 +177,6 @@ class ChatCompletionsClient:
                     raise LLMError(f"LLM call failed after {attempt} attempt(s): {exc}", retryable=True,
                                    status=exc.status, retry_after=exc.retry_after) from exc
                 await self._sleep(delay)
-            except CircuitOpen:
-                raise
             except LLMError:
                 self.breaker.record_failure()
                 raise

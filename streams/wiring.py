@@ -26,6 +26,7 @@ from foundation.settings import Settings
 from schemas.records import DeadLetter, InvalidRecord
 from streams.kafkaclient import KafkaSecurity
 from streams.kafkaloop import KafkaLoop, Stage, new_producer
+from streams.outage import PROBE_INTERVAL_S, Reachability, kafka_error, redis_prober
 from streams.outbox import Outbox
 from streams.redisclient import redis_options
 from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
@@ -161,7 +162,22 @@ def new_wiring(settings: Settings) -> Wiring:
             key_serializer="raw", value_serializer="raw",
         )
     _install_web(wiring)
+    _install_outage_watch(wiring)
     return wiring
+
+
+def _install_outage_watch(wiring: Wiring) -> None:
+    """The broker and Redis probed every second: an outage logged when it starts, while it
+    lasts (bounded) and when it ends (``streams/outage.py``)."""
+    kafka, redis = Reachability("kafka"), Reachability("redis")
+    probes: list = []  # the Redis probe's client is made inside the worker's event loop
+
+    @wiring.app.timer(interval=PROBE_INTERVAL_S)
+    async def watch_dependencies():
+        if not probes:
+            probes.append(redis_prober(wiring.settings.redis_url))
+        kafka.observe(await kafka_error(wiring.settings.broker))
+        redis.observe(await probes[0]())
 
 
 def _install_web(wiring: Wiring) -> None:

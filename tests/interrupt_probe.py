@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devstack.processes import WorkerProcess
+from tests.faultkit import FaultRig
 
 
 @pytest.mark.kafka
@@ -18,3 +19,15 @@ def test_wait_to_be_interrupted(stack, topic_prefix, tmp_path):
     pids = [stack.kafka.pid(), stack.redis.pid(), worker.pid]
     Path(os.environ["PROBE_PIDS"]).write_text(" ".join(map(str, pids)))
     threading.Event().wait(300)  # until the outer test interrupts this pytest
+
+
+def test_wait_to_be_interrupted_with_the_fault_rig(tmp_path):
+    """The fault suite's rig: its own Kafka and Redis, a worker per stage, and the fakes in a thread."""
+    rig = FaultRig(tmp_path)
+    try:
+        rig.start()
+        pids = [rig.stack.kafka.pid(), rig.stack.redis.pid(), *(worker.pid for worker in rig.workers.values())]
+        Path(os.environ["PROBE_PIDS"]).write_text(" ".join(map(str, pids)))
+        threading.Event().wait(300)
+    finally:
+        rig.stop()

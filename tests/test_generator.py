@@ -101,8 +101,11 @@ def test_usable_record_keeps_messages_erasures_and_what_changes_safety_facts_or_
     assert usable_record(b'{"type":"erase","user_id":"u-1"}') == Erase("u-1")
     assert usable_record(b'{"type":"opt_out","user_id":"u-1","bot_id":null}') == OptOut("u-1", None)
     assert usable_record(b'{"type":"tick","ts":5}') == Tick(5)
-    for other in (b"", None, b"not json", b'{"type":"kill","scope":"all","on":true}', b'{"app":"whatsapp"}'):
+    for other in (b"", None, b'{"type":"kill","scope":"all","on":true}'):
         assert usable_record(other) is None
+    for invalid in (b"not json", b'{"app":"whatsapp"}'):
+        with pytest.raises(InvalidRecord):
+            usable_record(invalid)
 
 
 def test_context_entries_come_back_oldest_first():
@@ -143,3 +146,16 @@ async def test_erase_in_a_batch_deletes_what_came_before_it_only(redis_client):
     assert await redis_client.keys("*") == []
 
 
+
+
+@pytest.mark.kafka
+async def test_what_the_context_stage_skips_is_counted_by_its_reason_and_the_batch_goes_on(redis_client):
+    """Nothing vanishes (issue 14): an invalid record, an unreadable clock stamp or an empty
+    value is skipped with a named count, and the records after it are still applied."""
+    dropped = []
+    writer = ContextWriter(redis_client, Settings.from_mapping({"context_messages": 10, "window": WINDOW_MS // 1000}),
+                           on_dropped=dropped.append)
+    await writer.apply([b"not json", message("e1", 100), b"", None, b"", message("e2", 200), message("e3", 300)],
+                       [(0, None), (0, None), (0, None), (0, None), (0, 150), None, (0, None)])
+    assert sorted(dropped) == ["empty_value", "empty_value", "invalid_header", "not_json"]  # the stamped empty one is the clock's
+    assert [entry.event_id for entry in await read_context(redis_client, "u-1", "maestro")] == ["e1", "e3"]

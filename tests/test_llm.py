@@ -309,7 +309,11 @@ def test_breaker_counts_only_consecutive_failures():
 
 async def test_circuit_opening_stops_the_retries_of_a_call():
     async with FakeLLM("error500") as fake, client_for(fake, attempts=5, breaker_threshold=2) as client:
-        with pytest.raises(CircuitOpen):
+        # It made calls, so it is a failed try (counted), not a refusal by the open breaker.
+        with pytest.raises(LLMError, match="then the circuit opened") as stopped:
+            await write(client)
+        assert not isinstance(stopped.value, CircuitOpen)
+        with pytest.raises(CircuitOpen):  # the next one makes none
             await write(client)
     assert fake.requests == 2
 

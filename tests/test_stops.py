@@ -57,11 +57,14 @@ def test_a_worker_whose_broker_is_gone_still_stops_within_its_grace_period(tmp_p
         stack.stop()
 
 
-@pytest.mark.parametrize("interrupt", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_test_run_stops_every_process_it_started(tmp_path, interrupt):
+@pytest.mark.parametrize("interrupt, probe, processes", [
+    (signal.SIGTERM, "test_wait_to_be_interrupted", 3), (signal.SIGINT, "test_wait_to_be_interrupted", 3),
+    (signal.SIGTERM, "test_wait_to_be_interrupted_with_the_fault_rig", 7),  # tests/test_faults.py's rig
+])
+def test_an_interrupted_test_run_stops_every_process_it_started(tmp_path, interrupt, probe, processes):
     pid_file = tmp_path / "pids"
     run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "interrupt_probe.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{REPO / 'tests' / 'interrupt_probe.py'}::{probe}"],
         cwd=REPO, env={**os.environ, "PROBE_PIDS": str(pid_file)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -69,11 +72,11 @@ def test_an_interrupted_test_run_stops_every_process_it_started(tmp_path, interr
         wait_for(lambda: run.poll() is None and pid_file.exists() and pid_file.read_text(), 120,
                  "the probe's stack and worker to be up")
         pids = [int(pid) for pid in pid_file.read_text().split()]
-        assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+        assert len(pids) == processes and all(pid_alive(pid) for pid in pids)
         run.send_signal(interrupt)
         run.wait(timeout=90)
         wait_for(lambda: not any(pid_alive(pid) for pid in pids), 30,
-                 f"Kafka, Redis and the worker to be gone after {interrupt.name}")
+                 f"Kafka, Redis and the workers to be gone after {interrupt.name}")
     finally:
         if run.poll() is None:
             run.kill()
