@@ -14,6 +14,17 @@ and made durable in the background while the next batches are processed; its off
 are committed once it is. Waiting for the broker's acknowledgements then costs no
 processing time. One checkpoint is in flight at a time; a rebalance or a stop waits for
 it, then makes a last one before giving partitions up.
+
+Exactly once, for a stage given a transactional producer: its outputs wait in its outbox
+(never sent between checkpoints), and each checkpoint is one Kafka transaction holding
+them, the stage's state and the input offsets; readers see them only once committed
+(``read_committed``, as every consumer here reads). A crash aborts what the transaction
+held, and the restarted stage makes it again from the committed offsets: nothing twice,
+whatever Redis remembers. Such checkpoints are made between batches, not in the
+background (one transaction at a time per producer). aiokafka commits offsets in a
+transaction by group id only (no KIP-447 generation), so a worker that lost its
+partitions without noticing could still commit; the loop commits before it gives
+partitions up in a rebalance, and a stage's producer has its own transactional id.
 """
 from __future__ import annotations
 
@@ -61,9 +72,17 @@ class KafkaLoop(Service):
     """
 
     def __init__(self, *, bootstrap: str, topics: list[str], group: str, stage: Stage,
-                 commit_interval: float = 1.0, max_records: int = 20_000, **kwargs) -> None:
+                 commit_interval: float = 1.0, max_records: int = 20_000,
+                 transactions: AIOKafkaProducer | None = None,
+                 settled: Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]] | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.bootstrap, self.topics, self.group, self.stage = bootstrap, topics, group, stage
+        # A started transactional producer: each checkpoint one transaction (the loop stops it).
+        self.transactions = transactions
+        # For a stage that finishes records after ``process`` returns: of the offsets read
+        # so far, those up to which every record is done (its outputs acknowledged).
+        self.settled = settled
         self.topic = topics[0]
         self.commit_interval, self.max_records = commit_interval, max_records
         self.consumer: AIOKafkaConsumer | None = None
@@ -80,7 +99,7 @@ class KafkaLoop(Service):
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000, isolation_level="read_committed",
         )
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
@@ -89,20 +108,28 @@ class KafkaLoop(Service):
     async def on_stop(self) -> None:
         if self.consumer is None:
             return
-        async with self.lock:
-            await self._commit_now()
-        await self.consumer.stop()
+        try:
+            if not self._failed:  # a failed loop commits nothing, and may hold the lock for ever
+                async with self.lock:
+                    await self._commit_now()
+        finally:
+            await self.consumer.stop()
+            if self.transactions is not None:
+                await self.transactions.stop()
 
     async def _run(self) -> None:
         try:
             await self._consume()
         except Exception as exc:
-            # Never a silent stall: crash the worker, so that it is restarted and goes on
-            # from the last commit. The stage's memory may now be ahead of what it
-            # published, so nothing of it may be flushed or committed any more.
-            self._failed = True
             log.exception("%s loop failed; crashing the worker", self.group)
-            await self.crash(exc)
+            await self.fail(exc)
+
+    async def fail(self, exc: BaseException) -> None:
+        """Never a silent stall: crash the worker, so that it is restarted and goes on from
+        the last commit. The stage's memory may now be ahead of what it published, so
+        nothing of it may be flushed or committed any more."""
+        self._failed = True
+        await self.crash(exc)
 
     async def _consume(self) -> None:
         while not self.should_stop:
@@ -119,7 +146,10 @@ class KafkaLoop(Service):
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                 await self.stage.idle()
                 if time.monotonic() - self._last_commit >= self.commit_interval:
-                    self._commit_in_background()
+                    if self.transactions is not None:
+                        await self._commit_now()
+                    else:
+                        self._commit_in_background()
 
     def _commit_in_background(self) -> None:
         if self._committing is not None and not self._committing.done():
@@ -146,19 +176,45 @@ class KafkaLoop(Service):
             raise committing.exception()
 
     def _take_offsets(self) -> dict[TopicPartition, int]:
+        if self.settled is not None:
+            offsets = self.settled(self._processed)
+            for tp, offset in offsets.items():
+                if self._processed.get(tp) == offset:
+                    del self._processed[tp]
+            return offsets
         offsets, self._processed = self._processed, {}
         return offsets
 
     async def _commit(self, make_durable: Callable[[], Awaitable[None]], offsets: dict[TopicPartition, int]) -> None:
+        if self.transactions is not None:
+            await self._commit_transaction(make_durable, offsets)
+            return
         await make_durable()
         if offsets:
             await self.consumer.commit(offsets)
+            self.on_commit()
+
+    async def _commit_transaction(self, make_durable: Callable[[], Awaitable[None]],
+                                  offsets: dict[TopicPartition, int]) -> None:
+        producer = self.transactions
+        await producer.begin_transaction()
+        try:
+            await make_durable()
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
+        except BaseException:
+            self._failed = True  # whatever the transaction held is aborted, or will be
+            raise
+        if offsets:
             self.on_commit()
 
     async def revoke(self, revoked) -> None:
         self._to_restore.difference_update(revoked)
         async with self.lock:
             await self._commit_now()
+            for tp in revoked:  # what was not settled is the next owner's now
+                self._processed.pop(tp, None)
             await self.stage.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == self.topic))
 
     async def assign(self, assigned) -> None:
@@ -192,17 +248,44 @@ class KafkaLoop(Service):
         return lags
 
 
+class Unfinished:
+    """Records a stage works on concurrently, each finishing on its own: per partition,
+    what may be committed runs up to the first record not finished (``KafkaLoop``'s
+    ``settled``). A crash then re-reads every record whose outcome was not yet recorded."""
+
+    def __init__(self) -> None:
+        self._running: dict[TopicPartition, set[int]] = {}
+
+    def started(self, record: ConsumerRecord) -> TopicPartition:
+        tp = TopicPartition(record.topic, record.partition)
+        self._running.setdefault(tp, set()).add(record.offset)
+        return tp
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        self._running.get(tp, set()).discard(offset)
+
+    def forget(self, partitions: list[int]) -> None:
+        """Partitions given up (of every topic read): their records are the next owner's to commit."""
+        for tp in [tp for tp in self._running if tp.partition in partitions]:
+            del self._running[tp]
+
+    def settled(self, processed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        return {tp: min(self._running[tp]) if self._running.get(tp) else offset for tp, offset in processed.items()}
+
+
 async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIterator[list[ConsumerRecord]]:
     """Every record of one partition, from the beginning to its end now, batch by batch:
     a restore holds one batch at a time, not a million records."""
     # earliest: assign() starts a position reset with the consumer's policy, which can win
     # the race with seek_to_beginning; with the default (latest) nothing would be read back.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    # read_committed: a transaction a crash aborted restores nothing.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                isolation_level="read_committed")
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]  # read_committed: the last stable offset
         await consumer.seek_to_beginning(tp)
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
