@@ -223,9 +223,9 @@ class Engine:
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
-        """The changed users and each clock as they are now, written in the checkpoint's
-        transaction with everything decided since the last one (the loop commits it with
-        the input offsets)."""
+        """The changed users and each clock as they are now, with everything decided since
+        the last checkpoint: the records of the checkpoint's transaction (the loop commits
+        it with the input offsets), written while the next batches are processed."""
         state: list[tuple[bytes, bytes, int]] = []
         for partition, users in self._unsaved.items():
             core = self.cores.get(partition)
@@ -244,10 +244,12 @@ class Engine:
         self._meta_changed.clear()
         self.metrics.pairs_tracked.set(sum(core.pairs_tracked() for core in self.cores.values()))
 
+        for value, key, partition in state:
+            self.outbox.add(self._state_topic, value, key, partition)
+        records = self.outbox.take()  # what later batches add waits for the next transaction
+
         async def write() -> None:
-            for value, key, partition in state:
-                self.outbox.add(self._state_topic, value, key, partition)
-            await self.outbox.flush()
+            await self.outbox.hand_over(records)
         return write
 
     def _count(self, core: DecisionCore) -> None:

@@ -20,8 +20,9 @@ Exactly once, for a stage given a transactional producer: its outputs wait in it
 them, the stage's state and the input offsets; readers see them only once committed
 (``read_committed``, as every consumer here reads). A crash aborts what the transaction
 held, and the restarted stage makes it again from the committed offsets: nothing twice,
-whatever Redis remembers. Such checkpoints are made between batches, not in the
-background (one transaction at a time per producer). aiokafka commits offsets in a
+whatever Redis remembers. The checkpoint takes its records out of the outbox when it is
+captured, so those of later batches wait for the next transaction (one at a time per
+producer, as checkpoints are anyway). aiokafka commits offsets in a
 transaction by group id only (no KIP-447 generation), so a worker that lost its
 partitions without noticing could still commit; the loop commits before it gives
 partitions up in a rebalance, and a stage's producer has its own transactional id.
@@ -146,10 +147,7 @@ class KafkaLoop(Service):
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                 await self.stage.idle()
                 if time.monotonic() - self._last_commit >= self.commit_interval:
-                    if self.transactions is not None:
-                        await self._commit_now()
-                    else:
-                        self._commit_in_background()
+                    self._commit_in_background()
 
     def _commit_in_background(self) -> None:
         if self._committing is not None and not self._committing.done():
