@@ -203,6 +203,7 @@ class Engine:
         that records them, or never."""
         for request in requests:
             self.outbox.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
+        self.loop.commit_soon()  # a request waits for its transaction: not a whole interval
         by_app = collections.Counter(request.app for request in requests)
         for app, count in by_app.items():
             self.metrics.followups_requested.labels(app=app).inc(count)

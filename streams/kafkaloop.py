@@ -93,6 +93,7 @@ class KafkaLoop(Service):
         self._to_restore: set[TopicPartition] = set()     # assigned, paused until restored
         self._committing: asyncio.Future | None = None    # the checkpoint in flight
         self._failed = False
+        self._hurry = False  # outputs someone waits for: commit at the next chance
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
 
@@ -146,12 +147,18 @@ class KafkaLoop(Service):
                     for tp, records in batch.items():
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                 await self.stage.idle()
-                if time.monotonic() - self._last_commit >= self.commit_interval:
+                if self._hurry or time.monotonic() - self._last_commit >= self.commit_interval:
                     self._commit_in_background()
+
+    def commit_soon(self) -> None:
+        """Checkpoint at the next chance rather than at the interval: records a reader waits
+        for (a follow-up request) are held until their transaction commits."""
+        self._hurry = True
 
     def _commit_in_background(self) -> None:
         if self._committing is not None and not self._committing.done():
             return  # the last one is still on its way: this one waits for the next round
+        self._hurry = False
         self._settled()
         self._committing = asyncio.ensure_future(self._commit(self.stage.checkpoint(), self._take_offsets()))
         self._last_commit = time.monotonic()
