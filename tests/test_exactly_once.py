@@ -215,3 +215,22 @@ async def test_a_generator_whose_redis_is_gone_while_it_writes_ends_every_reques
         pipeline.worker(["generator"])  # what a supervisor does
         stories = await pipeline.wait_until_every_silence_is_sent(timeout=240)
         pipeline.assert_each_silence_requested_sent_and_ended_once(stories)
+
+
+async def test_a_generator_killed_with_requests_in_flight_ends_each_of_them_once(stack, topic_prefix, tmp_path):
+    """SIGKILL with requests at the LLM: nothing of theirs was committed, so the restarted
+    generator reads them again, and their ledger leases hand each to one try."""
+    async with Pipeline(stack, topic_prefix, tmp_path, llm_delay=3.0) as pipeline:
+        pipeline.worker(["ingest", "engine", "context", "sender"])
+        generator = pipeline.worker(["generator"])
+        assert (await feed(silences(), stack.bootstrap, topic_prefix)).errors == []
+
+        async def writing() -> bool:
+            pipeline.alive()
+            return (await pipeline.llm.stats())["in_flight"] >= 4
+        await async_wait_for(writing, 60, "requests in flight at the LLM")
+        generator.kill()
+        pipeline.workers.remove(generator)
+        pipeline.worker(["generator"])
+        stories = await pipeline.wait_until_every_silence_is_sent(timeout=240)
+        pipeline.assert_each_silence_requested_sent_and_ended_once(stories)
