@@ -4,13 +4,14 @@ Each follow-up request is one field of its user's hash (``relance:ledger:{user}`
 by its ``followup_id``. The field moves through these states, each move one atomic Redis
 command or script:
 
-- ``<due ts>``: the engine published the request (written once Kafka acknowledged it).
-  A request whose field exists is never published again, whatever the engine re-decides.
+- no field yet: the engine published the request, once (its outputs and state are one
+  Kafka transaction: Redis is not on its way). The first try makes the field (``0``,
+  then ``try:1:...``); a number is also what fields written by older engines hold.
 - ``try:<n>:<lease end ms>``: a generator is writing try ``n``; another copy of the
   request may take over once the lease ends (the first holder crashed).
 - ``wait:<n>``: try ``n`` failed; the request waits on ``followups.retry``.
 - ``generated``, ``dead_lettered:<reason>``, ``cancelled:<reason>``: final for the generator.
-  Copies are dropped. The generator moves only its own states (a due ts, ``try``,
+  Copies are dropped. The generator moves only its own states (a number, ``try``,
   ``wait``): a late try can never take a follow-up back from the sender.
 
 Then the sender (``agents/sender.py``) moves ``generated`` on; a follow-up is sent at
