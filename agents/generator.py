@@ -31,9 +31,9 @@ import logging
 import random
 import time
 from functools import cached_property
-from typing import Awaitable, Callable, Sequence
+from typing import Sequence
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from agents.context import read_context
 from domain.delivery import delivery_record
@@ -48,7 +48,7 @@ from schemas.records import (
 )
 from schemas.registry import Bot, RegistryFile
 from foundation.clock import wall_ms
-from streams.kafkaloop import KafkaLoop, Unfinished
+from streams.kafkaloop import RecordTasks
 from streams.wiring import Wiring
 from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY, topic_name
 from streams.ledger import (
@@ -128,7 +128,7 @@ class Generator:
 
     # -- input ---------------------------------------------------------------------
 
-    async def handle(self, record: ConsumerRecord, *, from_retry: bool = False) -> None:
+    async def handle(self, record: ConsumerRecord, from_retry: bool = False) -> None:
         try:
             attempt = parse_attempt(loads(record.value))
         except InvalidRecord as exc:
@@ -255,77 +255,14 @@ def _safe_text(language: str) -> FinalText:
     return dataclasses.replace(final, replaced=True, reasons=("too long for the app",))
 
 
-class GeneratorStage:
-    """The generator on a ``KafkaLoop``: each record in its own task, under two bounds (fresh
-    requests, retries); offsets committed up to each partition's first unfinished record."""
-
-    def __init__(self, generator: Generator, retry_topic: str) -> None:
-        self.generator = generator
-        self.retry_topic = retry_topic
-        self.loop: KafkaLoop | None = None
-        self.unfinished = Unfinished()
-        settings = generator.settings
-        self._fresh_slots = asyncio.Semaphore(REQUESTS_PER_LLM_SLOT * settings.llm_concurrency)
-        self._retry_slots = asyncio.Semaphore(RETRIES_IN_FLIGHT)
-        self._tasks: set[asyncio.Task] = set()
-
-    async def on_assigned(self, partitions: list[int]) -> None:
-        pass
-
-    async def on_revoked(self, partitions: list[int]) -> None:
-        # The loop committed what had finished; the rest is the next owner's. Tries still
-        # running here end anyway, and the next owner's copies find them in the ledger.
-        self.unfinished.forget(partitions)
-
-    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        for tp, records in batch.items():
-            from_retry = tp.topic == self.retry_topic
-            slots = self._retry_slots if from_retry else self._fresh_slots
-            for record in records:
-                await slots.acquire()  # the loop waits here when every slot is taken
-                task = asyncio.ensure_future(self._one(record, from_retry, slots))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _one(self, record: ConsumerRecord, from_retry: bool, slots: asyncio.Semaphore) -> None:
-        tp = self.unfinished.started(record)
-        try:
-            await self.generator.handle(record, from_retry=from_retry)
-        except Exception as exc:
-            # Not about this record (Redis or the broker gone longer than the retries): the
-            # record stays unfinished, so nothing after it is committed; crash the worker.
-            log.exception("generator failed on a request; crashing the worker")
-            for task in self._tasks:  # they wait on the same Redis: none may finish now
-                if task is not asyncio.current_task():
-                    task.cancel()
-            await self.loop.fail(exc)
-            return
-        finally:
-            slots.release()
-        self.unfinished.finished(tp, record.offset)
-
-    async def idle(self) -> None:
-        pass
-
-    def checkpoint(self) -> Callable[[], Awaitable[None]]:
-        async def nothing_more() -> None:
-            pass  # every finished record's outcome was acknowledged when it finished
-        return nothing_more
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 def install(wiring: Wiring) -> None:
     settings = wiring.settings
     generator = Generator(wiring, RegistryFile(settings.registry))
     prefix = settings.topic_prefix
-    stage = GeneratorStage(generator, topic_name(FOLLOWUPS_RETRY, prefix))
-
+    stage = RecordTasks(STAGE, generator.handle, topic_name(FOLLOWUPS_RETRY, prefix),
+                        fresh=REQUESTS_PER_LLM_SLOT * settings.llm_concurrency, retries=RETRIES_IN_FLIGHT)
     # Its records go out through the worker's Faust producer, each acknowledged as it ends.
-    wiring.install_batch_stage("generator", [topic_name(FOLLOWUPS_REQUESTED, prefix), stage.retry_topic], stage,
+    wiring.install_batch_stage(STAGE, [topic_name(FOLLOWUPS_REQUESTED, prefix), stage.retry_topic], stage,
                                settled=stage.unfinished.settled)
 
     @wiring.app.on_before_shutdown.connect

@@ -278,6 +278,71 @@ class Unfinished:
         return {tp: min(self._running[tp]) if self._running.get(tp) else offset for tp, offset in processed.items()}
 
 
+class RecordTasks:
+    """A stage whose records each take long (a call out: the LLM, a send API), each run in a
+    task of its own on a ``KafkaLoop``, under two bounds (fresh records, and those of the
+    retry topic, mostly asleep until their time). Offsets are committed only up to each
+    partition's first record not finished (``settled``): a crash re-reads every record
+    whose outcome was not yet recorded. A failure not about one record (Redis or the
+    broker gone longer than the retries) crashes the worker rather than stall.
+    """
+
+    def __init__(self, name: str, handle: Callable[[ConsumerRecord, bool], Awaitable[None]], retry_topic: str,
+                 fresh: int, retries: int) -> None:
+        self.name, self.handle, self.retry_topic = name, handle, retry_topic
+        self.loop: KafkaLoop | None = None
+        self.unfinished = Unfinished()
+        self._fresh_slots = asyncio.Semaphore(fresh)
+        self._retry_slots = asyncio.Semaphore(retries)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        pass
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        # The loop committed what had finished; the rest is the next owner's. Records still
+        # running here end anyway, and the next owner's copies find them in the ledger.
+        self.unfinished.forget(partitions)
+
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in batch.items():
+            from_retry = tp.topic == self.retry_topic
+            slots = self._retry_slots if from_retry else self._fresh_slots
+            for record in records:
+                await slots.acquire()  # the loop waits here when every slot is taken
+                task = asyncio.ensure_future(self._one(record, from_retry, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, record: ConsumerRecord, from_retry: bool, slots: asyncio.Semaphore) -> None:
+        tp = self.unfinished.started(record)
+        try:
+            await self.handle(record, from_retry)
+        except Exception as exc:
+            log.exception("%s failed on a record; crashing the worker", self.name)
+            for task in self._tasks:  # they wait on the same service: none may finish now
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await self.loop.fail(exc)
+            return
+        finally:
+            slots.release()
+        self.unfinished.finished(tp, record.offset)
+
+    async def idle(self) -> None:
+        pass
+
+    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+        async def nothing_more() -> None:
+            pass  # every finished record's outputs were acknowledged when it finished
+        return nothing_more
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 async def read_partition(bootstrap: str, topic: str, partition: int) -> AsyncIterator[list[ConsumerRecord]]:
     """Every record of one partition, from the beginning to its end now, batch by batch:
     a restore holds one batch at a time, not a million records."""
