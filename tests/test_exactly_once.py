@@ -110,6 +110,19 @@ class Pipeline:
         self.workers.append(worker.start())
         return worker
 
+    async def requests_at_the_llm(self) -> WorkerProcess:
+        """The pipeline with the generator a worker of its own, fed until requests are being
+        written (the LLM takes ``llm_delay`` a call); that worker."""
+        self.worker(["ingest", "engine", "context", "sender"])
+        generator = self.worker(["generator"])
+        assert (await feed(silences(), self.stack.bootstrap, self.prefix)).errors == []
+
+        async def writing() -> bool:
+            self.alive()
+            return (await self.llm.stats())["in_flight"] >= 4
+        await async_wait_for(writing, 60, "requests in flight at the LLM")
+        return generator
+
     def alive(self) -> bool:
         return all(worker.check_alive() for worker in self.workers)
 
@@ -200,14 +213,7 @@ async def test_a_generator_whose_redis_is_gone_while_it_writes_ends_every_reques
     once Redis is back (with its data), ends every request: none was marked done before
     its outcome was recorded."""
     async with Pipeline(stack, topic_prefix, tmp_path, llm_delay=3.0) as pipeline:
-        pipeline.worker(["ingest", "engine", "context", "sender"])
-        generator = pipeline.worker(["generator"])
-        assert (await feed(silences(), stack.bootstrap, topic_prefix)).errors == []
-
-        async def writing() -> bool:
-            pipeline.alive()
-            return (await pipeline.llm.stats())["in_flight"] >= 4
-        await async_wait_for(writing, 60, "requests in flight at the LLM")
+        generator = await pipeline.requests_at_the_llm()
         await pipeline.kill_redis()
         await async_wait_for(lambda: not generator.alive, 60, "the generator to crash, Redis gone")
         pipeline.workers.remove(generator)
@@ -221,14 +227,7 @@ async def test_a_generator_killed_with_requests_in_flight_ends_each_of_them_once
     """SIGKILL with requests at the LLM: nothing of theirs was committed, so the restarted
     generator reads them again, and their ledger leases hand each to one try."""
     async with Pipeline(stack, topic_prefix, tmp_path, llm_delay=3.0) as pipeline:
-        pipeline.worker(["ingest", "engine", "context", "sender"])
-        generator = pipeline.worker(["generator"])
-        assert (await feed(silences(), stack.bootstrap, topic_prefix)).errors == []
-
-        async def writing() -> bool:
-            pipeline.alive()
-            return (await pipeline.llm.stats())["in_flight"] >= 4
-        await async_wait_for(writing, 60, "requests in flight at the LLM")
+        generator = await pipeline.requests_at_the_llm()
         generator.kill()
         pipeline.workers.remove(generator)
         pipeline.worker(["generator"])
