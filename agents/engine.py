@@ -10,10 +10,11 @@ partition with ``messages`` (key ``user_id``; an empty value deletes; one ``\\x0
 key per partition holds the clock and kill switches). On assignment a partition's core
 is rebuilt from it; before every commit the users changed since the last one are written.
 
-Emission is at-least-once with idempotent effects: a follow-up request is acknowledged by
-Kafka and written to the Redis ledger *before* the state that records it is written. A
-crash in between re-decides the same follow-up (same id) and the ledger stops the second
-publication; a crash before it re-publishes, and downstream drops the duplicate by id.
+Exactly once, whatever Redis holds: the requests, decisions and dead letters of the batches
+since the last checkpoint, the state that records them and the input offsets are one Kafka
+transaction (``streams/kafkaloop.py``). A crash aborts it; the restarted engine decides
+the same follow-ups again (same ids) from the committed state, and publishes them once.
+Redis hears from the engine only of erasures (``streams/ledger.py``'s tombstones).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import orjson
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from agents.explain import install_explain
 from domain.rules import DecisionCore
@@ -64,10 +65,8 @@ class Engine:
         self.metrics = wiring.metrics
         self.cores: dict[int, DecisionCore] = {}
         self.loop: KafkaLoop | None = None
-        self.outbox: Outbox | None = None     # decisions, dead letters, state
-        # Requests apart: their acknowledgement is awaited inline, and should not wait
-        # behind a batch's worth of decision records.
-        self.requests_out: Outbox | None = None
+        # Requests, decisions, dead letters and state, held until the checkpoint's transaction.
+        self.outbox: Outbox | None = None
         self.ledger: Ledger | None = None  # made when the loop starts, inside the event loop
         # Each listener gets a decision and its JSON, encoded once for everyone.
         self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
@@ -195,27 +194,22 @@ class Engine:
             self._unsaved[partition] |= dirty
             self._count(core)
         if requests:
-            await self._publish_requests(requests)
+            self._publish_requests(requests)
         if erased:
-            await self.ledger.erase(erased)
-        await self.outbox.send()  # on their way now; acknowledged before the next commit
+            # Now, before the checkpoint: a request decided before the erasure and
+            # already on its way must find the tombstone.
+            await self.ledger.erase(erased, wall_ms())
 
-    async def _publish_requests(self, requests: list[FollowupRequest]) -> None:
-        """Publish the requests not in the ledger, then record them there once acknowledged.
-
-        Inline, not in the background: the ledger write must follow the acknowledgement
-        at once, as a crash in between publishes the follow-up again after the restart
-        (the generator drops the copy by id, but none should be made).
-        """
-        fresh = await self.ledger.unpublished(requests)
-        for request in fresh:
-            self.requests_out.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
-        await self.requests_out.flush()
-        await self.ledger.record_published(fresh)
-        by_app = collections.Counter(request.app for request in fresh)
+    def _publish_requests(self, requests: list[FollowupRequest]) -> None:
+        """Into the checkpoint's transaction: published once it commits, with the state
+        that records them, or never."""
+        for request in requests:
+            self.outbox.add(self._requests_topic, request.to_json(), key=request.user_id.encode())
+        self.loop.commit_soon()  # a request waits for its transaction: not a whole interval
+        by_app = collections.Counter(request.app for request in requests)
         for app, count in by_app.items():
             self.metrics.followups_requested.labels(app=app).inc(count)
-        for request in fresh:
+        for request in requests:
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
     def _record_decisions(self, core: DecisionCore, decisions: list[DecisionRecord]) -> None:
@@ -232,14 +226,9 @@ class Engine:
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
     def checkpoint(self) -> Callable[[], Awaitable[None]]:
-        """The changed users and each clock as they are now, to be written once every
-        follow-up decided so far is acknowledged and in the ledger.
-
-        The order is what makes a crash safe: state that records a follow-up as sent is
-        only written once the ledger holds it, which ``_publish_requests`` made so before
-        this snapshot. Encoded now, written later: batches processed meanwhile change the
-        cores, not this snapshot.
-        """
+        """The changed users and each clock as they are now, with everything decided since
+        the last checkpoint: the records of the checkpoint's transaction (the loop commits
+        it with the input offsets), written while the next batches are processed."""
         state: list[tuple[bytes, bytes, int]] = []
         for partition, users in self._unsaved.items():
             core = self.cores.get(partition)
@@ -258,10 +247,12 @@ class Engine:
         self._meta_changed.clear()
         self.metrics.pairs_tracked.set(sum(core.pairs_tracked() for core in self.cores.values()))
 
+        for value, key, partition in state:
+            self.outbox.add(self._state_topic, value, key, partition)
+        records = self.outbox.take()  # what later batches add waits for the next transaction
+
         async def write() -> None:
-            for value, key, partition in state:
-                self.outbox.add(self._state_topic, value, key, partition)
-            await self.outbox.flush()
+            await self.outbox.hand_over(records)
         return write
 
     def _count(self, core: DecisionCore) -> None:
@@ -286,11 +277,10 @@ def install(wiring: Wiring) -> None:
     engine = Engine(wiring)
     install_explain(wiring, engine)
 
-    async def prepare() -> None:
-        engine.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
-        producer = await wiring.producer()
-        engine.outbox, engine.requests_out = Outbox(producer), Outbox(producer)
-        await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic)
-        await engine.requests_out.know(engine._requests_topic)
+    async def prepare(producer: AIOKafkaProducer) -> None:
+        engine.ledger = Ledger(wiring.redis, ledger_ttl_s(settings), settings.messaging_window)
+        engine.outbox = Outbox(producer)
+        await engine.outbox.know(engine._decisions_topic, engine._deadletter_topic, engine._requests_topic)
 
-    wiring.install_batch_stage("engine", [topic_name(MESSAGES, settings.topic_prefix)], engine, prepare)
+    wiring.install_batch_stage("engine", [topic_name(MESSAGES, settings.topic_prefix)], engine, prepare,
+                               transactional=True)

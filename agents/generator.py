@@ -11,12 +11,17 @@ tries that failed). Every request ends here with exactly one outcome, written to
   (the user may come back, opt out or show distress meanwhile);
 - ``dead_lettered``: unknown bot, or generation failed ``generation_tries`` times.
 
-The ledger field is also how duplicates are dropped and how tries survive a crash. A copy
-of the request that finds its try running elsewhere goes back to the retry topic until
-the lease ends, so a crashed worker's follow-up is not lost. Effects are at-least-once: a crash between the
-delivery and the ledger write delivers twice with the same ``followup_id``, which the
-delivery stage drops. A missing field means the user was erased (the engine deletes the
-ledger): the request is cancelled and the ledger is never re-created.
+The generator runs as a batch stage (``streams/kafkaloop.py``), each record in a task of
+its own; a partition's offsets are committed only up to its first record whose outcome is
+not yet acknowledged by Kafka, so a crash never leaves a request without one.
+
+The ledger field is also how duplicates are dropped and how tries survive a crash. The
+first try makes the field; a copy of the request that finds its try running elsewhere goes
+back to the retry topic until the lease ends, so a crashed worker's follow-up is not lost.
+Effects are at-least-once: a crash between the delivery and the ledger write delivers
+twice with the same ``followup_id``, which the delivery stage drops. A field erased with
+its user (a tombstone newer than the request) cancels the request, and the ledger is
+never re-created; a field Redis lost is made again.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import time
 from functools import cached_property
 from typing import Sequence
 
+from aiokafka import ConsumerRecord
 
 from agents.context import read_context
 from domain.delivery import delivery_record
@@ -42,8 +48,9 @@ from schemas.records import (
 )
 from schemas.registry import Bot, RegistryFile
 from foundation.clock import wall_ms
+from streams.kafkaloop import RecordTasks
 from streams.wiring import Wiring
-from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY
+from streams.topics import DELIVERY_BY_APP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, FOLLOWUPS_RETRY, topic_name
 from streams.ledger import (
     BUSY, CANCELLED, CLAIMED, DEAD_LETTERED, GENERATED, MISSING, Ledger, final_state, ledger_ttl_s,
 )
@@ -53,10 +60,12 @@ log = logging.getLogger("relance.generator")
 
 STAGE = "generator"
 
-MAX_RETRY_WAIT_MS = 60_000     # a retry agent never sleeps longer than this on one record
+MAX_RETRY_WAIT_MS = 60_000     # a retry never sleeps longer than this on one record
 LEASE_MARGIN_MS = 30_000       # beyond the try's own time budget, before another copy may take over
-LEDGER_GRACE_S = 2.0           # the engine writes the ledger just after Kafka acknowledges the request
-LEDGER_POLL_S = 0.1
+# Records in flight at once: fresh requests (a few per LLM slot, so one is ready when a
+# slot frees), and retries (mostly asleep until their time, so many cost little).
+REQUESTS_PER_LLM_SLOT = 2
+RETRIES_IN_FLIGHT = 256
 
 
 # -- pure decisions ----------------------------------------------------------------------
@@ -119,17 +128,21 @@ class Generator:
 
     # -- input ---------------------------------------------------------------------
 
-    async def handle(self, event, *, from_retry: bool = False) -> None:
+    async def handle(self, record: ConsumerRecord, from_retry: bool = False) -> None:
         try:
-            attempt = parse_attempt(loads(event.value))
+            attempt = parse_attempt(loads(record.value))
         except InvalidRecord as exc:
-            await self.wiring.dead_letter(STAGE, exc.kind, str(exc), event)
+            await self.wiring.record_dead_letter(STAGE, exc.kind, str(exc), record)
             return
         if from_retry:
             await asyncio.sleep(wait_ms(attempt.not_before, wall_ms()) / 1000)
-        verdict = await self._claim(attempt)
+        now = wall_ms()
+        # A first try's field may not exist yet: an erasure after the engine published
+        # the request (its record's time) is what cancels it.
+        verdict = await self.ledger.claim(attempt.request, attempt.tries, now, now + self.budget_ms + LEASE_MARGIN_MS,
+                                          since=record.timestamp if attempt.tries == 0 else 0)
         if verdict == CLAIMED:
-            await self._generate(event, attempt)
+            await self._generate(record, attempt)
         elif verdict == MISSING:
             await self._settle(attempt.request, CANCELLED, "erased", attempt.tries)
         elif verdict.startswith(BUSY):
@@ -138,19 +151,9 @@ class Generator:
             self.metrics.duplicates.labels(app=attempt.request.app).inc()
             log.info("duplicate follow-up request dropped", extra={"followup_id": attempt.request.followup_id, "verdict": verdict})
 
-    async def _claim(self, attempt: FollowupAttempt) -> str:
-        # A fresh request may arrive before the engine's ledger write that follows its ack.
-        deadline = time.monotonic() + (LEDGER_GRACE_S if attempt.tries == 0 else 0.0)
-        while True:
-            now = wall_ms()
-            verdict = await self.ledger.claim(attempt.request, attempt.tries, now, now + self.budget_ms + LEASE_MARGIN_MS)
-            if verdict != MISSING or time.monotonic() >= deadline:
-                return verdict
-            await asyncio.sleep(LEDGER_POLL_S)
-
     # -- one try ---------------------------------------------------------------------
 
-    async def _generate(self, event, attempt: FollowupAttempt) -> None:
+    async def _generate(self, record: ConsumerRecord, attempt: FollowupAttempt) -> None:
         request = attempt.request
         reason = await self._cancel_reason(request)
         if reason:
@@ -158,20 +161,20 @@ class Generator:
             return
         bot = self.registry.current().get(request.bot_id)
         if bot is None:
-            await self._give_up(event, attempt.tries, request, "unknown_bot", f"bot {request.bot_id!r} is not in the registry")
+            await self._give_up(record, attempt.tries, request, "unknown_bot", f"bot {request.bot_id!r} is not in the registry")
             return
         tries = attempt.tries + 1
         try:
             text = await self._write(bot, request)
         except LLMError as exc:
-            await self._failed(event, request, tries, exc)
+            await self._failed(record, request, tries, exc)
             return
-        record = self._delivery_record(request, text, bot.language)
+        delivery = self._delivery_record(request, text, bot.language)
         reason = await self._cancel_reason(request)  # the user may have come back while the LLM wrote
         if reason:
             await self._settle(request, CANCELLED, reason, tries)
             return
-        await self._send(self.wiring.topic(DELIVERY_BY_APP[request.app]), request, record.to_json())
+        await self._send(self.wiring.topic(DELIVERY_BY_APP[request.app]), request, delivery.to_json())
         await self._settle(request, GENERATED, None, tries)
 
     async def _cancel_reason(self, request: FollowupRequest) -> str | None:
@@ -207,7 +210,7 @@ class Generator:
 
     # -- endings -----------------------------------------------------------------------
 
-    async def _failed(self, event, request: FollowupRequest, tries: int, exc: LLMError) -> None:
+    async def _failed(self, record: ConsumerRecord, request: FollowupRequest, tries: int, exc: LLMError) -> None:
         if isinstance(exc, CircuitOpen):
             # Refused before any call, the LLM being known down: the request waits for the
             # breaker's next trial, and the try it could not make is not counted. Only
@@ -217,7 +220,7 @@ class Generator:
             await self._retry(request, tries, not_before, exc)
             return
         if not exc.retryable or tries >= self.settings.generation_tries:
-            await self._give_up(event, tries, request, "generation_failed", f"generation failed after {tries} tries: {exc}")
+            await self._give_up(record, tries, request, "generation_failed", f"generation failed after {tries} tries: {exc}")
             return
         await self._retry(request, tries, wall_ms() + retry_delay_ms(tries, self.settings.generation_backoff, self.rng), exc)
 
@@ -233,8 +236,9 @@ class Generator:
         await self._send(self.wiring.topic(FOLLOWUPS_RETRY), attempt.request, retry.to_json())
         log.info("follow-up busy elsewhere, deferred", extra={"followup_id": attempt.request.followup_id})
 
-    async def _give_up(self, event, tries: int, request: FollowupRequest, reason_label: str, reason: str) -> None:
-        await self.wiring.dead_letter(STAGE, reason_label, reason, event)
+    async def _give_up(self, record: ConsumerRecord, tries: int, request: FollowupRequest, reason_label: str,
+                       reason: str) -> None:
+        await self.wiring.record_dead_letter(STAGE, reason_label, reason, record)
         await self._settle(request, DEAD_LETTERED, reason_label, tries)
 
     async def _settle(self, request: FollowupRequest, outcome: str, reason: str | None, tries: int) -> None:
@@ -262,19 +266,16 @@ def _safe_text(language: str) -> FinalText:
 
 
 def install(wiring: Wiring) -> None:
-    app, settings = wiring.app, wiring.settings
+    settings = wiring.settings
     generator = Generator(wiring, RegistryFile(settings.registry))
+    prefix = settings.topic_prefix
+    stage = RecordTasks(STAGE, generator.handle, topic_name(FOLLOWUPS_RETRY, prefix),
+                        fresh=REQUESTS_PER_LLM_SLOT * settings.llm_concurrency, retries=RETRIES_IN_FLIGHT)
+    # Its records go out through the worker's Faust producer, each acknowledged as it ends.
+    wiring.install_batch_stage(STAGE, [topic_name(FOLLOWUPS_REQUESTED, prefix), stage.retry_topic], stage,
+                               settled=stage.unfinished.settled)
 
-    @app.agent(wiring.topic(FOLLOWUPS_REQUESTED), name="generator", concurrency=settings.llm_concurrency)
-    async def generate(stream):
-        async for event in stream.events():
-            await generator.handle(event)
-
-    @app.agent(wiring.topic(FOLLOWUPS_RETRY), name="generator-retry", concurrency=settings.llm_concurrency)
-    async def retry(stream):
-        async for event in stream.events():
-            await generator.handle(event, from_retry=True)
-
-    @app.on_before_shutdown.connect
+    @wiring.app.on_before_shutdown.connect
     async def close_llm_client(sender, **kwargs):
+        await stage.stop()
         await generator.close()

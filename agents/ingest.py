@@ -108,10 +108,10 @@ def install(wiring: Wiring) -> None:
     messages = wiring.topic(MESSAGES)
     ingest = WebhookIngest(wiring, RegistryFile(settings.registry))
 
-    async def prepare() -> None:
-        ingest.outbox = Outbox(await wiring.producer())
+    async def prepare(producer) -> None:
+        ingest.outbox = Outbox(producer)
         await ingest.outbox.know(ingest._messages, ingest._deadletter)
-        ingest.outcomes_out = Outbox(await wiring.producer())
+        ingest.outcomes_out = Outbox(producer)
         await ingest.outcomes_out.know(ingest._outcomes)
         ingest.ledger = Ledger(wiring.redis, ledger_ttl_s(settings))
 

@@ -17,7 +17,9 @@ here). For each one, in this order:
    ``delivery.retry``, with backoff and jitter, while its messaging window is open.
 
 Every ending is written ``ending`` in the ledger, published on ``followups.outcomes``,
-then made final: a crash in between publishes it again, never loses it.
+then made final: a crash in between publishes it again, never loses it. The sender runs
+on the batch loop (``streams/kafkaloop.py``'s ``RecordTasks``): a record's offset is
+committed only once its outcome, or its next copy, is acknowledged by Kafka.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import dataclasses
 import logging
 import random
 from functools import cached_property
+
+from aiokafka import ConsumerRecord
 
 from domain.lastcheck import cancel_reason, window_closed
 from domain.sendapi import (
@@ -43,14 +47,15 @@ from streams.ledger import (
     final_state, ledger_ttl_s, outcome_of, sending_state,
 )
 from streams.ratelimit import SendRateLimiter
-from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES
+from streams.kafkaloop import RecordTasks
+from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES, topic_name
 from streams.wiring import Wiring
 
 log = logging.getLogger("relance.sender")
 
 STAGE = "sender"
-MAX_HOLD_S = 30.0          # a retry actor never sleeps longer on one record; a later one goes round again
-# Actors of the retry agent: each sleeps until its record is due, so they are many (a
+MAX_HOLD_S = 30.0          # a retry never sleeps longer on one record; a later one goes round again
+# Retries in flight at once: each sleeps until its record is due, so they are many (a
 # sleeping coroutine costs little) and short sends do not queue behind held ones.
 RETRY_ACTORS = 256
 MAX_LIMITER_WAIT_S = 5.0   # longer, and the send is put off rather than hold a sender
@@ -84,11 +89,11 @@ class Sender:
 
     # -- input ---------------------------------------------------------------------
 
-    async def handle(self, event, *, from_retry: bool = False) -> None:
+    async def handle(self, record: ConsumerRecord, from_retry: bool = False) -> None:
         try:
-            attempt = parse_send_attempt(loads(event.value))
+            attempt = parse_send_attempt(loads(record.value))
         except InvalidRecord as exc:
-            await self.wiring.dead_letter(STAGE, exc.kind, str(exc), event)
+            await self.wiring.record_dead_letter(STAGE, exc.kind, str(exc), record)
             return
         if from_retry and attempt.not_before is not None:
             wait_s = (attempt.not_before - wall_ms()) / 1000
@@ -96,18 +101,18 @@ class Sender:
             if wait_s > MAX_HOLD_S:  # not due yet: round again
                 await self._publish(DELIVERY_RETRY, attempt.delivery, attempt.to_json())
                 return
-        await self._try(event, attempt)
+        await self._try(record, attempt)
 
-    async def _try(self, event, attempt: SendAttempt) -> None:
+    async def _try(self, source: ConsumerRecord, attempt: SendAttempt) -> None:
         async with self._sending:
-            await self._try_one(event, attempt)
+            await self._try_one(source, attempt)
 
-    async def _try_one(self, event, attempt: SendAttempt) -> None:
+    async def _try_one(self, source: ConsumerRecord, attempt: SendAttempt) -> None:
         record = attempt.delivery
         bot = self.registry.current().get(record.bot_id)
         account = bot.sending_account(record.app) if bot is not None else None
         if account is None:
-            await self._dead_letter(event, attempt, f"bot {record.bot_id!r} has no {record.app} account in the registry")
+            await self._dead_letter(source, attempt, f"bot {record.bot_id!r} has no {record.app} account in the registry")
             return
         token = read_token(bot.tokens.get(record.app))
         if token is None or not self.gate.may_send(bot.id, record.app, token, wall_ms()):
@@ -234,13 +239,13 @@ class Sender:
             await self._not_claimed(attempt, verdict, lease_end)
         # else another copy, or the generator, holds it and ends it
 
-    async def _dead_letter(self, event, attempt: SendAttempt, reason: str) -> None:
+    async def _dead_letter(self, source: ConsumerRecord, attempt: SendAttempt, reason: str) -> None:
         record = attempt.delivery
         now = wall_ms()
         lease_end = now + self.settings.send_timeout + LEASE_MARGIN_MS
         if await self.ledger.claim_send(record.request, attempt.tries, now, lease_end) != CLAIMED:
             return
-        await self.wiring.dead_letter(STAGE, "unknown_bot", reason, event)
+        await self.wiring.record_dead_letter(STAGE, "unknown_bot", reason, source)
         await self._end(record, sending_state(attempt.tries + 1, lease_end),
                         final_state(DEAD_LETTERED, "unknown_bot"), attempt.tries)
 
@@ -278,19 +283,16 @@ class Sender:
 
 
 def install(wiring: Wiring) -> None:
-    app, settings = wiring.app, wiring.settings
+    settings = wiring.settings
     sender = Sender(wiring, RegistryFile(settings.registry))
+    prefix = settings.topic_prefix
+    stage = RecordTasks(STAGE, sender.handle, topic_name(DELIVERY_RETRY, prefix),
+                        fresh=settings.send_concurrency, retries=max(RETRY_ACTORS, settings.send_concurrency))
+    topics = [topic_name(spec, prefix) for spec in DELIVERY_BY_APP.values()] + [stage.retry_topic]
+    # Its records go out through the worker's Faust producer, each acknowledged as it ends.
+    wiring.install_batch_stage(STAGE, topics, stage, settled=stage.unfinished.settled)
 
-    def deliveries(spec, name: str, from_retry: bool, concurrency: int) -> None:
-        @app.agent(wiring.topic(spec), name=name, concurrency=concurrency)
-        async def send(stream):
-            async for event in stream.events():
-                await sender.handle(event, from_retry=from_retry)
-
-    for app_name, spec in DELIVERY_BY_APP.items():
-        deliveries(spec, f"sender-{app_name}", False, settings.send_concurrency)
-    deliveries(DELIVERY_RETRY, "sender-retry", True, max(RETRY_ACTORS, settings.send_concurrency))
-
-    @app.on_before_shutdown.connect
+    @wiring.app.on_before_shutdown.connect
     async def close_graph_client(sender_, **kwargs):
+        await stage.stop()
         await sender.close()

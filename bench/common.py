@@ -261,6 +261,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
+def from_tree(source: str | None) -> str:
+    """How a run from another copy of the code (``--before TREE``) is named; this tree's has no name."""
+    return "" if source is None else f" (from {source})"
+
+
 def result(name: str, value: float, unit: str, **extra: object) -> None:
     """One machine-readable line for run_all: RESULT name value unit k=v..."""
     tail = " ".join(f"{k}={v}" for k, v in extra.items())

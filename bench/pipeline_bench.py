@@ -29,7 +29,7 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, metric_total,
+    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, from_tree, metric_total,
     plain_consume, result, spread, timed_run,
 )
 
@@ -117,10 +117,6 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     return topic, len(items), seconds, worked
 
 
-def _from(source: str | None) -> str:
-    return "" if source is None else f" (from {source})"
-
-
 async def main_async(args: argparse.Namespace) -> None:
     users = max(4, args.events // 98)  # about 98 records per user over 14 days
     lines = canonical_lines(users, 14.0, args.seed, limit=args.events)
@@ -146,7 +142,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     topic, records, seconds, worked = await engine_run(bootstrap, url, work, items, k, args.partitions,
                                                                        args.timeout, pythonpath=source)
                     engine[k, source].append(records / seconds)
-                    print(f"  rep {repetition + 1}: engine x{k}{_from(source)}: {records:,} records committed in "
+                    print(f"  rep {repetition + 1}: engine x{k}{from_tree(source)}: {records:,} records committed in "
                           f"{seconds:.2f}s ({records / seconds:,.0f}/s); every event counted at {worked or 0:.2f}s, "
                           f"the tail {seconds - (worked or 0):.2f}s", flush=True)
             count, seconds = await plain_consume(bootstrap, topic, args.partitions, len(items))
@@ -162,7 +158,7 @@ async def main_async(args: argparse.Namespace) -> None:
         rows.append((f"DecisionCore in-process: {name}", [c[name] for c in core]))
     for k in worker_counts:
         for source in sources:
-            rows.append((f"engine worker x{k}{_from(source)}", engine[k, source]))
+            rows.append((f"engine worker x{k}{from_tree(source)}", engine[k, source]))
     for name, values in rows:
         median = sorted(values)[len(values) // 2]
         print(f"{name:<40} {spread(values):>30} {median / limit:>8.3f}x")

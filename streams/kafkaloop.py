@@ -14,6 +14,18 @@ and made durable in the background while the next batches are processed; its off
 are committed once it is. Waiting for the broker's acknowledgements then costs no
 processing time. One checkpoint is in flight at a time; a rebalance or a stop waits for
 it, then makes a last one before giving partitions up.
+
+Exactly once, for a stage given a transactional producer: its outputs wait in its outbox
+(never sent between checkpoints), and each checkpoint is one Kafka transaction holding
+them, the stage's state and the input offsets; readers see them only once committed
+(``read_committed``, as every consumer here reads). A crash aborts what the transaction
+held, and the restarted stage makes it again from the committed offsets: nothing twice,
+whatever Redis remembers. The checkpoint takes its records out of the outbox when it is
+captured, so those of later batches wait for the next transaction (one at a time per
+producer, as checkpoints are anyway). aiokafka commits offsets in a
+transaction by group id only (no KIP-447 generation), so a worker that lost its
+partitions without noticing could still commit; the loop commits before it gives
+partitions up in a rebalance, and a stage's producer has its own transactional id.
 """
 from __future__ import annotations
 
@@ -64,9 +76,16 @@ class KafkaLoop(Service):
 
     def __init__(self, *, bootstrap: str, topics: list[str], group: str, stage: Stage,
                  commit_interval: float = 1.0, max_records: int = 20_000,
+                 transactions: AIOKafkaProducer | None = None,
+                 settled: Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]] | None = None,
                  security: KafkaSecurity = PLAINTEXT, **kwargs) -> None:
         super().__init__(**kwargs)
         self.bootstrap, self.topics, self.group, self.stage = bootstrap, topics, group, stage
+        # A started transactional producer: each checkpoint one transaction (the loop stops it).
+        self.transactions = transactions
+        # For a stage that finishes records after ``process`` returns: of the offsets read
+        # so far, those up to which every record is done (its outputs acknowledged).
+        self.settled = settled
         self.topic = topics[0]
         self.security = security
         self.commit_interval, self.max_records = commit_interval, max_records
@@ -77,6 +96,7 @@ class KafkaLoop(Service):
         self._to_restore: set[TopicPartition] = set()     # assigned, paused until restored
         self._committing: asyncio.Future | None = None    # the checkpoint in flight
         self._failed = False
+        self._hurry = False  # outputs someone waits for: commit at the next chance
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
 
@@ -84,7 +104,8 @@ class KafkaLoop(Service):
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=10_000, heartbeat_interval_ms=3_000, **self.security.options(),
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000, isolation_level="read_committed",
+            **self.security.options(),
         )
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
@@ -93,20 +114,28 @@ class KafkaLoop(Service):
     async def on_stop(self) -> None:
         if self.consumer is None:
             return
-        async with self.lock:
-            await self._commit_now()
-        await self.consumer.stop()
+        try:
+            if not self._failed:  # a failed loop commits nothing, and may hold the lock for ever
+                async with self.lock:
+                    await self._commit_now()
+        finally:
+            await self.consumer.stop()
+            if self.transactions is not None:
+                await self.transactions.stop()
 
     async def _run(self) -> None:
         try:
             await self._consume()
         except Exception as exc:
-            # Never a silent stall: crash the worker, so that it is restarted and goes on
-            # from the last commit. The stage's memory may now be ahead of what it
-            # published, so nothing of it may be flushed or committed any more.
-            self._failed = True
             log.exception("%s loop failed; crashing the worker", self.group)
-            await self.crash(exc)
+            await self.fail(exc)
+
+    async def fail(self, exc: BaseException) -> None:
+        """Never a silent stall: crash the worker, so that it is restarted and goes on from
+        the last commit. The stage's memory may now be ahead of what it published, so
+        nothing of it may be flushed or committed any more."""
+        self._failed = True
+        await self.crash(exc)
 
     async def _consume(self) -> None:
         while not self.should_stop:
@@ -122,12 +151,18 @@ class KafkaLoop(Service):
                     for tp, records in batch.items():
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                 await self.stage.idle()
-                if time.monotonic() - self._last_commit >= self.commit_interval:
+                if self._hurry or time.monotonic() - self._last_commit >= self.commit_interval:
                     self._commit_in_background()
+
+    def commit_soon(self) -> None:
+        """Checkpoint at the next chance rather than at the interval: records a reader waits
+        for (a follow-up request) are held until their transaction commits."""
+        self._hurry = True
 
     def _commit_in_background(self) -> None:
         if self._committing is not None and not self._committing.done():
             return  # the last one is still on its way: this one waits for the next round
+        self._hurry = False
         self._settled()
         self._committing = asyncio.ensure_future(self._commit(self.stage.checkpoint(), self._take_offsets()))
         self._last_commit = time.monotonic()
@@ -150,19 +185,45 @@ class KafkaLoop(Service):
             raise committing.exception()
 
     def _take_offsets(self) -> dict[TopicPartition, int]:
+        if self.settled is not None:
+            offsets = self.settled(self._processed)
+            for tp, offset in offsets.items():
+                if self._processed.get(tp) == offset:
+                    del self._processed[tp]
+            return offsets
         offsets, self._processed = self._processed, {}
         return offsets
 
     async def _commit(self, make_durable: Callable[[], Awaitable[None]], offsets: dict[TopicPartition, int]) -> None:
+        if self.transactions is not None:
+            await self._commit_transaction(make_durable, offsets)
+            return
         await make_durable()
         if offsets:
             await self.consumer.commit(offsets)
+            self.on_commit()
+
+    async def _commit_transaction(self, make_durable: Callable[[], Awaitable[None]],
+                                  offsets: dict[TopicPartition, int]) -> None:
+        producer = self.transactions
+        await producer.begin_transaction()
+        try:
+            await make_durable()
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
+        except BaseException:
+            self._failed = True  # whatever the transaction held is aborted, or will be
+            raise
+        if offsets:
             self.on_commit()
 
     async def revoke(self, revoked) -> None:
         self._to_restore.difference_update(revoked)
         async with self.lock:
             await self._commit_now()
+            for tp in revoked:  # what was not settled is the next owner's now
+                self._processed.pop(tp, None)
             await self.stage.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == self.topic))
 
     async def assign(self, assigned) -> None:
@@ -196,19 +257,110 @@ class KafkaLoop(Service):
         return lags
 
 
+class Unfinished:
+    """Records a stage works on concurrently, each finishing on its own: per partition,
+    what may be committed runs up to the first record not finished (``KafkaLoop``'s
+    ``settled``). A crash then re-reads every record whose outcome was not yet recorded."""
+
+    def __init__(self) -> None:
+        self._running: dict[TopicPartition, set[int]] = {}
+
+    def started(self, record: ConsumerRecord) -> TopicPartition:
+        tp = TopicPartition(record.topic, record.partition)
+        self._running.setdefault(tp, set()).add(record.offset)
+        return tp
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        self._running.get(tp, set()).discard(offset)
+
+    def forget(self, partitions: list[int]) -> None:
+        """Partitions given up (of every topic read): their records are the next owner's to commit."""
+        for tp in [tp for tp in self._running if tp.partition in partitions]:
+            del self._running[tp]
+
+    def settled(self, processed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        return {tp: min(self._running[tp]) if self._running.get(tp) else offset for tp, offset in processed.items()}
+
+
+class RecordTasks:
+    """A stage whose records each take long (a call out: the LLM, a send API), each run in a
+    task of its own on a ``KafkaLoop``, under two bounds (fresh records, and those of the
+    retry topic, mostly asleep until their time). Offsets are committed only up to each
+    partition's first record not finished (``settled``): a crash re-reads every record
+    whose outcome was not yet recorded. A failure not about one record (Redis or the
+    broker gone longer than the retries) crashes the worker rather than stall.
+    """
+
+    def __init__(self, name: str, handle: Callable[[ConsumerRecord, bool], Awaitable[None]], retry_topic: str,
+                 fresh: int, retries: int) -> None:
+        self.name, self.handle, self.retry_topic = name, handle, retry_topic
+        self.loop: KafkaLoop | None = None
+        self.unfinished = Unfinished()
+        self._fresh_slots = asyncio.Semaphore(fresh)
+        self._retry_slots = asyncio.Semaphore(retries)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        pass
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        # The loop committed what had finished; the rest is the next owner's. Records still
+        # running here end anyway, and the next owner's copies find them in the ledger.
+        self.unfinished.forget(partitions)
+
+    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in batch.items():
+            from_retry = tp.topic == self.retry_topic
+            slots = self._retry_slots if from_retry else self._fresh_slots
+            for record in records:
+                await slots.acquire()  # the loop waits here when every slot is taken
+                task = asyncio.ensure_future(self._one(record, from_retry, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, record: ConsumerRecord, from_retry: bool, slots: asyncio.Semaphore) -> None:
+        tp = self.unfinished.started(record)
+        try:
+            await self.handle(record, from_retry)
+        except Exception as exc:
+            log.exception("%s failed on a record; crashing the worker", self.name)
+            for task in self._tasks:  # they wait on the same service: none may finish now
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await self.loop.fail(exc)
+            return
+        finally:
+            slots.release()
+        self.unfinished.finished(tp, record.offset)
+
+    async def idle(self) -> None:
+        pass
+
+    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+        async def nothing_more() -> None:
+            pass  # every finished record's outputs were acknowledged when it finished
+        return nothing_more
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 async def read_partition(bootstrap: str, topic: str, partition: int,
                          security: KafkaSecurity = PLAINTEXT) -> AsyncIterator[list[ConsumerRecord]]:
     """Every record of one partition, from the beginning to its end now, batch by batch:
     a restore holds one batch at a time, not a million records."""
     # earliest: assign() starts a position reset with the consumer's policy, which can win
     # the race with seek_to_beginning; with the default (latest) nothing would be read back.
+    # read_committed: a transaction a crash aborted restores nothing.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                                **security.options())
+                                isolation_level="read_committed", **security.options())
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]  # read_committed: the last stable offset
         await consumer.seek_to_beginning(tp)
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)

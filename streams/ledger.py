@@ -4,13 +4,14 @@ Each follow-up request is one field of its user's hash (``relance:ledger:{user}`
 by its ``followup_id``. The field moves through these states, each move one atomic Redis
 command or script:
 
-- ``<due ts>``: the engine published the request (written once Kafka acknowledged it).
-  A request whose field exists is never published again, whatever the engine re-decides.
+- no field yet: the engine published the request, once (its outputs and state are one
+  Kafka transaction: Redis is not on its way). The first try makes the field (``0``,
+  then ``try:1:...``); a number is also what fields written by older engines hold.
 - ``try:<n>:<lease end ms>``: a generator is writing try ``n``; another copy of the
   request may take over once the lease ends (the first holder crashed).
 - ``wait:<n>``: try ``n`` failed; the request waits on ``followups.retry``.
 - ``generated``, ``dead_lettered:<reason>``, ``cancelled:<reason>``: final for the generator.
-  Copies are dropped. The generator moves only its own states (a due ts, ``try``,
+  Copies are dropped. The generator moves only its own states (a number, ``try``,
   ``wait``): a late try can never take a follow-up back from the sender.
 
 Then the sender (``agents/sender.py``) moves ``generated`` on; a follow-up is sent at
@@ -36,13 +37,20 @@ Beside each follow-up's field, the same hash holds what the receipts need:
 platform message id belongs to, with its bot, app and send time, for Messenger and
 Instagram receipts that name only message ids or a watermark).
 
-A missing field, or a missing hash, means the user was erased: the engine deletes the
-hash when the erasure reaches it, and no move here ever re-creates it. The hash expires
-``2 W`` after its last publication, long after anything could still concern it.
+Redis may forget: a Redis restarted without its data, or a key lost, must not make a
+follow-up end twice or never. So a missing field is not read as "erased". An erasure
+leaves its own mark: the engine deletes the hash and writes a tombstone
+(``relance:erased:<digest of the user>``, the time of the erasure, for ``messaging_window``;
+the user's id itself is not kept). A move that finds its field missing asks the tombstone:
+erased after the follow-up was made (``since``), it answers ``missing`` and re-creates
+nothing; otherwise Redis lost the field, and the move goes on as if the field held the
+state it starts from (the claims re-create it). What a wiped Redis cannot give back is
+said in the README ("Crash safety"). The hash expires ``2 W`` after the last claim
+that made it, long after anything could still concern it.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import hashlib
 
 import orjson
 
@@ -50,6 +58,8 @@ from foundation.settings import Settings
 from schemas.records import FollowupRequest, Receipt
 
 PREFIX = "relance:ledger"
+PREFIX_ERASED = "relance:erased"
+DAY_MS = 86_400_000
 
 GENERATED, CANCELLED, DEAD_LETTERED = "generated", "cancelled", "dead_lettered"
 # What the claim scripts answer (the sender's also PENDING, LOST and ENDING).
@@ -67,24 +77,30 @@ def ledger_ttl_s(settings: Settings) -> int:
     return 2 * settings.window // 1000
 
 
+def erasure_key(user_id: str) -> str:
+    """String: when the user was last erased (wall ms). Named by a digest, so that no key
+    names an erased user; kept while a request made before the erasure could still leave."""
+    return f"{PREFIX_ERASED}:{hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()}"
+
+
 def final_state(outcome: str, reason: str | None) -> str:
     """``cancelled:user_returned``, ``failed:131026``, ``dead_lettered:unknown_bot``, ``sent``:
     the outcome with its reason, when it has one (``outcome_of`` reads it back)."""
     return f"{outcome}:{reason}" if reason else outcome
 
 
-# KEYS: ledger. ARGV: followup_id, due ts, time to live (s). One command, not two.
-_PUBLISHED_SCRIPT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-"""
-
-# KEYS: ledger. ARGV: followup_id, tries already made, now ms, lease end ms.
+# KEYS: ledger. ARGV: followup_id, tries already made, now ms, lease end ms, '1' when a
+# missing field was lost (not erased), time to live (s).
 # Takes the request's next try unless it has ended, a later copy superseded it, or
 # another copy's try is running under a live lease ("busy:<lease end>").
 _CLAIM_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-if not state then return 'missing' end
+if not state then
+  if ARGV[5] ~= '1' then return 'missing' end
+  state = '0'  -- a fresh request, or one whose field Redis lost: it starts again
+  redis.call('HSET', KEYS[1], ARGV[1], state)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
 local tries = tonumber(ARGV[2])
 local waiting = string.match(state, '^wait:(%d+)$')
 local running, lease = string.match(state, '^try:(%d+):(%d+)$')
@@ -116,13 +132,20 @@ _RECEIPT_RANKS = """
 local RANK = {sent = 1, delivered = 2, read = 3, failed = 4}
 """
 
-# KEYS: ledger. ARGV: followup_id, tries made, now ms, lease end ms.
+# KEYS: ledger. ARGV: followup_id, tries made, now ms, lease end ms, '1' when a missing
+# field was lost (not erased), time to live (s).
 # Takes the next send attempt of a generated follow-up, or of one waiting on delivery.retry.
 # A 'sending' whose lease ran out becomes 'ending:<lease>:unknown' (or what a receipt
 # already proved); an 'ending' whose lease ran out is taken to be published again.
+# A field Redis lost is taken as generated: the record in hand is the generator's.
 _SENDER_CLAIM_SCRIPT = _RECEIPT_RANKS + """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-if not state then return 'missing' end
+if not state then
+  if ARGV[5] ~= '1' then return 'missing' end
+  state = 'generated'
+  redis.call('HSET', KEYS[1], ARGV[1], state)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
 local tries, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local function claim()
   redis.call('HSET', KEYS[1], ARGV[1], 'sending:' .. (tries + 1) .. ':' .. ARGV[4])
@@ -158,19 +181,24 @@ return 'done'
 """
 
 # KEYS: ledger. ARGV: followup_id, the 'sending' state this sender wrote, the final state,
-# the new lease end, and (for a sent one) its message id and that id's entry.
+# the new lease end, (for a sent one) its message id and that id's entry, '1' when a
+# missing field was lost (not erased), time to live (s).
 # The outcome is known: 'ending:<lease>:<final>', unless the field moved meanwhile. A
 # definite answer still settles an 'unknown' declared by another copy after a lease ran out;
 # an answer lost after a receipt already came is 'sent': the platform had the message.
 _BEGIN_ENDING_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-if not state then return {0, ''} end
+if not state then
+  if ARGV[7] ~= '1' then return {0, ''} end
+  state = ARGV[2]  -- Redis lost it while the call ran: the call was ours
+end
 local final = ARGV[3]
 if state ~= ARGV[2] and not (state == 'unknown' and final ~= 'unknown') then return {0, state} end
 if final == 'unknown' and redis.call('HEXISTS', KEYS[1], ARGV[1] .. ':receipt') == 1 then final = 'sent' end
 local ending = 'ending:' .. ARGV[4] .. ':' .. final
 redis.call('HSET', KEYS[1], ARGV[1], ending)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'mid:' .. ARGV[5], ARGV[6]) end
+if ARGV[7] == '1' then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
 return {1, ending}
 """
 
@@ -185,9 +213,16 @@ redis.call('HSET', KEYS[1], ARGV[1], final)
 return 1
 """
 
-# KEYS: ledger. ARGV: followup_id, expected state, new state. Compare and set.
+# KEYS: ledger. ARGV: followup_id, expected state, new state, '1' when a missing field
+# was lost (not erased), time to live (s). Compare and set.
 _MOVE_SCRIPT = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state and ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+if state ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
@@ -260,10 +295,10 @@ return out
 class Ledger:
     """Every move on the ledger. Scripts are registered here and loaded by Redis on first use."""
 
-    def __init__(self, redis, ttl_s: int) -> None:
+    def __init__(self, redis, ttl_s: int, erased_for_ms: int = DAY_MS) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
-        self._published = redis.register_script(_PUBLISHED_SCRIPT)
+        self.erased_for_ms = erased_for_ms
         self._claim = redis.register_script(_CLAIM_SCRIPT)
         self._set_state = redis.register_script(_SET_STATE_SCRIPT)
         self._sender_claim = redis.register_script(_SENDER_CLAIM_SCRIPT)
@@ -272,33 +307,35 @@ class Ledger:
         self._finish = redis.register_script(_FINISH_SCRIPT)
         self._receipt = redis.register_script(_RECEIPT_SCRIPT)
 
-    # -- the engine ------------------------------------------------------------------------
+    # -- erasure -----------------------------------------------------------------------------
 
-    async def unpublished(self, requests: list[FollowupRequest]) -> list[FollowupRequest]:
-        """The requests the ledger has never seen, in one round trip."""
+    async def erase(self, user_ids: list[str], at: int) -> None:
+        """Forget the users' follow-ups, leaving the tombstone that says they were erased at ``at``."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                pipe.hexists(ledger_key(request.user_id), request.followup_id)
-            seen = await pipe.execute()
-        return [request for request, known in zip(requests, seen) if not known]
-
-    async def record_published(self, requests: Iterable[FollowupRequest]) -> None:
-        """Mark requests published (Kafka acknowledged them), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                await self._published(keys=[ledger_key(request.user_id)],  # queued in the pipeline
-                                      args=[request.followup_id, request.due_ts, self.ttl_s], client=pipe)
+            for user_id in user_ids:
+                pipe.delete(ledger_key(user_id))
+                pipe.set(erasure_key(user_id), at, px=self.erased_for_ms)
             await pipe.execute()
 
-    async def erase(self, user_ids: list[str]) -> None:
-        await self.redis.delete(*(ledger_key(user_id) for user_id in user_ids))
+    async def erased_since(self, user_id: str, since: int) -> bool:
+        """Whether the user was erased at or after ``since`` (ms): a follow-up made then is gone."""
+        return erased_after(await self.redis.get(erasure_key(user_id)), since)
+
+    async def _lost(self, request: FollowupRequest, since: int) -> str:
+        """'1' when the request's missing field was lost by Redis, '0' when an erasure took it."""
+        return "0" if await self.erased_since(request.user_id, since) else "1"
 
     # -- the generator ---------------------------------------------------------------------
 
-    async def claim(self, request: FollowupRequest, tries: int, now: int, lease_end: int) -> str:
-        verdict = await self._claim(keys=[ledger_key(request.user_id)],
-                                    args=[request.followup_id, tries, now, lease_end])
-        return verdict.decode()
+    async def claim(self, request: FollowupRequest, tries: int, now: int, lease_end: int, since: int = 0) -> str:
+        """The request's next try. ``since``: when the engine published it, for a first try
+        (its field may never have been made); 0 for later ones, whose field the first made:
+        any tombstone then means an erasure after it."""
+        key, args = [ledger_key(request.user_id)], [request.followup_id, tries, now, lease_end]
+        verdict = (await self._claim(keys=key, args=[*args, "0", self.ttl_s])).decode()
+        if verdict == MISSING:
+            verdict = (await self._claim(keys=key, args=[*args, await self._lost(request, since), self.ttl_s])).decode()
+        return verdict
 
     async def set_state(self, request: FollowupRequest, state: str) -> bool:
         """Move a field the generator holds; False when the user was erased meanwhile, or
@@ -311,19 +348,25 @@ class Ledger:
         """``claimed`` (the field is now ``sending:<tries + 1>:<lease_end>``), ``missing``,
         ``done``, ``stale``, ``pending`` (the generator is not done), ``busy:<lease end>``,
         ``lost:<attempt>:<final>`` or ``ending:<final>`` (this copy now ends it: the field
-        is ``ending:<lease_end>:<final>``; publish the outcome, then move it to ``<final>``)."""
-        verdict = await self._sender_claim(keys=[ledger_key(request.user_id)],
-                                           args=[request.followup_id, tries, now, lease_end])
-        return verdict.decode()
+        is ``ending:<lease_end>:<final>``; publish the outcome, then move it to ``<final>``).
+        The generator made the field: missing with a tombstone, it was erased since."""
+        key, args = [ledger_key(request.user_id)], [request.followup_id, tries, now, lease_end]
+        verdict = (await self._sender_claim(keys=key, args=[*args, "0", self.ttl_s])).decode()
+        if verdict == MISSING:
+            lost = await self._lost(request, 0)
+            verdict = (await self._sender_claim(keys=key, args=[*args, lost, self.ttl_s])).decode()
+        return verdict
 
     async def begin_ending(self, request: FollowupRequest, sending: str, final: str, lease_end: int,
                            message_id: str | None = None, sent_at: int = 0) -> str | None:
         """``sending`` -> ``ending:<lease_end>:<final>``, keeping a sent message's id for the
-        receipts; the ending state, or None when the field is no longer ours."""
+        receipts; the ending state, or None when the field is no longer ours (moved, or
+        erased)."""
         entry = orjson.dumps({"id": request.followup_id, "bot": request.bot_id, "app": request.app, "at": sent_at})
-        moved, state = await self._begin_ending(
-            keys=[ledger_key(request.user_id)],
-            args=[request.followup_id, sending, final, lease_end, message_id or "", entry])
+        key, args = [ledger_key(request.user_id)], [request.followup_id, sending, final, lease_end, message_id or "", entry]
+        moved, state = await self._begin_ending(keys=key, args=[*args, "0", self.ttl_s])
+        if not moved and not state:  # missing
+            moved, state = await self._begin_ending(keys=key, args=[*args, await self._lost(request, 0), self.ttl_s])
         return state.decode() if moved else None
 
     async def finish(self, request: FollowupRequest, ending: str) -> bool:
@@ -333,8 +376,14 @@ class Ledger:
                                        args=[request.followup_id, ending, final_of(ending)]))
 
     async def move(self, request: FollowupRequest, expected: str, state: str) -> bool:
-        """Compare and set: ``expected`` -> ``state``; False when the field is not ``expected``."""
-        return bool(await self._move(keys=[ledger_key(request.user_id)], args=[request.followup_id, expected, state]))
+        """Compare and set: ``expected`` -> ``state``; False when the field is not
+        ``expected`` (or missing: erased)."""
+        key, args = [ledger_key(request.user_id)], [request.followup_id, expected, state]
+        if await self._move(keys=key, args=[*args, "0", self.ttl_s]):
+            return True
+        if await self.redis.hexists(key[0], request.followup_id):
+            return False
+        return bool(await self._move(keys=key, args=[*args, await self._lost(request, 0), self.ttl_s]))
 
     async def where_they_stand(self, user_id: str, followup_ids: list[str]) -> dict[str, dict]:
         """Each follow-up's state and the furthest receipt, for ``relance explain``."""
@@ -359,9 +408,14 @@ class Ledger:
         return [[(answer[i].decode(), answer[i + 1].decode()) for i in range(0, len(answer), 2)] for answer in answers]
 
     @staticmethod
-    def queue_exists(pipe, request: FollowupRequest) -> None:
-        """Queue, in a caller's pipeline, whether the request's field still exists (not erased)."""
-        pipe.hexists(ledger_key(request.user_id), request.followup_id)
+    def queue_erasure(pipe, user_id: str) -> None:
+        """Queue, in a caller's pipeline, the user's tombstone (``erased_after`` reads it)."""
+        pipe.get(erasure_key(user_id))
+
+
+def erased_after(tombstone: bytes | None, since: int) -> bool:
+    """A tombstone's erasure came at or after ``since`` (ms)."""
+    return tombstone is not None and int(tombstone) >= since
 
 
 def durability_problems(info: dict) -> list[str]:

@@ -65,10 +65,21 @@ class Outbox:
     async def send(self) -> None:
         """Hand every batch filled so far to the producer, in order per partition."""
         async with self._handing_over:
-            ready, self._ready = self._ready, []
-            self._open.clear()
-            for (topic, partition), batch in ready:
+            for (topic, partition), batch in self.take():
                 self._sent.append(await self.producer.send_batch(batch, topic, partition=partition))
+
+    def take(self) -> list:
+        """Every batch filled so far, out of the outbox, for ``hand_over``: a transaction's
+        records, captured at its checkpoint, whatever is added after."""
+        taken, self._ready = self._ready, []
+        self._open.clear()
+        return taken
+
+    async def hand_over(self, taken: list) -> None:
+        """Send what ``take`` returned, in order per partition; wait until Kafka acknowledged it all."""
+        async with self._handing_over:
+            sent = [await self.producer.send_batch(batch, topic, partition=partition) for (topic, partition), batch in taken]
+        await asyncio.gather(*sent)
 
     async def flush(self) -> None:
         """Send, then wait until Kafka has acknowledged everything added so far."""

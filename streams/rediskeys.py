@@ -1,7 +1,8 @@
 """Everything Relance keeps in Redis about a user, named here, so erasure misses nothing.
 
 Each stage erases what it holds when the erase record reaches it in its own ordered
-stream: the context stage its context keys, the engine its ledger.
+stream: the context stage its context keys, the engine its ledger, leaving the erasure's
+tombstone (``streams/ledger.py``: named by a digest of the user, not the user).
 
 Every key carries the user in a hash tag (``{user}``), so a Redis Cluster keeps one
 user's keys on one node and an erasure is one multi-key command.

@@ -54,9 +54,10 @@ class RangeReader:
         return sum(span.end - span.start for span in self.spans)
 
     async def __aenter__(self) -> "RangeReader":
+        # read_committed: the engine writes in transactions; an aborted one was never written.
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                           auto_offset_reset="earliest", request_timeout_ms=15_000,
-                                          **self.security.options())
+                                          isolation_level="read_committed", **self.security.options())
         try:
             await start(self._consumer, self.bootstrap, self.security)
             self.spans = await self._plan()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Awaitable, Callable, Protocol
@@ -33,6 +34,9 @@ from streams.topics import CATALOG, DEADLETTER, TopicSpec, topic_name
 
 log = logging.getLogger("relance")
 REDIS_RETRIES = 20
+# A transaction lives from a checkpoint's first record to its commit (milliseconds); one a
+# crash left open holds read_committed readers back until the broker aborts it after this.
+TRANSACTION_TIMEOUT_MS = 15_000
 
 
 
@@ -81,17 +85,27 @@ class Wiring:
         return self._producer
 
     def install_batch_stage(self, name: str, topics: list[str], stage: BatchStage,
-                            prepare: Callable[[], Awaitable[None]]) -> None:
+                            prepare: Callable[[Any], Awaitable[None]] | None = None, transactional: bool = False,
+                            **loop_options) -> None:
         """Run ``stage`` in this worker on a ``KafkaLoop`` of its own consumer group
-        (``<prefix><app_id>.<name>``): ``prepare`` first (outboxes on the shared producer,
-        scripts), then the loop. Its commits are timestamped and its lag observed every 5 s."""
+        (``<prefix><app_id>.<name>``): ``prepare`` first (given the producer its outboxes
+        use: the shared one, or with ``transactional`` one of the stage's own, each
+        checkpoint a transaction), then the loop. Its commits are timestamped and its lag
+        observed every 5 s."""
         settings, metrics = self.settings, self.metrics
+        group = f"{settings.topic_prefix}{settings.app_id}.{name}"
 
         async def start() -> None:
-            await prepare()
-            stage.loop = KafkaLoop(bootstrap=settings.broker, topics=topics,
-                                   group=f"{settings.topic_prefix}{settings.app_id}.{name}", stage=stage,
-                                   security=self.kafka_security)
+            transactions = None
+            if transactional:
+                # Its own id per process: two live workers never fence each other.
+                transactions = new_producer(settings.broker, self.kafka_security, transactional_id=f"{group}.{uuid.uuid4().hex}",
+                                            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+                await transactions.start()
+            if prepare is not None:
+                await prepare(transactions or await self.producer())
+            stage.loop = KafkaLoop(bootstrap=settings.broker, topics=topics, group=group, stage=stage,
+                                   transactions=transactions, security=self.kafka_security, **loop_options)
             stage.loop.on_commit = metrics.last_commit.set_to_current_time
             await self.app.add_runtime_dependency(stage.loop)
             self.ready = True
@@ -107,10 +121,13 @@ class Wiring:
 
     async def dead_letter(self, stage: str, kind: str, reason: str, event: Any) -> None:
         """A Faust agent's unusable record, kept whole with where it came from and why."""
-        message = event.message
-        original = message.value if isinstance(message.value, bytes) else orjson.dumps(message.value)
-        letter = self._dead_letter(stage, kind, reason, message.topic, message.partition, message.offset, original)
-        await self.topic(DEADLETTER).send(value=letter)
+        await self.record_dead_letter(stage, kind, reason, event.message)
+
+    async def record_dead_letter(self, stage: str, kind: str, reason: str, record: Any) -> None:
+        """An unusable record (a Faust message or a ``ConsumerRecord``), published now and acknowledged."""
+        original = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
+        letter = self._dead_letter(stage, kind, reason, record.topic, record.partition, record.offset, original)
+        await (await self.topic(DEADLETTER).send(value=letter, force=True))
 
     def batch_dead_letter(self, outbox: Outbox, stage: str, record: ConsumerRecord, error: InvalidRecord) -> None:
         """A batch stage's unusable record, into its outbox: acknowledged before the next commit."""

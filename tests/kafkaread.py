@@ -20,7 +20,9 @@ class TopicReader:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> "TopicReader":
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        # read_committed: what every reader downstream sees (aborted transactions never are).
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                          isolation_level="read_committed")
         await self._consumer.start()
         self._consumer.assign([TopicPartition(self.topic, p) for p in range(self.partitions)])
         await self._consumer.seek_to_beginning()

@@ -63,20 +63,7 @@ def assert_accounted(result: CaseResult, reference) -> None:
 OUTAGES = {"broker_sigkill": "kafka", "redis_sigkill_kept": "redis", "redis_sigkill_wiped": "redis"}
 MAX_LOG_LINES = 400
 
-# Both rest on the Redis ledger, which the ledger branch replaces. Redis without its data
-# cancels the follow-ups in flight every time. The engine is killed as soon as a third of
-# the requests are on their topic, which is the window the README's "Crash safety" names
-# (Kafka has acknowledged a batch of requests, the ledger does not know them yet): on a
-# loaded machine the kill sometimes lands in it, and that batch ends twice (cancelled, then
-# sent).
-KNOWN = {
-    "redis_sigkill_wiped": pytest.mark.xfail(strict=True, reason="needs the ledger branch"),
-    "engine_sigkill": pytest.mark.xfail(strict=False, reason="the ack-to-ledger window: needs the ledger branch"),
-}
-FAULT_CASES = [pytest.param(name, marks=KNOWN[name]) if name in KNOWN else name for name in FAULTS]
-
-
-@pytest.mark.parametrize("fault", FAULT_CASES)
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_fault_loses_nothing_and_doubles_nothing(rig, reference, fault):
     result = run_case(rig, next(CASES), USERS, FAULTS[fault], reference)
     RESULTS.append(result)

@@ -21,7 +21,7 @@ from devstack.feeder import feed
 from streams.topics import (
     DEADLETTER, DELIVERY_INSTAGRAM, DELIVERY_WHATSAPP, FOLLOWUP_OUTCOMES, FOLLOWUPS_REQUESTED, topic_name,
 )
-from streams.ledger import ledger_key
+from streams.ledger import Ledger, ledger_key
 from streams.rediskeys import KILLS_KEY, last_inbound_key
 from tests.fake_llm import OK_TEXT
 from tests.kafkaread import TopicReader
@@ -114,6 +114,11 @@ class Requests:
             if ledger:
                 await self.redis.hset(ledger_key(request.user_id), request.followup_id, request.due_ts)
             await self.producer.send_and_wait(self.topic, request.to_json(), key=request.user_id.encode())
+
+    async def publish_then_erase(self, request: FollowupRequest) -> None:
+        """A request the engine published, then its user's erasure (the engine's tombstone)."""
+        published = await self.producer.send_and_wait(self.topic, request.to_json(), key=request.user_id.encode())
+        await Ledger(self.redis, ttl_s=60).erase([request.user_id], published.timestamp)
 
     async def stop(self) -> None:
         await self.producer.stop()
@@ -264,7 +269,7 @@ async def test_c_requests_are_cancelled_when_the_user_is_back_killed_or_erased(s
         await inbound_seen("u-back-before")
         await requests.publish(request("killed", "u-killed", bot="coach-mateo"), request("back-before", "u-back-before"),
                                request("no-bot", "u-no-bot", bot="nobody"))
-        await requests.publish(request("erased", "u-erased"), ledger=False)
+        await requests.publish_then_erase(request("erased", "u-erased"))
         assert (await outcome_of("killed", "the killed one"))["reason"] == "killed"
         assert {k: (await outcome_of("back-before", "user back"))[k] for k in ("outcome", "reason", "tries")} == \
             {"outcome": "cancelled", "reason": "user_returned", "tries": 0}
