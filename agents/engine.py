@@ -6,7 +6,7 @@ feed one ``DecisionCore`` per partition this worker owns. It runs as a batch sta
 far below the pipeline's target (see ``streams/kafkaloop.py``).
 
 State: each core's users live in the compacted topic ``engine.state``, partition for
-partition with ``messages`` (key ``user_id``; an empty value deletes; one ``\\x00meta``
+partition with ``messages`` (key ``user_id``; a tombstone (null value) deletes; one ``\\x00meta``
 key per partition holds the clock and kill switches). On assignment a partition's core
 is rebuilt from it; before every commit the users changed since the last one are written.
 
@@ -112,8 +112,8 @@ class Engine:
 
     async def _restore(self, partition: int) -> DecisionCore:
         """The partition's core from ``engine.state``, record by record: a later record of
-        a user replaces an earlier one, an empty one deletes it (compaction may not have
-        run yet)."""
+        a user replaces an earlier one, a tombstone (or the empty value older versions
+        wrote) deletes it (compaction may not have run yet)."""
         core = self._new_core(partition)
         meta = None
         async for records in read_partition(self.settings.broker, self._state_topic, partition,
@@ -229,14 +229,16 @@ class Engine:
         """The changed users and each clock as they are now, with everything decided since
         the last checkpoint: the records of the checkpoint's transaction (the loop commits
         it with the input offsets), written while the next batches are processed."""
-        state: list[tuple[bytes, bytes, int]] = []
+        state: list[tuple[bytes | None, bytes, int]] = []
         for partition, users in self._unsaved.items():
             core = self.cores.get(partition)
             if core is None:
                 continue
             for user_id in users:
                 user = core.user(user_id)
-                state.append((changelog_value(user) if user is not None else b"", user_id.encode(), partition))
+                # A user gone (erased, or every pair past the window) is a tombstone: compaction
+                # then removes the key itself, user id and all.
+                state.append((changelog_value(user) if user is not None else None, user_id.encode(), partition))
             self._meta_changed.add(partition)
         self._unsaved.clear()
         for core in self.cores.values():

@@ -61,7 +61,6 @@ log = logging.getLogger("relance.generator")
 STAGE = "generator"
 
 MAX_RETRY_WAIT_MS = 60_000     # a retry never sleeps longer than this on one record
-LEASE_MARGIN_MS = 30_000       # beyond the try's own time budget, before another copy may take over
 # Records in flight at once: fresh requests (a few per LLM slot, so one is ready when a
 # slot frees), and retries (mostly asleep until their time, so many cost little).
 REQUESTS_PER_LLM_SLOT = 2
@@ -139,7 +138,7 @@ class Generator:
         now = wall_ms()
         # A first try's field may not exist yet: an erasure after the engine published
         # the request (its record's time) is what cancels it.
-        verdict = await self.ledger.claim(attempt.request, attempt.tries, now, now + self.budget_ms + LEASE_MARGIN_MS,
+        verdict = await self.ledger.claim(attempt.request, attempt.tries, now, now + self.budget_ms + self.settings.generation_lease_margin,
                                           since=record.timestamp if attempt.tries == 0 else 0)
         if verdict == CLAIMED:
             await self._generate(record, attempt)

@@ -222,6 +222,7 @@ class Settings:
     llm_attempts: int = setting(3, "LLM calls per try before the request goes to the retry topic.", _positive_int)
     generation_tries: int = setting(3, "Tries through the retry topic before a request is dead-lettered.", _positive_int)
     generation_backoff: int = setting(5_000, "Wait before a failed generation is tried again; doubled each try, with jitter.", parse_duration)
+    generation_lease_margin: int = setting(30_000, "Beyond a try's own time budget, how long a claimed request waits before another copy takes its holder for dead.", parse_duration)
     llm_breaker_cooldown: int = setting(30_000, "How long the LLM circuit breaker stays open before one trial call.", parse_duration)
     # -- webhooks in: the gateway (spec section 9) ---------------------------------------
     gateway_port: int = setting(8080, "Port the gateway serves the platforms' webhooks on (TLS is terminated in front).", _positive_int)

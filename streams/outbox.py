@@ -43,7 +43,7 @@ class Outbox:
         for topic in topics:
             self._partitions[topic] = len(await self.producer.partitions_for(topic))
 
-    def add(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+    def add(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
             headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue one record; without ``partition`` it goes where the key's hash sends it."""
         headers = _NO_HEADERS if headers is None else headers

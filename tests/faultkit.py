@@ -57,8 +57,11 @@ PREFIX = "faults-"
 ROLES = ("ingest", "engine", "context", "generator", "sender")
 # Sender endings, and the generator's endings before a send (spec section 9, README).
 ENDINGS = ("sent", "unknown", "failed", "cancelled", "dead_lettered")
-# The LLM's timings a tenth of their defaults, so that a 6 s outage does what a minute does with the defaults.
-LLM_SCALE = dict(llm_timeout="2s", generation_backoff="500ms", llm_breaker_cooldown="3s")
+# The LLM's timings a tenth of their defaults, so that a 6 s outage does what a minute does
+# with the defaults; the generator's lease margin too, so a killed generator's claims
+# are taken over in seconds, not in the default 50 s.
+LLM_SCALE = dict(llm_timeout="2s", generation_backoff="500ms", llm_breaker_cooldown="3s",
+                 generation_lease_margin="3s")
 WORKER_SETTINGS = dict(clock="event", quiet_hours="off", partitions=PARTITIONS, topic_prefix=PREFIX,
                        shutdown_grace="3s", send_timeout="2s", send_backoff="200ms", send_backoff_max="1s",
                        llm_concurrency=4, **LLM_SCALE)

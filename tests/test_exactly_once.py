@@ -40,7 +40,7 @@ START = 1_795_856_400_000  # 2026-11-28T09:00:00Z
 MINUTE, HOUR = 60_000, 3_600_000
 USERS = 40
 SETTINGS = dict(clock="event", quiet_hours="off", user_cap_day=0, user_cap_week=0, llm_model="fake",
-                llm_timeout="10s", llm_attempts=1, llm_concurrency=4, send_timeout="2s",
+                llm_timeout="10s", llm_attempts=1, llm_concurrency=4, send_timeout="2s", generation_lease_margin="3s",
                 whatsapp_send_rate=1000, facebook_send_rate=1000, instagram_send_rate=1000)
 
 
