@@ -67,11 +67,13 @@ class AttemptLog:
     async def _calls_on(self, partition: int) -> dict[str, int]:
         now = time.monotonic()
         cached = self._reads.get(partition)
-        if cached is None or now - cached[0] > CACHE_S or (cached[2].done() and cached[2].exception()):
+        if cached is None or now - cached[0] > CACHE_S or _failed(cached[2]):
+            # Reads past their time are dropped: a partition's calls of two days are not kept.
+            self._reads = {p: read for p, read in self._reads.items() if now - read[0] <= CACHE_S}
             calls: dict[str, int] = {}
             cached = (now, calls, asyncio.ensure_future(self._read(partition, calls)))
             self._reads[partition] = cached
-        await asyncio.shield(cached[2])
+        await asyncio.shield(cached[2])  # one lookup cancelled does not cancel the others' read
         return cached[1]
 
     async def _read(self, partition: int, calls: dict[str, int]) -> None:
@@ -84,3 +86,7 @@ class AttemptLog:
                         self.metrics.records_dropped.labels(stage=STAGE, reason=exc.kind).inc()
                         continue
                     calls[started.followup_id] = max(calls.get(started.followup_id, 0), started.attempt)
+
+
+def _failed(read: asyncio.Task) -> bool:
+    return read.done() and (read.cancelled() or read.exception() is not None)
