@@ -9,9 +9,11 @@ here). For each one, in this order:
 2. a slot of the account's send rate, shared by every sender (``streams/ratelimit.py``);
 3. the ledger: ``sending`` is written before the call goes out (``streams/ledger.py``);
    a copy that finds another's ``sending`` waits for its lease, and one whose lease ran
-   out is ``unknown``, never sent again;
+   out is ``unknown``, never sent again; a field Redis lost is looked up on
+   ``followups.attempts`` (``streams/attempts.py``): a call kept there is ``unknown`` too;
 4. the last-moment check (``domain/lastcheck.py``), right before the call;
-5. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
+5. the call's record on ``followups.attempts``, acknowledged by Kafka before the call;
+6. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
    ``sent``, ``failed``, ``cancelled:window_closed`` or ``unknown`` end the follow-up;
    a 429, a 5xx, a connection that never opened, or a refused token put it off on
    ``delivery.retry``, with backoff and jitter, while its messaging window is open.
@@ -40,6 +42,7 @@ from foundation.clock import wall_ms
 from foundation.metrics import label
 from schemas.records import DeliveryRecord, FollowupOutcome, InvalidRecord, SendAttempt, loads, parse_send_attempt
 from schemas.registry import RegistryFile
+from streams.attempts import AttemptLog
 from streams.graphapi import GraphAPI, read_token
 from streams.lastcheck import pair_now
 from streams.ledger import (
@@ -48,7 +51,7 @@ from streams.ledger import (
 )
 from streams.ratelimit import SendRateLimiter
 from streams.kafkaloop import RecordTasks
-from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES, topic_name
+from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, topic_name
 from streams.wiring import Wiring
 
 log = logging.getLogger("relance.sender")
@@ -77,8 +80,14 @@ class Sender:
                               self.settings.send_timeout / 1000)
 
     @cached_property
+    def attempts(self) -> AttemptLog:
+        return AttemptLog(self.settings.broker, topic_name(FOLLOWUPS_ATTEMPTS, self.settings.topic_prefix),
+                          self.wiring.kafka_security, self.wiring.producer, self.metrics)
+
+    @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.wiring.redis, ledger_ttl_s(self.settings))  # first used inside the worker's event loop
+        # First used inside the worker's event loop.
+        return Ledger(self.wiring.redis, ledger_ttl_s(self.settings), calls_made=self.attempts.calls_made)
 
     @cached_property
     def limiter(self) -> SendRateLimiter:
@@ -161,6 +170,7 @@ class Sender:
         if reason:
             await self._end(record, sending, final_state(CANCELLED, reason), attempt.tries)
             return
+        await self.attempts.record(request, tries)  # kept by Kafka before the platform may have it
         started = wall_ms()
         answer = await self.graph.send(record.app, account, token, record.body)
         verdict = answer.verdict

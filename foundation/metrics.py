@@ -32,6 +32,7 @@ time series kept by Prometheus forever after:
 - ``code`` (send errors): the platform error codes the sender tells apart (131047,
   130429, 190...), ``http_429``, ``http_5xx``, ``http_4xx`` or ``other``
   (``domain.sendapi.code_label``).
+- ``result`` (send attempt lookups): ``found`` or ``none``.
 - ``bot`` (token state only): the bot ids of the registry, a list the operator keeps.
 
 No other label carries a ``bot_id``, and none a ``user_id`` or follow-up id: those are unbounded.
@@ -146,6 +147,8 @@ class Metrics:
     send_seconds: Histogram        # labels: app; seconds
     send_limiter_wait: Histogram   # labels: app; seconds
     send_token_ok: Gauge           # labels: app, bot
+    send_attempt_lookups: Counter  # labels: result
+    send_attempt_read: Histogram   # seconds
     receipts: Counter              # labels: app, outcome
     # -- every stage -----------------------------------------------------------------
     records_dropped: Counter       # labels: stage, reason
@@ -246,6 +249,15 @@ def new_metrics() -> Metrics:
             "1 while the bot's token on that app works (or was not tried yet), 0 once the "
             "platform refused it (190) or it cannot be read: its follow-ups wait.",
             ("app", "bot")),
+        send_attempt_lookups=counter(
+            "relance_send_attempt_lookups_total",
+            "Follow-ups whose ledger field Redis lost, looked up on followups.attempts: found "
+            "(a call went out: ended unknown, never sent again) or none.", ("result",)),
+        send_attempt_read=Histogram(
+            "relance_send_attempt_read_seconds",
+            "Reads of one followups.attempts partition, from its beginning to its end, for "
+            "those lookups (shared by the lookups of the next 10 s), in seconds.",
+            registry=registry, buckets=SEND_SECONDS_BUCKETS),
         receipts=counter(
             "relance_receipts_total",
             "Receipts and echoes that added a step to a follow-up's story, by outcome "

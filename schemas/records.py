@@ -872,6 +872,35 @@ def parse_send_attempt(obj: Any) -> SendAttempt:
     return SendAttempt(delivery, *_tries_and_not_before(obj))
 
 
+
+@dataclass(frozen=True, slots=True)
+class SendStarted:
+    """A send-API call about to go out, on ``followups.attempts``, key ``user_id``: written
+    and acknowledged before the call, so that Kafka remembers every call the platform may
+    have received even when Redis forgets its ``sending`` mark (spec section 9: such a send
+    is never repeated). ``attempt``: the call's number (1 for the first); ``at``: wall time."""
+
+    followup_id: str
+    user_id: str
+    app: str
+    attempt: int
+    at: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"followup_id": self.followup_id, "user_id": self.user_id, "app": self.app,
+                             "attempt": self.attempt, "at": format_ts(self.at)})
+
+
+def parse_send_started(obj: Any) -> SendStarted:
+    obj = _object(obj)
+    attempt = obj.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise InvalidRecord("attempt must be a positive integer")
+    if "at" not in obj:
+        raise InvalidRecord("missing field at", "missing_field")
+    return SendStarted(followup_id=_identifier(obj, "followup_id"), user_id=_identifier(obj, "user_id"),
+                       app=_one_of(obj, "app", APPS), attempt=attempt, at=parse_ts(obj["at"], "at"))
+
 # The send APIs' own limits on one text message.
 _SEND_TEXT_LIMIT = {"whatsapp": 4096, "facebook": 2000, "instagram": 2000}
 _MESSAGING_TYPES = ("RESPONSE", "UPDATE", "MESSAGE_TAG")

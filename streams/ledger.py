@@ -44,13 +44,15 @@ leaves its own mark: the engine deletes the hash and writes a tombstone
 the user's id itself is not kept). A move that finds its field missing asks the tombstone:
 erased after the follow-up was made (``since``), it answers ``missing`` and re-creates
 nothing; otherwise Redis lost the field, and the move goes on as if the field held the
-state it starts from (the claims re-create it). What a wiped Redis cannot give back is
+state it starts from (the claims re-create it; the sender's claim first asks Kafka
+whether a call went out, ``streams/attempts.py``). What a wiped Redis cannot give back is
 said in the README ("Crash safety"). The hash expires ``2 W`` after the last claim
 that made it, long after anything could still concern it.
 """
 from __future__ import annotations
 
 import hashlib
+from typing import Awaitable, Callable
 
 import orjson
 
@@ -133,16 +135,17 @@ local RANK = {sent = 1, delivered = 2, read = 3, failed = 4}
 """
 
 # KEYS: ledger. ARGV: followup_id, tries made, now ms, lease end ms, '1' when a missing
-# field was lost (not erased), time to live (s).
+# field was lost (not erased), time to live (s), the state a lost field is taken to hold.
 # Takes the next send attempt of a generated follow-up, or of one waiting on delivery.retry.
 # A 'sending' whose lease ran out becomes 'ending:<lease>:unknown' (or what a receipt
 # already proved); an 'ending' whose lease ran out is taken to be published again.
-# A field Redis lost is taken as generated: the record in hand is the generator's.
+# A field Redis lost is taken as generated (the record in hand is the generator's), or, when
+# Kafka kept a call made for it, as that call's 'sending' with its lease run out.
 _SENDER_CLAIM_SCRIPT = _RECEIPT_RANKS + """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if not state then
   if ARGV[5] ~= '1' then return 'missing' end
-  state = 'generated'
+  state = ARGV[7]
   redis.call('HSET', KEYS[1], ARGV[1], state)
   redis.call('EXPIRE', KEYS[1], ARGV[6])
 end
@@ -295,10 +298,14 @@ return out
 class Ledger:
     """Every move on the ledger. Scripts are registered here and loaded by Redis on first use."""
 
-    def __init__(self, redis, ttl_s: int, erased_for_ms: int = DAY_MS) -> None:
+    def __init__(self, redis, ttl_s: int, erased_for_ms: int = DAY_MS,
+                 calls_made: Callable[[FollowupRequest], Awaitable[int]] | None = None) -> None:
+        """``calls_made``: the send-API calls Kafka kept for a follow-up (``streams/attempts.py``),
+        asked when Redis lost its field; without it, a lost field is taken as never sent."""
         self.redis = redis
         self.ttl_s = ttl_s
         self.erased_for_ms = erased_for_ms
+        self.calls_made = calls_made
         self._claim = redis.register_script(_CLAIM_SCRIPT)
         self._set_state = redis.register_script(_SET_STATE_SCRIPT)
         self._sender_claim = redis.register_script(_SENDER_CLAIM_SCRIPT)
@@ -349,13 +356,22 @@ class Ledger:
         ``done``, ``stale``, ``pending`` (the generator is not done), ``busy:<lease end>``,
         ``lost:<attempt>:<final>`` or ``ending:<final>`` (this copy now ends it: the field
         is ``ending:<lease_end>:<final>``; publish the outcome, then move it to ``<final>``).
-        The generator made the field: missing with a tombstone, it was erased since."""
+        The generator made the field: missing with a tombstone, it was erased since; missing
+        without one, Redis lost it, and a call Kafka kept beyond the ``tries`` refused ones
+        makes it ``lost:<call>:unknown`` (or ``sent`` after a receipt): never sent again."""
         key, args = [ledger_key(request.user_id)], [request.followup_id, tries, now, lease_end]
-        verdict = (await self._sender_claim(keys=key, args=[*args, "0", self.ttl_s])).decode()
+        verdict = (await self._sender_claim(keys=key, args=[*args, "0", self.ttl_s, GENERATED])).decode()
         if verdict == MISSING:
             lost = await self._lost(request, 0)
-            verdict = (await self._sender_claim(keys=key, args=[*args, lost, self.ttl_s])).decode()
+            verdict = (await self._sender_claim(keys=key, args=[*args, lost, self.ttl_s,
+                                                                await self._lost_state(request, tries, lost)])).decode()
         return verdict
+
+    async def _lost_state(self, request: FollowupRequest, tries: int, lost: str) -> str:
+        """What a field Redis lost held: ``generated``, or the ``sending`` of a call Kafka kept
+        that is none of the ``tries`` calls known refused (its lease long run out)."""
+        made = await self.calls_made(request) if lost == "1" and self.calls_made is not None else 0
+        return sending_state(made, 0) if made > tries else GENERATED
 
     async def begin_ending(self, request: FollowupRequest, sending: str, final: str, lease_end: int,
                            message_id: str | None = None, sent_at: int = 0) -> str | None:

@@ -47,6 +47,11 @@ DELIVERY_FACEBOOK = TopicSpec("delivery.facebook", "Generated follow-ups for the
 DELIVERY_INSTAGRAM = TopicSpec("delivery.instagram", "Generated follow-ups for Instagram Messaging.", carries_text=True)
 DELIVERY_RETRY = TopicSpec("delivery.retry", "Follow-ups waiting for another send: a retryable refusal, a rate limit, a refused token.",
                            carries_text=True)
+# Every send-API call, written before it goes out: what a sender finds when Redis lost a
+# follow-up's field. Kept past the messaging window (24 h), after which no copy is sent.
+# Not compacted: keyed by user, compaction would keep only each user's latest call.
+FOLLOWUPS_ATTEMPTS = TopicSpec("followups.attempts", "Send-API calls about to go out, key user_id: never repeated once made.",
+                               retention_ms=2 * DAY_MS)
 ENGINE_STATE = TopicSpec("engine.state", "The engine's users per partition (changelog), key user_id.", compacted=True, retention_ms=None)
 # Dead letters keep the original bytes (a webhook's text, say): two weeks to look at them.
 DEADLETTER = TopicSpec("deadletter", "Records that could not be used, with the reason.", keyed=False,
@@ -58,7 +63,7 @@ DELIVERY_BY_APP = {"whatsapp": DELIVERY_WHATSAPP, "facebook": DELIVERY_FACEBOOK,
 CATALOG: tuple[TopicSpec, ...] = (
     RAW_WHATSAPP, RAW_FACEBOOK, RAW_INSTAGRAM, MESSAGES, CONTROL, FOLLOWUPS_REQUESTED,
     FOLLOWUPS_RETRY, FOLLOWUP_OUTCOMES, DECISIONS, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK,
-    DELIVERY_INSTAGRAM, DELIVERY_RETRY, ENGINE_STATE, DEADLETTER,
+    DELIVERY_INSTAGRAM, DELIVERY_RETRY, FOLLOWUPS_ATTEMPTS, ENGINE_STATE, DEADLETTER,
 )
 
 

@@ -56,10 +56,12 @@ def silences(users: int = USERS) -> list[bytes]:
 
 class Pipeline:
     """Workers by role on the session's broker, a Redis server of its own, the fake LLM
-    (``llm_delay`` a call) and the fake Graph API; readers of requests and outcomes."""
+    (``llm_delay`` a call) and the fake Graph API; readers of requests and outcomes.
+    ``settings``: the workers' settings beyond ``SETTINGS``."""
 
-    def __init__(self, stack, prefix: str, tmp_path: Path, llm_delay: float) -> None:
+    def __init__(self, stack, prefix: str, tmp_path: Path, llm_delay: float, **settings) -> None:
         self.stack, self.prefix, self.tmp_path, self.llm_delay = stack, prefix, tmp_path, llm_delay
+        self.settings = {**SETTINGS, **settings}
         self.registry = registry_file(tmp_path)
         self.redis_server = RedisServer(tmp_path / "redis", free_port())
         self.workers: list[WorkerProcess] = []
@@ -93,6 +95,13 @@ class Pipeline:
         # An append-only-file rewrite, forked, holds the port a moment longer.
         await async_wait_for(lambda: not port_in_use(self.redis_server.port), 30, "Redis's port to be free")
 
+    async def restart_redis_without_its_data(self) -> None:
+        await self.redis.set("written-before-the-kill", 1)
+        await self.kill_redis()
+        shutil.rmtree(self.redis_server.state_dir / "redis-data")
+        await self.restart_redis()
+        assert await self.redis.exists("written-before-the-kill") == 0
+
     async def restart_redis(self) -> None:
         """On the same port; the test's own client anew (the workers retry on fresh connections)."""
         self.redis_server.start()
@@ -106,7 +115,7 @@ class Pipeline:
         worker = WorkerProcess(log_dir, roles, broker=self.stack.bootstrap, redis_url=self.redis_server.url,
                                topic_prefix=self.prefix, partitions=4, data_dir=log_dir / "data",
                                registry=self.registry, llm_base_url=self.llm.base_url,
-                               graph_base_url=self.fake.base_url, **SETTINGS)
+                               graph_base_url=self.fake.base_url, **self.settings)
         self.workers.append(worker.start())
         return worker
 
@@ -166,11 +175,7 @@ async def test_redis_killed_and_restarted_without_its_data_mid_stream_loses_and_
         assert (await feed(silences(), stack.bootstrap, topic_prefix)).errors == []
         await async_wait_for(lambda: pipeline.alive() and len(pipeline.fake.accepted) >= USERS // 3, 90,
                              "a third of the follow-ups sent")
-        await pipeline.redis.set("written-before-the-kill", 1)
-        await pipeline.kill_redis()
-        shutil.rmtree(pipeline.redis_server.state_dir / "redis-data")  # restarted without its data
-        await pipeline.restart_redis()
-        assert await pipeline.redis.exists("written-before-the-kill") == 0
+        await pipeline.restart_redis_without_its_data()
         stories = await pipeline.wait_until_every_silence_is_sent()
         pipeline.assert_each_silence_requested_sent_and_ended_once(stories)
         for worker in pipeline.workers:
@@ -233,3 +238,29 @@ async def test_a_generator_killed_with_requests_in_flight_ends_each_of_them_once
         pipeline.worker(["generator"])
         stories = await pipeline.wait_until_every_silence_is_sent(timeout=240)
         pipeline.assert_each_silence_requested_sent_and_ended_once(stories)
+
+
+async def test_a_send_in_flight_when_redis_empties_and_the_sender_dies_is_never_sent_again(stack, topic_prefix, tmp_path):
+    """Spec section 9: a send that the platform may have received is never repeated; its
+    outcome is ``unknown`` until a receipt settles it. The fake Graph API takes each message
+    and holds its answer; with every call in flight, Redis is restarted without its data and
+    the sender SIGKILLed, then restarted with the platform answering at once. Its ledger
+    marks are gone and the delivery records are read again, yet no follow-up reaches the
+    platform twice, and each ends ``unknown`` (no receipt comes back in this rig)."""
+    users = 6
+    async with Pipeline(stack, topic_prefix, tmp_path, llm_delay=0.0, send_timeout="120s") as pipeline:
+        pipeline.fake.slow_delay = 600.0  # held: the sender's timeout never comes before its kill
+        pipeline.fake.set_mode("slow")
+        pipeline.worker(["ingest", "engine", "context", "generator"])
+        sender = pipeline.worker(["sender"])
+        assert (await feed(silences(users), stack.bootstrap, topic_prefix)).errors == []
+        await async_wait_for(lambda: pipeline.alive() and len(pipeline.fake.accepted) == users, 90,
+                             "every follow-up taken by the platform, its answer held")
+        await pipeline.restart_redis_without_its_data()
+        sender.kill()
+        pipeline.workers.remove(sender)
+        pipeline.fake.set_mode("ok")
+        pipeline.worker(["sender"])
+        stories = await pipeline.wait_until_every_silence_is_sent(users)
+        assert [fid for fid, sends in pipeline.fake.accepted.items() if sends > 1] == [], "a follow-up sent twice"
+        assert {fid: ending(story) for fid, story in stories.items()} == dict.fromkeys(pipeline.fake.accepted, "unknown")

@@ -23,7 +23,7 @@ HOLDS = {
     "messages": "message", "control": "control", "followups.requested": "followup_request",
     "followups.retry": "followup_retry", "followups.outcomes": "followup_outcome", "decisions": "decision",
     "delivery.whatsapp": "delivery", "delivery.facebook": "delivery", "delivery.instagram": "delivery",
-    "delivery.retry": "send_retry", "engine.state": "state", "deadletter": "deadletter",
+    "delivery.retry": "send_retry", "followups.attempts": "send_started", "engine.state": "state", "deadletter": "deadletter",
 }
 
 

@@ -97,6 +97,32 @@ async def generated(redis_client, request: FollowupRequest = REQUEST) -> None:
 
 
 @pytest.mark.kafka
+async def test_a_lost_field_whose_call_went_out_is_unknown_and_never_sent_again(redis_client):
+    """Spec section 9: a send the platform may have received is never repeated. Redis lost
+    the field (no tombstone); the calls made are what Kafka kept (``streams/attempts.py``)."""
+    kept = {"f-1": 1}
+
+    async def calls_made(request):
+        return kept.get(request.followup_id, 0)
+
+    ledger = Ledger(redis_client, ttl_s=60, calls_made=calls_made)
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == f"{LOST}:1:unknown"
+    assert await redis_client.hget(ledger_key("u-1"), "f-1") == ending_state(100, "unknown").encode()
+    await redis_client.flushdb()
+    await redis_client.hset(ledger_key("u-1"), "f-1:receipt", "sent")  # a receipt came after the wipe
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == f"{LOST}:1:sent"
+    await redis_client.flushdb()
+    # Call 1 was refused (its retry copy says tries=1): the retry is the first call Kafka kept nothing of.
+    assert await ledger.claim_send(REQUEST, 1, now=0, lease_end=100) == CLAIMED
+    await redis_client.flushdb()
+    kept.clear()  # no call went out: sent as the record in hand says
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == CLAIMED
+    await ledger.erase(["u-1"], at=0)
+    kept["f-1"] = 1
+    assert await ledger.claim_send(REQUEST, 0, now=0, lease_end=100) == MISSING  # erased: nothing re-made
+
+
+@pytest.mark.kafka
 async def test_a_send_is_claimed_once_and_a_copy_waits_for_the_lease(redis_client):
     ledger = Ledger(redis_client, ttl_s=60)
     key = ledger_key("u-1")

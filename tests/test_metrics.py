@@ -62,6 +62,8 @@ EXPECTED = {
     "relance_send_limiter_wait_seconds": ("histogram", ("app",)),
     # bot: the registry's bot ids, a list the operator keeps (not user data)
     "relance_send_token_ok": ("gauge", ("app", "bot")),
+    "relance_send_attempt_lookups_total": ("counter", ("result",)),
+    "relance_send_attempt_read_seconds": ("histogram", ()),
     "relance_receipts_total": ("counter", ("app", "outcome")),
 }
 

@@ -24,13 +24,13 @@ from schemas.records import (
     Check, DeadLetter, DecisionRecord, DeliveryRecord, Erase, FollowupAttempt, FollowupOutcome,
     FollowupRequest, InvalidRecord, Kill, MessageEvent, OptIn, OptOut, Profile, Tick, control_to_dict,
     SendAttempt, parse_attempt, parse_control, format_ts, parse_delivery, parse_followup, parse_message, parse_outcome,
-    parse_decision, parse_send_attempt, parse_ts,
+    SendStarted, parse_decision, parse_send_attempt, parse_send_started, parse_ts,
 )
 from schemas.registry import BotRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_NAMES = ("message", "control", "followup_request", "followup_retry", "followup_outcome", "decision",
-                "deadletter", "delivery", "send_retry")
+                "deadletter", "delivery", "send_retry", "send_started")
 
 
 def validator(name: str) -> Draft202012Validator:
@@ -41,7 +41,7 @@ def validator(name: str) -> Draft202012Validator:
 VALIDATORS = {name: validator(name) for name in SCHEMA_NAMES}
 PARSERS = {"message": parse_message, "control": parse_control, "followup_request": parse_followup,
            "followup_retry": parse_attempt, "followup_outcome": parse_outcome, "delivery": parse_delivery,
-           "send_retry": parse_send_attempt, "decision": parse_decision}
+           "send_retry": parse_send_attempt, "send_started": parse_send_started, "decision": parse_decision}
 
 
 def schema_accepts(name: str, obj) -> bool:
@@ -108,6 +108,7 @@ WRITTEN = [
     *[("delivery", delivery(app).to_dict()) for app in SEND_BODIES],
     ("send_retry", orjson.loads(SendAttempt(delivery("whatsapp"), 2, T).to_json())),
     ("send_retry", orjson.loads(SendAttempt(delivery("instagram")).to_json())),
+    ("send_started", orjson.loads(SendStarted("f-1", "u-42", "whatsapp", 1, T).to_json())),
 ]
 
 
@@ -225,6 +226,8 @@ ACCEPTED_BY_BOTH = [
     ("delivery", delivery_dict(last_inbound_ts="2026-11-28T09:30:00Z", inbound_in_window=0)),
     ("send_retry", delivery_dict("facebook", tries=3, not_before="2026-11-28T21:30:00Z")),
     ("send_retry", delivery_dict()),
+    ("send_started", {"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}),
+    ("send_started", {**{"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}, "attempt": 3, "at": "2026-11-28T21:30:00Z"}),
 ]
 
 REFUSED_BY_BOTH = [
@@ -303,6 +306,10 @@ REFUSED_BY_BOTH = [
     ("send_retry", delivery_dict(tries=-1)),
     ("send_retry", delivery_dict(tries=1, not_before="later")),
     ("send_retry", delivery_dict(ai_generated=False, tries=1)),
+    ("send_started", {**{"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}, "attempt": 0}),
+    ("send_started", {**{"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}, "attempt": True}),
+    ("send_started", {k: v for k, v in {"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}.items() if k != "at"}),
+    ("send_started", {**{"followup_id": "f-1", "user_id": "u-42", "app": "whatsapp", "attempt": 1, "at": T}, "app": "telegram"}),
 ]
 
 

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.fake_graph import FakeGraph, accounts_from_registry
@@ -27,10 +28,16 @@ from devstack.processes import RELANCE, WorkerProcess
 from domain.delivery import delivery_record
 from domain.honesty import finalize
 from foundation.clock import wall_ms
+from foundation.metrics import new_metrics, render
 from schemas.records import DeliveryRecord, FollowupRequest, format_ts
 from schemas.registry import BotRegistry
+from streams.attempts import AttemptLog
+from streams.kafkaclient import PLAINTEXT
+from streams.kafkaloop import new_producer, read_partition
 from streams.ledger import ledger_key
-from streams.topics import DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, topic_name
+from streams.topics import (
+    DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, topic_name,
+)
 from tests.gatewaykit import SECRET, gateway_settings, running_gateway
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
@@ -355,3 +362,36 @@ async def test_a_sender_killed_mid_stream_and_restarted_sends_nothing_twice(stac
           f"fake accepted {sum(rig.fake.accepted.values())} of {len(records)}")
     assert counts["sent"] + counts["unknown"] == len(records)
     assert len(rig.fake.accepted) == len(records)  # each taken once by the platform
+
+
+async def test_each_send_call_is_kept_by_kafka_and_found_by_the_next_sender(stack, topic_prefix):
+    """What ``followups.attempts`` must give back when Redis forgot a ``sending`` mark: every
+    call written before it went out, found by a sender that did not write it (a restart),
+    on its user's partition, as the delivery records' own partitioner places that user."""
+    topic = topic_name(FOLLOWUPS_ATTEMPTS, topic_prefix)
+    producer = new_producer(stack.bootstrap)
+    await producer.start()
+    try:
+        async def shared() -> AIOKafkaProducer:
+            return producer
+
+        def log() -> AttemptLog:
+            return AttemptLog(stack.bootstrap, topic, PLAINTEXT, shared, new_metrics())
+        sent, other = (FollowupRequest(fid, "16505550001", "maestro", "whatsapp", 0, 0, 5) for fid in ("f-sent", "f-other"))
+        writer = log()
+        await writer.record(sent, 1)
+        await writer.record(sent, 2)
+        reader = log()
+        assert await reader.calls_made(sent) == 2
+        assert await reader.calls_made(other) == 0
+        exposed = text_string_to_metric_families(render(reader.metrics)[0].decode())
+        lookups = {s.labels["result"]: s.value for f in exposed if f.name == "relance_send_attempt_lookups"
+                   for s in f.samples if s.name.endswith("_total")}
+        assert lookups == {"found": 1.0, "none": 1.0}
+        partition = DefaultPartitioner()(b"16505550001", [0, 1, 2, 3], [0, 1, 2, 3])
+        kept = [orjson.loads(r.value) async for batch in read_partition(stack.bootstrap, topic, partition, PLAINTEXT)
+                for r in batch]
+        assert [(k["followup_id"], k["attempt"], k["user_id"]) for k in kept] == [("f-sent", 1, "16505550001"),
+                                                                                  ("f-sent", 2, "16505550001")]
+    finally:
+        await producer.stop()
