@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -76,11 +77,40 @@ def require_program(program: str, install: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel picks it)."""
+_PORTS = random.SystemRandom()  # not the seeded global one: parallel test processes must not draw alike
+_LISTEN_LOW = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, below the kernel's ephemeral range: a port
+    the kernel picks is one it also hands to outgoing connections (every Kafka client
+    makes many), which can take it between this check and the server's bind, and then
+    the broker does not start (seen with test processes running in parallel)."""
+    high = _ephemeral_low() - 1
+    if high <= _LISTEN_LOW:
+        with socket.socket() as sock:  # no room below it: the kernel's pick
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    while True:
+        port = _PORTS.randint(_LISTEN_LOW, high - 1)  # and the next one, for a pair
+        if _bindable(port):
+            return port
 
 
 def port_in_use(port: int) -> bool:
