@@ -86,7 +86,7 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
     worker = WorkerProcess(work, ["sender"], clock="wall", broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                            partitions=args.partitions, app_id=f"{prefix}bench", data_dir=work / f"data-{prefix}",
                            registry=bots, graph_base_url=fake.base_url, whatsapp_send_rate=limit,
-                           send_concurrency=args.concurrency)
+                           send_concurrency=args.concurrency, send_rate_slack=args.rate_slack)
     try:
         with running([worker]):
             await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready, 120)
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--numbers", type=int, default=4, help="WhatsApp numbers the follow-ups leave from")
     parser.add_argument("--concurrency", type=int, default=64, help="the sender's send_concurrency")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rate-slack", default="100ms",
+                        help="the sender's send_rate_slack: the most a call may be delayed between its slot and the platform")
     add_stack_flags(parser)
     asyncio.run(main_async(parser.parse_args(argv)))
 
