@@ -8,10 +8,10 @@ message stamped now for each of P probe pairs, spread over a few seconds; each p
 due at L + D (``due_ts`` of its request). ``followups.requested`` is set to
 LogAppendTime, so a request's Kafka timestamp is when the broker appended it; latency =
 that - due_ts; requests are read as every stage reads them (``read_committed``), so one
-whose transaction never committed is missing. (The wait from append to commit is not in
-the figure: the engine commits at once when a batch decided a request; timed by a
-reader's own clock the README's measurement saw 83 / 157 ms p50 / p99 against 70 / 119 ms
-appended.) A probe whose follow-up has not arrived 30 s after the last one was due counts as a failure: its latency is infinite, and the percentiles include it.
+whose transaction never committed is missing. The wait from append to commit is not in
+the figure (the engine commits at once when a batch decided a request; README "Exactly
+once: the measurement" gives it). A probe whose follow-up has not arrived 30 s after the
+last one was due counts as a failure: its latency is infinite, and the percentiles include it.
 
 Run: ``.venv/bin/python -m bench.latency_bench --pairs 2000 --repeat 3 --load-rate 20000``
 """
