@@ -225,7 +225,7 @@ class Engine:
         for (outcome, reason), count in outcomes.items():
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 
-    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+    def checkpoint(self) -> Callable[[], Awaitable[None]] | None:
         """The changed users and each clock as they are now, with everything decided since
         the last checkpoint: the records of the checkpoint's transaction (the loop commits
         it with the input offsets), written while the next batches are processed."""
@@ -252,6 +252,8 @@ class Engine:
         for value, key, partition in state:
             self.outbox.add(self._state_topic, value, key, partition)
         records = self.outbox.take()  # what later batches add waits for the next transaction
+        if not records:
+            return None
 
         async def write() -> None:
             await self.outbox.hand_over(records)

@@ -51,9 +51,10 @@ class Stage(Protocol):
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None: ...
     async def idle(self) -> None: ...
 
-    def checkpoint(self) -> Callable[[], Awaitable[None]]:
+    def checkpoint(self) -> Callable[[], Awaitable[None]] | None:
         """Capture, between two batches, what must be durable before the offsets of every
-        batch so far are committed; return what makes it durable (run in the background)."""
+        batch so far are committed; return what makes it durable (run in the background),
+        or None when there is nothing."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -75,7 +76,7 @@ class KafkaLoop(Service):
     """
 
     def __init__(self, *, bootstrap: str, topics: list[str], group: str, stage: Stage,
-                 commit_interval: float = 1.0, max_records: int = 20_000,
+                 commit_interval: float = 1.0, max_records: int = 2_000,
                  transactions: AIOKafkaProducer | None = None,
                  settled: Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]] | None = None,
                  security: KafkaSecurity = PLAINTEXT, **kwargs) -> None:
@@ -88,6 +89,9 @@ class KafkaLoop(Service):
         self.settled = settled
         self.topic = topics[0]
         self.security = security
+        # A batch is processed without yielding to the event loop, and a checkpoint's
+        # transaction takes several round trips in the background: small batches let each
+        # round trip go on between two of them (at 20,000 records a transaction took seconds).
         self.commit_interval, self.max_records = commit_interval, max_records
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()        # one batch, checkpoint or rebalance at a time
@@ -97,6 +101,7 @@ class KafkaLoop(Service):
         self._committing: asyncio.Future | None = None    # the checkpoint in flight
         self._failed = False
         self._hurry = False  # outputs someone waits for: commit at the next chance
+        self._fresh = False  # batches processed since the last checkpoint was captured
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
 
@@ -144,14 +149,23 @@ class KafkaLoop(Service):
             if self._to_restore:
                 async with self.lock:
                     await self._restore_assigned()
+            # getmany returns what is already fetched without suspending, so without this the
+            # loop would not let the fetcher, the producer or a checkpoint's transaction run
+            # until the fetched buffer (megabytes) ran dry: each of a transaction's round trips
+            # waited about a second.
+            await asyncio.sleep(0)
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
             async with self.lock:
                 if batch:
                     await self.stage.process(batch)
                     for tp, records in batch.items():
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
+                    self._fresh = True
                 await self.stage.idle()
-                if self._hurry or time.monotonic() - self._last_commit >= self.commit_interval:
+                # A fetch that came back empty means the input is drained for now: nothing is
+                # gained by holding what was processed until the interval (a run's tail).
+                drained = not batch and self._fresh
+                if drained or self._hurry or time.monotonic() - self._last_commit >= self.commit_interval:
                     self._commit_in_background()
 
     def commit_soon(self) -> None:
@@ -162,7 +176,7 @@ class KafkaLoop(Service):
     def _commit_in_background(self) -> None:
         if self._committing is not None and not self._committing.done():
             return  # the last one is still on its way: this one waits for the next round
-        self._hurry = False
+        self._hurry = self._fresh = False
         self._settled()
         self._committing = asyncio.ensure_future(self._commit(self.stage.checkpoint(), self._take_offsets()))
         self._last_commit = time.monotonic()
@@ -173,6 +187,7 @@ class KafkaLoop(Service):
             return
         if self._committing is not None:
             await asyncio.wait([self._committing])
+        self._fresh = False
         self._settled()
         await self._commit(self.stage.checkpoint(), self._take_offsets())
         self._last_commit = time.monotonic()
@@ -194,21 +209,26 @@ class KafkaLoop(Service):
         offsets, self._processed = self._processed, {}
         return offsets
 
-    async def _commit(self, make_durable: Callable[[], Awaitable[None]], offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, make_durable: Callable[[], Awaitable[None]] | None,
+                      offsets: dict[TopicPartition, int]) -> None:
+        if make_durable is None and not offsets:
+            return  # an idle interval: no empty transaction, no empty commit
         if self.transactions is not None:
             await self._commit_transaction(make_durable, offsets)
             return
-        await make_durable()
+        if make_durable is not None:
+            await make_durable()
         if offsets:
             await self.consumer.commit(offsets)
             self.on_commit()
 
-    async def _commit_transaction(self, make_durable: Callable[[], Awaitable[None]],
+    async def _commit_transaction(self, make_durable: Callable[[], Awaitable[None]] | None,
                                   offsets: dict[TopicPartition, int]) -> None:
         producer = self.transactions
         await producer.begin_transaction()
         try:
-            await make_durable()
+            if make_durable is not None:
+                await make_durable()
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self.group)
             await producer.commit_transaction()
