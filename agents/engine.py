@@ -251,6 +251,7 @@ class Engine:
 
         for value, key, partition in state:
             self.outbox.add(self._state_topic, value, key, partition)
+        self.metrics.state_written_bytes.inc(sum(len(value) for value, _, _ in state if value))
         records = self.outbox.take()  # what later batches add waits for the next transaction
         if not records:
             return None

@@ -87,7 +87,7 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
 # -- through Kafka -------------------------------------------------------------------------
 
 async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, partitions: int,
-                     timeout: float, pythonpath=None) -> tuple[str, int, float, float | None]:
+                     timeout: float, pythonpath=None) -> tuple[str, int, float, float | None, str]:
     """K engine workers in a fresh consumer group, waiting on an empty ``messages`` of a
     fresh prefix until the group is stable with all K; then every record produced at once
     and the run timed to the last offset committed (``timed_run``). Fails unless the
@@ -111,10 +111,14 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
             seconds, worked = await timed_run(bootstrap, records, watch, procs, timeout,
                                               counter=("relance_events_in_total", events))
             counted = await metric_total(procs, "relance_events_in_total")
+            # What exactly once cost: checkpoints (transactions) and state written (trees
+            # before these metrics report none).
+            checkpoints = await metric_total(procs, "relance_checkpoint_seconds_count")
+            state_mb = await metric_total(procs, "relance_state_written_bytes_total") / 1e6
     if counted < events:
         raise RuntimeError(f"engine x{workers}: the workers counted {counted:,.0f} of {events:,} message events; "
                            "the run did not measure the whole topic")
-    return topic, len(items), seconds, worked
+    return topic, len(items), seconds, worked, f"{checkpoints:.0f} checkpoints, {state_mb:.0f} MB of state"
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -139,12 +143,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 for source in sources:  # alternating, so both see the same machine
                     run += 1
                     url = redis_db_url(redis_url, run, flush=own_redis)
-                    topic, records, seconds, worked = await engine_run(bootstrap, url, work, items, k, args.partitions,
+                    topic, records, seconds, worked, cost = await engine_run(bootstrap, url, work, items, k, args.partitions,
                                                                        args.timeout, pythonpath=source)
                     engine[k, source].append(records / seconds)
                     print(f"  rep {repetition + 1}: engine x{k}{from_tree(source)}: {records:,} records committed in "
                           f"{seconds:.2f}s ({records / seconds:,.0f}/s); every event counted at {worked or 0:.2f}s, "
-                          f"the tail {seconds - (worked or 0):.2f}s", flush=True)
+                          f"the tail {seconds - (worked or 0):.2f}s; {cost}", flush=True)
             count, seconds = await plain_consume(bootstrap, topic, args.partitions, len(items))
             plain.append(count / seconds)
             print(f"  rep {repetition + 1}: plain consumer {count:,} in {seconds:.2f}s ({count / seconds:,.0f}/s)",

@@ -86,6 +86,8 @@ GATEWAY_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Send-API calls and rate-limiter waits: milliseconds normally, up to the 10 s send timeout.
 SEND_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
+# A checkpoint's transaction must end within the transaction timeout (15 s) or be fenced.
+CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0)
 TIMER_LAG_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 # The classic text format 0.0.4, which every Prometheus 2.x and 3.x scrapes. Recent
@@ -155,6 +157,8 @@ class Metrics:
     dead_letters: Counter          # labels: stage, reason
     consumer_lag: Gauge            # labels: topic, partition; messages
     last_commit: Gauge             # unix seconds
+    checkpoint_seconds: Histogram  # labels: stage
+    state_written_bytes: Counter   # engine.state bytes
 
 
 def new_metrics() -> Metrics:
@@ -295,6 +299,15 @@ def new_metrics() -> Metrics:
         last_commit=gauge(
             "relance_last_commit_timestamp_seconds",
             "Unix time of the worker's last successful offset commit, of any of its stages."),
+        checkpoint_seconds=Histogram(
+            "relance_checkpoint_seconds",
+            "From a checkpoint's capture to its commit (outputs, state and offsets written: one "
+            "transaction for the engine), in seconds.",
+            ("stage",), registry=registry, buckets=CHECKPOINT_SECONDS_BUCKETS),
+        state_written_bytes=counter(
+            "relance_state_written_bytes_total",
+            "Bytes of decision-core state written to engine.state (each changed user whole, "
+            "once per checkpoint)."),
     )
 
 

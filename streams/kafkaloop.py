@@ -104,6 +104,7 @@ class KafkaLoop(Service):
         self._fresh = False  # batches processed since the last checkpoint was captured
         self._last_commit = time.monotonic()
         self.on_commit = lambda: None
+        self.on_checkpoint: Callable[[float], None] = lambda seconds: None  # capture to commit
 
     async def on_start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -213,14 +214,16 @@ class KafkaLoop(Service):
                       offsets: dict[TopicPartition, int]) -> None:
         if make_durable is None and not offsets:
             return  # an idle interval: no empty transaction, no empty commit
+        started = time.monotonic()
         if self.transactions is not None:
             await self._commit_transaction(make_durable, offsets)
-            return
-        if make_durable is not None:
-            await make_durable()
-        if offsets:
-            await self.consumer.commit(offsets)
-            self.on_commit()
+        else:
+            if make_durable is not None:
+                await make_durable()
+            if offsets:
+                await self.consumer.commit(offsets)
+                self.on_commit()
+        self.on_checkpoint(time.monotonic() - started)
 
     async def _commit_transaction(self, make_durable: Callable[[], Awaitable[None]] | None,
                                   offsets: dict[TopicPartition, int]) -> None:

@@ -107,6 +107,7 @@ class Wiring:
             stage.loop = KafkaLoop(bootstrap=settings.broker, topics=topics, group=group, stage=stage,
                                    transactions=transactions, security=self.kafka_security, **loop_options)
             stage.loop.on_commit = metrics.last_commit.set_to_current_time
+            stage.loop.on_checkpoint = metrics.checkpoint_seconds.labels(stage=name).observe
             await self.app.add_runtime_dependency(stage.loop)
             self.ready = True
 

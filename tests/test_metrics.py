@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foundation import metrics
 from foundation.metrics import (
+    CHECKPOINT_SECONDS_BUCKETS,
     GATEWAY_SECONDS_BUCKETS,
     LLM_SECONDS_BUCKETS,
     SEND_SECONDS_BUCKETS,
@@ -28,6 +29,7 @@ from domain.rules import DecisionCore
 from foundation.settings import Settings
 from schemas.records import InvalidRecord, loads, parse_record
 from schemas.registry import BotRegistry
+from streams.wiring import TRANSACTION_TIMEOUT_MS
 
 # exposed name -> (type, label names)
 EXPECTED = {
@@ -51,6 +53,8 @@ EXPECTED = {
     "relance_timer_lag_seconds": ("histogram", ()),
     "relance_distress_detected_total": ("counter", ("language",)),
     "relance_last_commit_timestamp_seconds": ("gauge", ()),
+    "relance_checkpoint_seconds": ("histogram", ("stage",)),
+    "relance_state_written_bytes_total": ("counter", ()),
     "relance_gateway_requests_total": ("counter", ("app", "status")),
     "relance_gateway_signature_failures_total": ("counter", ("app", "reason")),
     "relance_gateway_request_seconds": ("histogram", ("app",)),
@@ -175,6 +179,10 @@ def test_histogram_buckets_bound_the_thresholds_that_matter():
     assert list(SEND_SECONDS_BUCKETS) == sorted(SEND_SECONDS_BUCKETS)
     assert list(TIMER_LAG_SECONDS_BUCKETS) == sorted(TIMER_LAG_SECONDS_BUCKETS)
     assert list(LLM_SECONDS_BUCKETS) == sorted(LLM_SECONDS_BUCKETS)
+    # A checkpoint's transaction is fenced at the timeout; the alert warns at half of it.
+    assert TRANSACTION_TIMEOUT_MS / 1000 in CHECKPOINT_SECONDS_BUCKETS
+    assert TRANSACTION_TIMEOUT_MS / 2000 in CHECKPOINT_SECONDS_BUCKETS
+    assert list(CHECKPOINT_SECONDS_BUCKETS) == sorted(CHECKPOINT_SECONDS_BUCKETS)
 
 
 def test_observations_land_in_the_right_buckets():
