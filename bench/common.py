@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import statistics
@@ -78,6 +79,36 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class CpuUse:
+    """Cores used between ``start`` and ``stop``: by some processes (user + system time
+    from /proc/<pid>/stat) and by the whole machine (/proc/stat), to say what a run was
+    short of: two workers cannot take 2 cores while the broker needs some of them."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def start(self) -> None:
+        self._began = (time.monotonic(), self._processes(), self._machine())
+
+    def stop(self) -> tuple[float, float]:
+        """(cores used by the processes, cores used by the machine) on average."""
+        began, processes, machine = self._began
+        seconds = time.monotonic() - began
+        ticks = os.sysconf("SC_CLK_TCK") * seconds
+        return (self._processes() - processes) / ticks, (self._machine() - machine) / ticks
+
+    def _processes(self) -> int:
+        # fields 14 and 15 (utime, stime) after the command's closing parenthesis
+        return sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[11:13]))
+                   for pid in self.pids)
+
+    @staticmethod
+    def _machine() -> int:
+        # the first line: user nice system idle iowait irq softirq steal ...; busy is all but idle and iowait
+        fields = list(map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]))
+        return sum(fields) - fields[3] - fields[4]
 
 
 # -- Kafka -------------------------------------------------------------------------------

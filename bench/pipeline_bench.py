@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 
@@ -29,7 +30,7 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, from_tree, metric_total,
+    CpuUse, GroupWatch, add_stack_flags, bench_stack, canonical_lines, feeder_items, fresh_prefix, from_tree, metric_total,
     plain_consume, result, spread, timed_run,
 )
 
@@ -108,8 +109,11 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
         async with GroupWatch(bootstrap, f"{prefix}{app_id}.engine", {topic: partitions}) as watch:
             await watch.wait_stable(workers, 120, procs)
             records = [(topic, key, value, headers, partition) for key, value, headers, partition in items]
+            cpu = CpuUse([proc.pid for proc in procs])
+            cpu.start()
             seconds, worked = await timed_run(bootstrap, records, watch, procs, timeout,
                                               counter=("relance_events_in_total", events))
+            worker_cores, machine_cores = cpu.stop()
             counted = await metric_total(procs, "relance_events_in_total")
             # What exactly once cost: checkpoints (transactions) and state written (trees
             # before these metrics report none).
@@ -118,7 +122,9 @@ async def engine_run(bootstrap: str, redis_url: str, work, items, workers: int, 
     if counted < events:
         raise RuntimeError(f"engine x{workers}: the workers counted {counted:,.0f} of {events:,} message events; "
                            "the run did not measure the whole topic")
-    return topic, len(items), seconds, worked, f"{checkpoints:.0f} checkpoints, {state_mb:.0f} MB of state"
+    return topic, len(items), seconds, worked, (f"{checkpoints:.0f} checkpoints, {state_mb:.0f} MB of state; "
+                                                f"cores used: workers {worker_cores:.2f}, "
+                                                f"machine {machine_cores:.2f} of {os.cpu_count()}")
 
 
 async def main_async(args: argparse.Namespace) -> None:
