@@ -6,7 +6,9 @@ script, on Redis's own clock (``TIME``). However many sender processes ask, admi
 never number more than ``limit`` in any span of ``window``. The window is a second plus
 a slack: a request admitted at the end of one second and delayed on its way (a busy
 event loop, the network) must not land in the platform's next second beside that
-second's own.
+second's own. The sender spends that slack in two halves: a slot older than half of it
+when its call is about to leave is replaced by a fresh one (``Slot.age_s``), so the other
+half is left for the request's way out.
 
 A platform that says "slow down" (a throughput error) pauses the account for everyone.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 
 PREFIX = "relance:rate"
 _JITTER_S = 0.005  # spreads the waiters of one account over a few milliseconds
@@ -52,6 +55,18 @@ return {0, tonumber(oldest[2]) + window - now}
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One admission. ``asked_at`` (``time.monotonic``) is when the request that got it
+    left, before Redis admitted it: an age counted from there is never too young."""
+
+    waited: float   # seconds the caller waited for it
+    asked_at: float
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.asked_at
+
+
 class SendRateLimiter:
     """Admissions per (app, account) at most ``limit`` per ``window_ms``, across processes
     (``domain.sendapi.rate_window`` turns a rate into the two)."""
@@ -67,15 +82,16 @@ class SendRateLimiter:
                                               args=[limit, window_ms * 1000])
         return bool(admitted), int(value)
 
-    async def acquire(self, app: str, account_id: str, limit: int, window_ms: int, max_wait_s: float) -> float | None:
-        """Seconds waited for a slot, or None when none came within ``max_wait_s`` (the
-        caller puts the send off rather than hold a worker)."""
+    async def acquire(self, app: str, account_id: str, limit: int, window_ms: int, max_wait_s: float) -> Slot | None:
+        """A slot, or None when none came within ``max_wait_s`` (the caller puts the send
+        off rather than hold a worker)."""
         started = time.monotonic()
         while True:
+            asked_at = time.monotonic()
             admitted, wait_us = await self.try_acquire(app, account_id, limit, window_ms)
             waited = time.monotonic() - started
             if admitted:
-                return waited
+                return Slot(waited, asked_at)
             pause = wait_us / 1e6 + self.rng.random() * _JITTER_S
             if waited + pause > max_wait_s:
                 return None
