@@ -65,8 +65,9 @@ async def test_a_paused_account_waits_and_others_do_not(redis_client):
     assert not ok and 0 < wait_us <= 300_000
     assert (await limiter.try_acquire("whatsapp", "B", 10, 1000))[0]
     assert (await limiter.try_acquire("facebook", "A", 10, 1000))[0]  # the same id on another app
-    waited = await limiter.acquire("whatsapp", "A", 10, 1000, max_wait_s=2)
-    assert waited is not None and 0.1 < waited < 1.0
+    slot = await limiter.acquire("whatsapp", "A", 10, 1000, max_wait_s=2)
+    assert slot is not None and 0.1 < slot.waited < 1.0
+    assert slot.age_s() < slot.waited  # aged from the request that got it, not from the first ask
 
 
 async def test_acquire_gives_up_rather_than_wait_too_long(redis_client):
