@@ -14,8 +14,8 @@ here). For each one, in this order:
 4. the last-moment check (``domain/lastcheck.py``), right before the call;
 5. the call's record on ``followups.attempts``, acknowledged by Kafka before the call;
 6. the slot again: one older than half the slack (steps 3 to 5 held up on a loaded
-   machine) is replaced by a fresh one, the old still counted, so that the call lands at
-   the platform within the slack of its slot; taken only while the call can still end
+   machine) is given back unused for a fresh one, so that the call lands at the platform
+   within the slack of its slot; taken only while the call can still end
    within its ``sending`` lease, else the send is put off as not reached;
 7. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
    ``sent``, ``failed``, ``cancelled:window_closed`` or ``unknown`` end the follow-up;
@@ -165,22 +165,22 @@ class Sender:
 
     # -- one call --------------------------------------------------------------------
 
-    async def _slot(self, app: str, account: str, max_wait_s: float) -> Slot | None:
+    async def _slot(self, app: str, account: str, max_wait_s: float, replacing: Slot | None = None) -> Slot | None:
         limit, window_ms = rate_window(send_rate(self.settings, app, account), self.settings.send_rate_slack)
-        slot = await self.limiter.acquire(app, account, limit, window_ms, max_wait_s)
+        slot = await self.limiter.acquire(app, account, limit, window_ms, max_wait_s, replacing)
         if slot is not None:
             self.metrics.send_limiter_wait.labels(app=app).observe(slot.waited)
         return slot
 
     async def _fresh_slot(self, app: str, account: str, slot: Slot, lease_end: int) -> bool:
         """The call may leave now, within half the slack of a slot: the other half is the
-        request's way to the platform. An older slot is replaced (it still counts, so the
-        rate can only fall), but only while the call, started now, still ends before its
-        ``sending`` lease does: no other copy may take the follow-up for lost meanwhile."""
+        request's way to the platform. An older slot is given back for a fresh one (no call
+        used it: ``streams/ratelimit.py``), but only while the call, started now, still
+        ends before its ``sending`` lease does: no other copy takes the follow-up for lost."""
         budget_s = self.settings.send_rate_slack / 2000
         while budget_s > 0 and slot.age_s() > budget_s:  # no slack: nothing to keep
             left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
-            slot = await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s)) if left_s > 0 else None
+            slot = await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) if left_s > 0 else None
             if slot is None:
                 return False
         return True
