@@ -15,8 +15,8 @@ here). For each one, in this order:
 5. the call's record on ``followups.attempts``, acknowledged by Kafka before the call;
 6. the slot again: one older than half the slack (steps 3 to 5 held up on a loaded
    machine) is given back unused for a fresh one, so that the call lands at the platform
-   within the slack of its slot; taken only while the call can still end
-   within its ``sending`` lease, else the send is put off as not reached;
+   within the slack of its slot; waited for only while the call can still end within
+   its ``sending`` lease, else the send is put off as not reached;
 7. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
    ``sent``, ``failed``, ``cancelled:window_closed`` or ``unknown`` end the follow-up;
    a 429, a 5xx, a connection that never opened, or a refused token put it off on
@@ -178,7 +178,7 @@ class Sender:
         used it: ``streams/ratelimit.py``), but only while the call, started now, still
         ends before its ``sending`` lease does: no other copy takes the follow-up for lost."""
         budget_s = self.settings.send_rate_slack / 2000
-        while budget_s > 0 and slot.age_s() > budget_s:  # no slack: nothing to keep
+        while budget_s > 0 and slot.age_s() > budget_s:  # without slack, every slot would be too old
             left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
             slot = await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) if left_s > 0 else None
             if slot is None:
