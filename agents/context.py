@@ -128,14 +128,14 @@ class Answers:
         self.publish = publish  # returns once Kafka has acknowledged the record
         self.messaging_window = messaging_window
 
-    async def see(self, inbound: list[MessageEvent]) -> int:
-        """Publish, then record, the answers in ``inbound``; how many."""
+    async def see(self, inbound: list[MessageEvent]) -> None:
+        """Publish, then record, the answers in ``inbound``."""
         pairs = sorted({(event.user_id, event.bot_id) for event in inbound})
         if not pairs:
-            return 0
+            return
         sent = dict(zip(pairs, await self.ledger.sent_unanswered(pairs)))
         answered: dict[str, FollowupOutcome] = {}
-        for event in sorted(inbound, key=lambda event: event.ts):  # the first answer is the one told
+        for event in sorted(inbound, key=lambda event: event.ts):  # the batch's first answer is the one told
             for followup_id, app, sent_at in sent[(event.user_id, event.bot_id)]:
                 if followup_id not in answered and answered_within(sent_at, event.ts, self.messaging_window):
                     answered[followup_id] = FollowupOutcome(followup_id, event.user_id, event.bot_id, app,
@@ -143,7 +143,6 @@ class Answers:
         for outcome in answered.values():
             await self.publish(outcome)
         await self.ledger.record_answers([(o.user_id, o.followup_id, o.at) for o in answered.values()])
-        return len(answered)
 
 
 class ContextWriter:
