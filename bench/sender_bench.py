@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="the sender's send_concurrency")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--rate-slack", default="100ms",
-                        help="the sender's send_rate_slack: the most a call may be delayed between its slot and the platform")
+                        help="the sender's send_rate_slack: half for the steps between a slot and its call "
+                             "(an older slot is taken again), half for the request's way to the platform")
     add_stack_flags(parser)
     asyncio.run(main_async(parser.parse_args(argv)))
 
