@@ -80,6 +80,10 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
 
     prefix = fresh_prefix(f"send-{name}")
     await acreate_topics(bootstrap, CATALOG, prefix, args.partitions)
+    # Written before the worker starts: the fake runs on this process's event loop and
+    # timestamps a request when the loop reaches it, so writing while the sender sends
+    # would bunch the fake's own seconds (a loaded run once counted 94 in one).
+    await write_deliveries(bootstrap, redis_url, prefix, args.records, args.numbers)
     bots = registry(work, args.numbers)
     fake = FakeGraph(accounts_from_registry(BotRegistry.load(bots)), limits={"whatsapp": limit})
     await fake.start()
@@ -90,7 +94,6 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
     try:
         with running([worker]):
             await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready, 120)
-            await write_deliveries(bootstrap, redis_url, prefix, args.records, args.numbers)
             deadline = time.monotonic() + args.records / (limit * args.numbers) + 120
             while sum(fake.accepted.values()) < args.records and time.monotonic() < deadline:
                 worker.check_alive()
