@@ -14,8 +14,8 @@ here). For each one, in this order:
 4. the last-moment check (``domain/lastcheck.py``), right before the call;
 5. the call's record on ``followups.attempts``, acknowledged by Kafka before the call;
 6. the slot again: one older than half the slack (steps 3 to 5 held up on a loaded
-   machine) is given back unused for a fresh one, so that the call lands at the platform
-   within the slack of its slot; waited for only while the call can still end within
+   machine) is given back unused for a fresh one, once, so that the call lands at the
+   platform within the slack of its slot; waited for only while the call can still end within
    its ``sending`` lease, else the send is put off as not reached;
 7. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
    ``sent``, ``failed``, ``cancelled:window_closed`` or ``unknown`` end the follow-up;
@@ -175,15 +175,16 @@ class Sender:
     async def _fresh_slot(self, app: str, account: str, slot: Slot, lease_end: int) -> bool:
         """The call may leave now, within half the slack of a slot: the other half is the
         request's way to the platform. An older slot is given back for a fresh one (no call
-        used it: ``streams/ratelimit.py``), but only while the call, started now, still
-        ends before its ``sending`` lease does: no other copy takes the follow-up for lost."""
+        used it: ``streams/ratelimit.py``), once: the fresh one is as young as this
+        process's event loop lets it be, and asking again would only chase the loop's own
+        lag (a loaded run that kept asking sent 8 a second). It is waited for only while
+        the call, started now, still ends before its ``sending`` lease does: no other copy
+        takes the follow-up for lost."""
         budget_s = self.settings.send_rate_slack / 2000
-        while budget_s > 0 and slot.age_s() > budget_s:  # without slack, every slot would be too old
-            left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
-            slot = await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) if left_s > 0 else None
-            if slot is None:
-                return False
-        return True
+        if budget_s <= 0 or slot.age_s() <= budget_s:  # without slack, every slot would be too old
+            return True
+        left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
+        return left_s > 0 and await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) is not None
 
     async def _fault_hold(self) -> None:
         """Fault injection for tests (``send_fault_hold``): a loaded machine's hold-up."""
