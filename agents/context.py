@@ -16,6 +16,13 @@ clock in wall mode), so the mirror says what the engine's state says. It only di
 a re-sent stop word with a new ts after an opt-in, which the engine recognises and the
 mirror (keeping no message keys) takes as new: it then cancels, the safe way round.
 
+And it tells whether the user answered a follow-up (spec section 9): an inbound message of
+the pair after the send and within M of it (``domain.report.answered_within``) publishes one
+``answered`` outcome for that follow-up on ``followups.outcomes`` (``at``: the answer's ts),
+then marks it answered in the ledger (``streams/ledger.py``), so a re-sent webhook, a
+second answer or a re-delivered batch makes no second one. Wall mode only: the ledger keeps
+the wall time a follow-up was sent, which event-mode message times cannot be compared with.
+
 Invalid records are skipped here, and counted (``relance_records_dropped_total{stage="context"}``
 by their kind): the engine, on the same topic, dead-letters them. So are empty values
 other than the feeder's clock-only ones, which the engine counts too.
@@ -26,19 +33,23 @@ import collections
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import orjson
 
 from domain.lastcheck import facts_of, mirror_of
+from domain.report import answered_within
 from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word
 from domain.state import SafetyFacts
 from foundation.clock import wall_ms
 from foundation.metrics import label
 from foundation.settings import Settings
-from schemas.records import Erase, InvalidRecord, MessageEvent, OptIn, OptOut, Profile, Tick, loads, parse_record
+from schemas.records import (
+    Erase, FollowupOutcome, InvalidRecord, MessageEvent, OptIn, OptOut, Profile, Tick, loads, parse_record,
+)
+from streams.ledger import Ledger, ledger_ttl_s
 from streams.wiring import Wiring
-from streams.topics import CLOCK_HEADER, MESSAGES
+from streams.topics import CLOCK_HEADER, FOLLOWUP_OUTCOMES, MESSAGES
 from streams.rediskeys import context_bots_key, context_key, context_stage_keys, last_inbound_key, safety_key
 
 log = logging.getLogger("relance.context")
@@ -108,22 +119,52 @@ def usable_record(value: bytes | None) -> UsableRecord | None:
     return record if isinstance(record, UsableRecord) else None
 
 
-class ContextWriter:
-    """Applies batches of ``messages`` records to Redis, one pipeline per batch."""
+class Answers:
+    """The ``answered`` outcomes a batch's inbound messages add to follow-ups' stories."""
 
-    def __init__(self, redis, settings: Settings, on_dropped: Callable[[str], None] = lambda reason: None) -> None:
+    def __init__(self, ledger: Ledger, publish: Callable[[FollowupOutcome], Awaitable[None]],
+                 messaging_window: int) -> None:
+        self.ledger = ledger
+        self.publish = publish  # returns once Kafka has acknowledged the record
+        self.messaging_window = messaging_window
+
+    async def see(self, inbound: list[MessageEvent]) -> None:
+        """Publish, then record, the answers in ``inbound``."""
+        pairs = sorted({(event.user_id, event.bot_id) for event in inbound})
+        if not pairs:
+            return
+        sent = dict(zip(pairs, await self.ledger.sent_unanswered(pairs)))
+        answered: dict[str, FollowupOutcome] = {}
+        for event in sorted(inbound, key=lambda event: event.ts):  # the batch's first answer is the one told
+            for followup_id, app, sent_at in sent[(event.user_id, event.bot_id)]:
+                if followup_id not in answered and answered_within(sent_at, event.ts, self.messaging_window):
+                    answered[followup_id] = FollowupOutcome(followup_id, event.user_id, event.bot_id, app,
+                                                            "answered", None, 0, event.ts)
+        for outcome in answered.values():
+            await self.publish(outcome)
+        await self.ledger.record_answers([(o.user_id, o.followup_id, o.at) for o in answered.values()])
+
+
+class ContextWriter:
+    """Applies batches of ``messages`` records to Redis, one pipeline per batch; then, given
+    ``answers``, tells the answers among the batch's inbound messages."""
+
+    def __init__(self, redis, settings: Settings, on_dropped: Callable[[str], None] = lambda reason: None,
+                 answers: Answers | None = None) -> None:
         self.redis = redis
         self.on_dropped = on_dropped  # told the reason of each record skipped as unusable
         self.kept_messages = settings.context_messages
         self.ttl_ms = settings.window
         self.append = redis.register_script(APPEND_SCRIPT)
         self.safety = SafetyMirror(redis, settings, PhraseListClassifier())
+        self.answers = answers
 
     async def apply(self, values: Iterable[bytes | None], stamps: Iterable[Stamp | None] | None = None) -> None:
         """Apply records in order. ``stamps`` gives, per record, its partition and the
         stream's clock as the producer stamped it (event mode), if it did; None for a
         stamp that cannot be read, which makes the record unusable."""
         pipe = self.redis.pipeline(transaction=False)
+        inbound: list[MessageEvent] = []
         for value, stamp in zip(values, stamps or itertools.repeat(UNSTAMPED)):
             record = self._usable(value, stamp)
             if stamp is None:
@@ -134,13 +175,18 @@ class ContextWriter:
                 await self.safety.queue_writes(pipe)
                 await pipe.execute()
                 await self.erase(record.user_id)
+                inbound = [event for event in inbound if event.user_id != record.user_id]
                 continue
             if isinstance(record, MessageEvent):
                 await self._queue_append(pipe, record)
+                if record.inbound:
+                    inbound.append(record)
             if record is not None:
                 await self.safety.apply(record)
         await self.safety.queue_writes(pipe)
         await pipe.execute()
+        if self.answers is not None:
+            await self.answers.see(inbound)
 
     def _usable(self, value: bytes | None, stamp: Stamp | None) -> UsableRecord | None:
         """The record, or None; one skipped as unusable is told to ``on_dropped``."""
@@ -247,6 +293,19 @@ def stamp_of(event) -> Stamp | None:
     return event.message.partition, None
 
 
+def answers_of(wiring: Wiring) -> Answers | None:
+    """The worker's ``Answers`` (wall mode), publishing through its Faust producer."""
+    settings = wiring.settings
+    if settings.clock != "wall":
+        return None
+
+    async def publish(outcome: FollowupOutcome) -> None:
+        sent = await wiring.topic(FOLLOWUP_OUTCOMES).send(key=outcome.user_id.encode(), value=outcome.to_json(),
+                                                         force=True)
+        await sent  # acknowledged before the ledger records it
+    return Answers(Ledger(wiring.redis, ledger_ttl_s(settings)), publish, settings.messaging_window)
+
+
 def install(wiring: Wiring) -> None:
     settings = wiring.settings
 
@@ -254,7 +313,8 @@ def install(wiring: Wiring) -> None:
     async def context(stream):
         dropped = wiring.metrics.records_dropped
         writer = ContextWriter(wiring.redis, settings,
-                               on_dropped=lambda reason: dropped.labels(stage="context", reason=label(reason)).inc())
+                               on_dropped=lambda reason: dropped.labels(stage="context", reason=label(reason)).inc(),
+                               answers=answers_of(wiring))
         # No table writes here, so batches may leave stream iteration.
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
             await writer.apply([event.value for event in events], [stamp_of(event) for event in events])

@@ -13,7 +13,11 @@ here). For each one, in this order:
    ``followups.attempts`` (``streams/attempts.py``): a call kept there is ``unknown`` too;
 4. the last-moment check (``domain/lastcheck.py``), right before the call;
 5. the call's record on ``followups.attempts``, acknowledged by Kafka before the call;
-6. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
+6. the slot again: one older than half the slack (steps 3 to 5 held up on a loaded
+   machine) is given back unused for a fresh one, once, so that the call lands at the
+   platform within the slack of its slot; waited for only while the call can still end within
+   its ``sending`` lease, else the send is put off as not reached;
+7. the call (``streams/graphapi.py``), read by its error code (``domain/sendapi.py``):
    ``sent``, ``failed``, ``cancelled:window_closed`` or ``unknown`` end the follow-up;
    a 429, a 5xx, a connection that never opened, or a refused token put it off on
    ``delivery.retry``, with backoff and jitter, while its messaging window is open.
@@ -49,7 +53,7 @@ from streams.ledger import (
     BUSY, CANCELLED, CLAIMED, DEAD_LETTERED, ENDING, LOST, MISSING, PENDING, Ledger, ending_state, final_of,
     final_state, ledger_ttl_s, outcome_of, sending_state,
 )
-from streams.ratelimit import SendRateLimiter
+from streams.ratelimit import SendRateLimiter, Slot
 from streams.kafkaloop import RecordTasks
 from streams.topics import DELIVERY_BY_APP, DELIVERY_RETRY, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, topic_name
 from streams.wiring import Wiring
@@ -128,17 +132,15 @@ class Sender:
             self.metrics.send_token_ok.labels(app=record.app, bot=bot.id).set(0)
             await self._put_off(attempt, self.settings.send_token_probe, "token missing or refused")
             return
-        limit, window_ms = rate_window(send_rate(self.settings, record.app, account), self.settings.send_rate_slack)
-        waited = await self.limiter.acquire(record.app, account, limit, window_ms, MAX_LIMITER_WAIT_S)
-        if waited is None:
+        slot = await self._slot(record.app, account, MAX_LIMITER_WAIT_S)
+        if slot is None:
             await self._put_off(attempt, 0, "no send slot")
             return
-        self.metrics.send_limiter_wait.labels(app=record.app).observe(waited)
         now = wall_ms()
         lease_end = now + self.settings.send_timeout + LEASE_MARGIN_MS
         verdict = await self.ledger.claim_send(record.request, attempt.tries, now, lease_end)
         if verdict == CLAIMED:
-            await self._call(attempt, account, token, sending_state(attempt.tries + 1, lease_end), bot.id)
+            await self._call(attempt, account, token, bot.id, slot, lease_end)
         else:
             await self._not_claimed(attempt, verdict, lease_end)
 
@@ -163,14 +165,46 @@ class Sender:
 
     # -- one call --------------------------------------------------------------------
 
-    async def _call(self, attempt: SendAttempt, account: str, token, sending: str, bot_id: str) -> None:
+    async def _slot(self, app: str, account: str, max_wait_s: float, replacing: Slot | None = None) -> Slot | None:
+        limit, window_ms = rate_window(send_rate(self.settings, app, account), self.settings.send_rate_slack)
+        slot = await self.limiter.acquire(app, account, limit, window_ms, max_wait_s, replacing)
+        if slot is not None:
+            self.metrics.send_limiter_wait.labels(app=app).observe(slot.waited)
+        return slot
+
+    async def _fresh_slot(self, app: str, account: str, slot: Slot, lease_end: int) -> bool:
+        """The call may leave now, within half the slack of a slot: the other half is the
+        request's way to the platform. An older slot is given back for a fresh one (no call
+        used it: ``streams/ratelimit.py``), once: the fresh one is as young as this
+        process's event loop lets it be, and asking again would only chase the loop's own
+        lag (a loaded run that kept asking sent 8 a second). It is waited for only while
+        the call, started now, still ends before its ``sending`` lease does: no other copy
+        takes the follow-up for lost."""
+        budget_s = self.settings.send_rate_slack / 2000
+        if budget_s <= 0 or slot.age_s() <= budget_s:  # without slack, every slot would be too old
+            return True
+        left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
+        return left_s > 0 and await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) is not None
+
+    async def _fault_hold(self) -> None:
+        """Fault injection for tests (``send_fault_hold``): a loaded machine's hold-up."""
+        if self.settings.send_fault_hold and self.rng.random() < 0.5:
+            await asyncio.sleep(self.settings.send_fault_hold / 1000)
+
+    async def _call(self, attempt: SendAttempt, account: str, token, bot_id: str, slot: Slot, lease_end: int) -> None:
         record, tries = attempt.delivery, attempt.tries + 1
         request = record.request
+        sending = sending_state(tries, lease_end)
         reason = await self._cancel_reason(record)
         if reason:
             await self._end(record, sending, final_state(CANCELLED, reason), attempt.tries)
             return
         await self.attempts.record(request, tries)  # kept by Kafka before the platform may have it
+        await self._fault_hold()
+        if not await self._fresh_slot(record.app, account, slot, lease_end):
+            # Recorded but never called: a refused try, as a 429 would be (streams/attempts.py).
+            await self._retry_later(record, sending, tries, 0, Verdict(NOT_REACHED))
+            return
         started = wall_ms()
         answer = await self.graph.send(record.app, account, token, record.body)
         verdict = answer.verdict

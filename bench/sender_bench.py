@@ -80,6 +80,10 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
 
     prefix = fresh_prefix(f"send-{name}")
     await acreate_topics(bootstrap, CATALOG, prefix, args.partitions)
+    # Written before the worker starts: the fake runs on this process's event loop and
+    # timestamps a request when the loop reaches it, so writing while the sender sends
+    # would bunch the fake's own seconds (a loaded run once counted 94 in one).
+    await write_deliveries(bootstrap, redis_url, prefix, args.records, args.numbers)
     bots = registry(work, args.numbers)
     fake = FakeGraph(accounts_from_registry(BotRegistry.load(bots)), limits={"whatsapp": limit})
     await fake.start()
@@ -90,7 +94,6 @@ async def one_phase(name: str, bootstrap: str, redis_url: str, work: Path, args,
     try:
         with running([worker]):
             await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready, 120)
-            await write_deliveries(bootstrap, redis_url, prefix, args.records, args.numbers)
             deadline = time.monotonic() + args.records / (limit * args.numbers) + 120
             while sum(fake.accepted.values()) < args.records and time.monotonic() < deadline:
                 worker.check_alive()
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="the sender's send_concurrency")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--rate-slack", default="100ms",
-                        help="the sender's send_rate_slack: the most a call may be delayed between its slot and the platform")
+                        help="the sender's send_rate_slack: half for the steps between a slot and its call "
+                             "(an older slot is taken again), half for the request's way to the platform")
     add_stack_flags(parser)
     asyncio.run(main_async(parser.parse_args(argv)))
 

@@ -289,10 +289,12 @@ class Aftermath:
             lists = (self.distress.get(user_id),)
         return any(times and _any_in(times, start, start + span) for times in lists)
 
-    def first_answer(self, user_id: str, bot_id: str, start: int, span: int) -> int | None:
-        times = self.inbound.get((user_id, bot_id)) or []
-        index = bisect.bisect_right(times, start)
-        return times[index] if index < len(times) and times[index] <= start + span else None
+
+def answered_within(sent_at: int, ts: int, messaging_window: int) -> bool:
+    """An inbound message at ``ts`` answers a follow-up sent at ``sent_at`` within M (spec
+    section 9): after the send and at most M after it, M counted as in section 3 (``<= M``).
+    The context stage emits ``answered`` by it; the windows here count ``(start, start + span]`` alike."""
+    return sent_at < ts <= sent_at + messaging_window
 
 
 def _any_in(times: list[int], low: int, high: int) -> bool:
@@ -619,8 +621,8 @@ def _rules_seen(*funnels: Funnel) -> list[str]:
 
 @dataclass(frozen=True)
 class Story:
-    """One silence of a pair: its decisions, its follow-up's outcome records, and the
-    user's first answer within M of the send time (None: no answer, or nothing sent)."""
+    """One silence of a pair: its decisions, its follow-up's outcome records, and the ts of
+    the user's answer within M of the send, as its ``answered`` record tells (None: none)."""
 
     followup_id: str
     decisions: tuple[DecisionRecord, ...]
@@ -628,8 +630,8 @@ class Story:
     answer_ts: int | None
 
 
-def stories(user_id: str, bot_id: str, decisions: Iterable[DecisionRecord], outcomes: Iterable[FollowupOutcome],
-            stream: Iterable[Timed], messaging_window: int) -> list[Story]:
+def stories(user_id: str, bot_id: str, decisions: Iterable[DecisionRecord],
+            outcomes: Iterable[FollowupOutcome]) -> list[Story]:
     """The pair's silences, oldest first."""
     by_silence: dict[str, list[DecisionRecord]] = defaultdict(list)
     for decision in decisions:
@@ -639,15 +641,12 @@ def stories(user_id: str, bot_id: str, decisions: Iterable[DecisionRecord], outc
     for outcome in outcomes:
         if outcome.user_id == user_id and outcome.bot_id == bot_id:
             told[outcome.followup_id].append(outcome)
-    aftermath = Aftermath(timed for timed in stream if isinstance(timed.record, MessageEvent)
-                          and timed.record.user_id == user_id and timed.record.bot_id == bot_id)
     order = {word: index for index, word in enumerate(("generated", "cancelled", *DELIVERY_STEPS))}
     out = []
     for fid in set(by_silence) | set(told):
         kept = sorted({(d.due_ts, d.outcome): d for d in by_silence.get(fid, ())}.values(), key=lambda d: d.due_ts)
-        emitted = [d for d in kept if d.outcome == "emitted"]
-        answer = aftermath.first_answer(user_id, bot_id, emitted[0].send_ts, messaging_window) if emitted else None
         steps = sorted(told.get(fid, ()), key=lambda o: (order.get(o.outcome, len(order)), o.at))
+        answer = next((o.at for o in steps if o.outcome == "answered"), None)
         out.append(Story(fid, tuple(kept), tuple(steps), answer))
     return sorted(out, key=lambda s: s.decisions[0].due_ts if s.decisions else min(o.at for o in s.outcomes))
 

@@ -251,7 +251,8 @@ class Settings:
     facebook_send_rate: float = setting(300.0, "Messages a second per Facebook page, at most.", _positive_number)
     instagram_send_rate: float = setting(300.0, "Messages a second per Instagram account, at most.", _positive_number)
     send_rates: tuple[tuple[str, float], ...] = setting((), "Rates of single numbers, pages or accounts, account=rate[,...] (a TOML table in a config file).", parse_rates)
-    send_rate_slack: int = setting(100, "Added to the rate limiter's one-second window, so that jitter on the way cannot squeeze a second's sends closer.", parse_duration)
+    send_rate_slack: int = setting(100, "Added to the rate limiter's one-second window, so that jitter on the way cannot squeeze a second's sends closer; a slot older than half of it when its call leaves is taken again.", parse_duration)
+    send_fault_hold: int = setting(0, "Fault injection for tests, 0 in production: half the sends, at random, wait this long between their rate slot and their call, as on a loaded machine.", parse_duration)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -556,8 +556,9 @@ class FollowupOutcome:
     ``reason``: for ``cancelled`` one of ``CANCEL_REASONS``; for ``dead_lettered`` and
     ``failed`` a short word (``unknown_bot``, ``generation_failed``, the platform's error
     code such as ``131026``); else null. ``tries``: tries made by the stage that wrote it
-    (generation tries; send attempts for the sender; 0 for a receipt). ``at``: when it
-    happened (wall time; for a receipt, the platform's time).
+    (generation tries; send attempts for the sender; 0 for a receipt or an answer). ``at``:
+    when it happened (wall time; for a receipt, the platform's time; for ``answered``, the
+    ts of the user's answer, within M of the send: ``agents/context.py``).
     """
 
     followup_id: str

@@ -35,7 +35,9 @@ Beside each follow-up's field, the same hash holds what the receipts need:
 ``<followup_id>:receipt`` (the furthest the platform said it went: ``sent``,
 ``delivered``, ``read``, or ``failed``) and ``mid:<message id>`` (the follow-up a
 platform message id belongs to, with its bot, app and send time, for Messenger and
-Instagram receipts that name only message ids or a watermark).
+Instagram receipts that name only message ids or a watermark), and ``<followup_id>:answered``
+(the ts of the user's answer, once its ``answered`` outcome is published: the context
+stage, ``agents/context.py``, publishes one per follow-up).
 
 Redis may forget: a Redis restarted without its data, or a key lost, must not make a
 follow-up end twice or never. So a missing field is not read as "erased". An erasure
@@ -294,6 +296,30 @@ end
 return out
 """
 
+# KEYS: ledger. ARGV: bot_id. The follow-ups this bot sent the user (with a message id)
+# whose answer is not recorded yet: {followup_id, app, send time ms, ...}.
+_SENT_UNANSWERED_SCRIPT = """
+local out = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 4) == 'mid:' then
+    local sent = cjson.decode(fields[i + 1])
+    if sent.bot == ARGV[1] and redis.call('HEXISTS', KEYS[1], sent.id .. ':answered') == 0 then
+      out[#out + 1] = sent.id
+      out[#out + 1] = sent.app
+      out[#out + 1] = string.format('%d', sent.at)
+    end
+  end
+end
+return out
+"""
+
+# KEYS: ledger. ARGV: followup_id, the answer's ts. Never re-creates an erased ledger.
+_ANSWERED_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], ARGV[1] .. ':answered', ARGV[2])
+"""
+
 
 class Ledger:
     """Every move on the ledger. Scripts are registered here and loaded by Redis on first use."""
@@ -313,6 +339,8 @@ class Ledger:
         self._move = redis.register_script(_MOVE_SCRIPT)
         self._finish = redis.register_script(_FINISH_SCRIPT)
         self._receipt = redis.register_script(_RECEIPT_SCRIPT)
+        self._sent_unanswered = redis.register_script(_SENT_UNANSWERED_SCRIPT)
+        self._answered = redis.register_script(_ANSWERED_SCRIPT)
 
     # -- erasure -----------------------------------------------------------------------------
 
@@ -422,6 +450,25 @@ class Ledger:
                                           receipt.bot_id, receipt.app], client=pipe)
             answers = await pipe.execute()
         return [[(answer[i].decode(), answer[i + 1].decode()) for i in range(0, len(answer), 2)] for answer in answers]
+
+    # -- answers (context) -------------------------------------------------------------------
+
+    async def sent_unanswered(self, pairs: list[tuple[str, str]]) -> list[list[tuple[str, str, int]]]:
+        """For each (user, bot) pair, the follow-ups the bot sent the user whose answer is
+        not recorded: (followup_id, app, send time ms), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, bot_id in pairs:
+                await self._sent_unanswered(keys=[ledger_key(user_id)], args=[bot_id], client=pipe)
+            answers = await pipe.execute()
+        return [[(answer[i].decode(), answer[i + 1].decode(), int(answer[i + 2])) for i in range(0, len(answer), 3)]
+                for answer in answers]
+
+    async def record_answers(self, answers: list[tuple[str, str, int]]) -> None:
+        """(user, followup_id, answer ts): their ``answered`` outcomes are published."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, followup_id, ts in answers:
+                await self._answered(keys=[ledger_key(user_id)], args=[followup_id, ts], client=pipe)
+            await pipe.execute()
 
     @staticmethod
     def queue_erasure(pipe, user_id: str) -> None:

@@ -4,7 +4,8 @@ The simulator makes the traffic, ``relance replay`` (the CLI, in process) the de
 and requests, as the issue asks: "the files `relance replay --decisions` and a records
 file give". What the generator and the sender would have written is made up here,
 deterministically from each follow-up id: some cancelled, some dead-lettered, the rest
-generated, sent, delivered, read, with a few records written twice (at-least-once) and a
+generated, sent, delivered, read, answered when the user wrote to the bot within M of the
+made-up send (spec section 9, as the context stage tells it), with a few records written twice (at-least-once) and a
 few texts refused by the honesty check.
 
 ``Counts`` is the oracle: figures counted straight from the JSON lines, by the spec's
@@ -58,7 +59,7 @@ def simulate(folder: Path, monkeypatch, users: int, days: float, seed: int, hold
         patch.setattr("sys.stdout", _Text(out))
         assert main(["replay", str(paths.records), "--decisions", str(paths.decisions)]) == 0
     requests = [parse_followup(orjson.loads(line)) for line in paths.requests.read_bytes().splitlines()]
-    outcomes, deliveries = made_up_stories(requests)
+    outcomes, deliveries = made_up_stories(requests, _people(lines(paths.records)).answers)
     paths.outcomes.write_bytes(b"".join(o.to_json() + b"\n" for o in outcomes))
     paths.deliveries.write_bytes(b"".join(d.to_json() + b"\n" for d in deliveries))
     return paths
@@ -81,7 +82,8 @@ def _roll(followup_id: str, salt: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{salt}:{followup_id}".encode(), digest_size=4).digest(), "big") % 100
 
 
-def made_up_stories(requests: list[FollowupRequest]) -> tuple[list[FollowupOutcome], list]:
+def made_up_stories(requests: list[FollowupRequest], inbound: dict[tuple[str, str], list[int]]
+                    ) -> tuple[list[FollowupOutcome], list]:
     outcomes, deliveries = [], []
     for number, request in enumerate(requests):
         at = request.due_ts + 2_000
@@ -99,8 +101,15 @@ def made_up_stories(requests: list[FollowupRequest]) -> tuple[list[FollowupOutco
                 story.append("delivered")
                 if _roll(request.followup_id, "read") < 60:
                     story.append("read")
-        for step, word in enumerate(story):
-            outcome = FollowupOutcome.of(request, word, None, 1 if word == "generated" else 0, at + step * 60_000)
+        told = [FollowupOutcome.of(request, word, None, 1 if word == "generated" else 0, at + step * 60_000)
+                for step, word in enumerate(story)]
+        if "sent" in story:
+            sent_at = at + 60_000
+            answer = next((ts for ts in sorted(inbound.get((request.user_id, request.bot_id), ()))
+                           if sent_at < ts <= sent_at + M), None)
+            if answer is not None:
+                told.append(FollowupOutcome.of(request, "answered", None, 0, answer))
+        for outcome in told:
             outcomes.append(outcome)
             if number % 7 == 0:
                 outcomes.append(outcome)  # written twice: at-least-once

@@ -67,12 +67,9 @@ def test_gateway_bench_measures_every_post_of_each_run(stack):
 
 
 def test_sender_bench_measures_every_send_and_keeps_the_limit(stack):
-    # The limiter keeps the rate at Redis's clock; the fake counts at its own, so a call held
-    # up on its way longer than the slack can land beside the next second's. Beside two
-    # other test processes on 2 cores such hold-ups pass 100 ms (once 81 in a second was
-    # seen): the slack, the setting for exactly that, is set for the load the test runs under.
-    results = run_bench(stack, "bench.sender_bench", "--records", "200", "--numbers", "2", "--rate-slack", "300ms",
-                        timeout=120)
+    # At the default slack (100 ms): a call held up past half of it between its slot and its
+    # departure takes a fresh slot, so a loaded machine does not put 81 in one of the fake's seconds.
+    results = run_bench(stack, "bench.sender_bench", "--records", "200", "--numbers", "2", timeout=120)
     assert results["sender_sends_at_limit"] > 0 and results["sender_limit"] == 160
     assert results["sender_busiest_number_second"] <= 80  # WhatsApp's rate per number, spec section 9
     assert results["sender_sends_unlimited"] > 0

@@ -65,8 +65,9 @@ async def test_a_paused_account_waits_and_others_do_not(redis_client):
     assert not ok and 0 < wait_us <= 300_000
     assert (await limiter.try_acquire("whatsapp", "B", 10, 1000))[0]
     assert (await limiter.try_acquire("facebook", "A", 10, 1000))[0]  # the same id on another app
-    waited = await limiter.acquire("whatsapp", "A", 10, 1000, max_wait_s=2)
-    assert waited is not None and 0.1 < waited < 1.0
+    slot = await limiter.acquire("whatsapp", "A", 10, 1000, max_wait_s=2)
+    assert slot is not None and 0.1 < slot.waited < 1.0
+    assert slot.age_s() < slot.waited  # aged from the request that got it, not from the first ask
 
 
 async def test_acquire_gives_up_rather_than_wait_too_long(redis_client):
@@ -79,3 +80,14 @@ def test_rates_become_a_count_per_window_with_slack():
     assert rate_window(80, 100) == (80, 1100)
     assert rate_window(300.7, 0) == (300, 1000)
     assert rate_window(0.5, 100) == (1, 2100)
+
+
+async def test_a_slot_given_back_unused_makes_room_for_one_fresh_slot_only(redis_client):
+    """A send held up past the slack takes a fresh slot and gives its old one back: the
+    old one never carried a call, so the account's limit still bounds the calls."""
+    limiter = SendRateLimiter(redis_client)
+    held = await limiter.acquire("whatsapp", "H", 1, 10_000, max_wait_s=1)
+    assert held is not None
+    fresh = await limiter.acquire("whatsapp", "H", 1, 10_000, max_wait_s=0.2, replacing=held)
+    assert fresh is not None and fresh.entry != held.entry
+    assert await limiter.acquire("whatsapp", "H", 1, 10_000, max_wait_s=0.2) is None  # one call in the window

@@ -189,11 +189,13 @@ def test_a_pair_story_runs_from_decision_to_answer():
     request = parse_followup(orjson.loads(requests[0].to_json()))
     outcomes = [FollowupOutcome.of(request, word, None, 0, parse_ts("2026-11-29T08:00:05Z") + n * 60_000)
                 for n, word in enumerate(("read", "delivered", "sent", "generated"))]  # arriving out of order
-    told = stories("u1", "maestro", decisions, outcomes, list(timed_records(lines, lambda *_: None)), DAY)
+    outcomes.insert(0, FollowupOutcome.of(request, "answered", None, 0, parse_ts("2026-11-29T09:00:00Z")))
+    told = stories("u1", "maestro", decisions, outcomes)
     first, second = told
     assert [d.outcome for d in first.decisions] == ["deferred", "emitted"]
-    assert [o.outcome for o in first.outcomes] == ["generated", "sent", "delivered", "read"]
+    # Spec section 9: in order, sent, delivered, read, then whether the user answered.
+    assert [o.outcome for o in first.outcomes] == ["generated", "sent", "delivered", "read", "answered"]
     assert first.answer_ts == parse_ts("2026-11-29T09:00:00Z")
     # The answer opened a new silence; one follow-up a day: the cap stops the next one.
     assert [d.stopped_by for d in second.decisions] == ["user_cap"] and second.answer_ts is None
-    assert stories("u1", "chef-lucie", decisions, outcomes, [], DAY) == []
+    assert stories("u1", "chef-lucie", decisions, outcomes) == []

@@ -29,14 +29,14 @@ from domain.delivery import delivery_record
 from domain.honesty import finalize
 from foundation.clock import wall_ms
 from foundation.metrics import new_metrics, render
-from schemas.records import DeliveryRecord, FollowupRequest, format_ts
+from schemas.records import DeliveryRecord, FollowupRequest, format_ts, parse_ts
 from schemas.registry import BotRegistry
 from streams.attempts import AttemptLog
 from streams.kafkaclient import PLAINTEXT
 from streams.kafkaloop import new_producer, read_partition
 from streams.ledger import ledger_key
 from streams.topics import (
-    DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, topic_name,
+    DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, MESSAGES, topic_name,
 )
 from tests.gatewaykit import SECRET, gateway_settings, running_gateway
 from tests.kafkaread import TopicReader
@@ -335,6 +335,90 @@ async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_ove
         never_twice_and_never_over_the_rate(fake)
         print(f"\nfake: {fake.requests} requests, {sum(fake.accepted.values())} accepted, busiest second "
               f"{max(fake.per_second.values())} (limit {RATE})")
+
+
+# -- held up between slot and call ------------------------------------------------------------
+
+async def test_sends_held_up_past_the_slack_never_put_more_than_the_rate_in_a_platform_second(
+        stack, topic_prefix, redis_db, tmp_path):
+    """Spec section 9, "a send rate that the sender never exceeds", counted by the platform
+    per number and per second. Half the sends, at random, are held 600 ms after their rate
+    slot (``send_fault_hold``: a loaded machine), far beyond the 100 ms slack: without a
+    fresh slot before they leave, they would land beside the next second's sends."""
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender"], send_rate_slack="100ms",
+                   send_fault_hold="600ms", send_concurrency=64) as rig:
+        records = [record(f"held-{bot}-{i}", f"u-held-{bot}-{i}", bot=bot)
+                   for i in range(120) for bot in ("maestro", "chef-lucie")]
+        started = time.monotonic()
+        await rig.publish(*records)
+        stories = await rig.wait_for_stories([r.followup_id for r in records], "every held-up send ended", timeout=120)
+        busiest = {number: rig.fake.max_per_second("whatsapp", number) for number in (WA1, WA2)}
+        print(f"\n{len(records)} sends over 2 numbers, half held 600 ms: {time.monotonic() - started:.1f}s, "
+              f"busiest number-second {busiest} (limit {RATE}), fake answers {dict(rig.fake.answers)}")
+    assert {ending(story) for story in stories.values()} == {"sent"}
+    never_twice_and_never_over_the_rate(rig.fake)
+
+
+# -- answered --------------------------------------------------------------------------------------
+
+async def test_an_answer_within_m_of_the_send_adds_answered_to_the_story_once(stack, topic_prefix, redis_db, tmp_path):
+    """Spec section 9: a follow-up's outcomes tell "whether the user answered within M"; M as
+    in section 3 (``<= M`` after the send). Each user writes to maestro, then to chef-lucie,
+    on the user's one partition, in that order: chef-lucie's ``answered`` shows that the
+    message to maestro before it was read."""
+    window = 2 * HOUR
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender", "context"], messaging_window="2h") as rig:
+        follow_ups = {(user, bot): record(f"ans-{user}-{bot}", user, bot=bot)
+                      for user in ("u-within", "u-late", "u-cancelled") for bot in ("maestro", "chef-lucie")}
+        # Too late to leave (its user's last message is past M): cancelled, never sent.
+        follow_ups[("u-cancelled", "maestro")] = record("ans-u-cancelled-maestro", "u-cancelled",
+                                                        last_inbound_ts=wall_ms() - 3 * HOUR)
+        await rig.publish(*follow_ups.values())
+        stories = await rig.wait_for_stories([r.followup_id for r in follow_ups.values()], "every follow-up ended")
+        assert ending(stories["ans-u-cancelled-maestro"]) == "cancelled"
+        sent_at = {fid: next(step["at"] for step in story if step["outcome"] == "sent")
+                   for fid, story in stories.items() if fid != "ans-u-cancelled-maestro"}
+
+        def answer(user: str, bot: str, event_id: str, ts: int) -> bytes:
+            return orjson.dumps({"event_id": event_id, "app": "whatsapp", "user_id": user, "bot_id": bot,
+                                 "direction": "inbound", "ts": format_ts(ts), "text": "oh yes, tell me more"})
+
+        def after_send(user: str, bot: str, ms: int) -> int:
+            return parse_ts(sent_at[f"ans-{user}-{bot}"]) + ms
+
+        async def write(*messages: tuple[str, bytes]) -> None:
+            for user, value in messages:
+                await rig.producer.send_and_wait(topic_name(MESSAGES, rig.prefix), value, key=user.encode())
+
+        def answered(fid: str) -> list[dict]:
+            return [step for step in rig.stories().get(fid, []) if step["outcome"] == "answered"]
+
+        async def seen(*fids: str) -> None:
+            await async_wait_for(lambda: rig.worker.check_alive() and all(answered(fid) for fid in fids), 45,
+                                 f"answered on {fids}")
+
+        first = answer("u-within", "maestro", "w.1", after_send("u-within", "maestro", MINUTE))
+        await write(("u-within", first), ("u-within", first),  # a re-sent webhook
+                    ("u-within", answer("u-within", "maestro", "w.2", after_send("u-within", "maestro", 2 * MINUTE))),
+                    ("u-late", answer("u-late", "maestro", "l.1", after_send("u-late", "maestro", window + MINUTE))),
+                    ("u-cancelled", answer("u-cancelled", "maestro", "c.1", wall_ms())),
+                    *((user, answer(user, "chef-lucie", f"{user}.chef", after_send(user, "chef-lucie", window - MINUTE)))
+                      for user in ("u-late", "u-cancelled")))
+        await seen("ans-u-within-maestro", "ans-u-late-chef-lucie", "ans-u-cancelled-chef-lucie")
+        # A restart, then the same answer and one more: still one answered.
+        rig.worker.stop()
+        rig.start_worker()
+        await write(("u-within", first),
+                    ("u-within", answer("u-within", "maestro", "w.3", after_send("u-within", "maestro", 3 * MINUTE))),
+                    ("u-within", answer("u-within", "chef-lucie", "w.chef", after_send("u-within", "chef-lucie", window - MINUTE))))
+        await seen("ans-u-within-chef-lucie")
+        within = answered("ans-u-within-maestro")
+        assert [(step["app"], parse_ts(step["at"])) for step in within] == \
+            [("whatsapp", after_send("u-within", "maestro", MINUTE))], within
+        assert answered("ans-u-late-maestro") == [] and answered("ans-u-cancelled-maestro") == []
+        for user in ("u-within", "u-late", "u-cancelled"):  # each told once, at the answer's own ts
+            assert [parse_ts(step["at"]) for step in answered(f"ans-{user}-chef-lucie")] == \
+                [after_send(user, "chef-lucie", window - MINUTE)]
 
 
 # -- a crash mid-stream ---------------------------------------------------------------------------

@@ -23,11 +23,10 @@ from aiokafka.errors import KafkaError
 from domain.report import Story, stories
 from foundation.settings import Settings
 from relance.cliflags import add_setting_flags, load_settings
-from relance.commands.report import timed_messages
 from schemas.records import InvalidRecord, format_ts, loads, parse_decision, parse_outcome
 from streams.kafkaclient import KafkaSecurity
 from streams.topicread import RangeReader, ReadStalled
-from streams.topics import DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES, topic_name
+from streams.topics import DECISIONS, FOLLOWUP_OUTCOMES, topic_name
 
 DEFAULT_WORKER = "http://127.0.0.1:6066"
 TIMEOUT_SECONDS = 5.0
@@ -187,9 +186,9 @@ def _duration(ms: int) -> str:
 
 
 # -- follow-up stories, from Kafka -----------------------------------------------------------
-# After the engine's view, the pair's stories from the user's partition of ``decisions``,
-# ``followups.outcomes`` and ``messages``: each silence's decisions, its follow-up
-# cancelled or sent, the receipts, and the user's answer.
+# After the engine's view, the pair's stories from the user's partition of ``decisions``
+# and ``followups.outcomes``: each silence's decisions, its follow-up cancelled or sent,
+# the receipts, and the user's answer (the ``answered`` record the context stage writes).
 
 STORIES_SHOWN = 10
 
@@ -199,7 +198,7 @@ def follow_up_stories(settings: Settings, user_id: str, bot_id: str) -> str:
         found = asyncio.run(_read_pair(settings, user_id, bot_id))
     except (OSError, KafkaError, ReadStalled) as exc:
         return f"follow-up stories: Kafka at {settings.broker} could not be read ({exc})"
-    told = stories(user_id, bot_id, *found, settings.messaging_window)
+    told = stories(user_id, bot_id, *found)
     if not told:
         return "follow-up stories: no decision or outcome of this pair on the topics"
     lines = [f"follow-up stories (the last {min(len(told), STORIES_SHOWN)} of {len(told)}, from the topics):"]
@@ -208,18 +207,15 @@ def follow_up_stories(settings: Settings, user_id: str, bot_id: str) -> str:
     return "\n".join(lines)
 
 
-async def _read_pair(settings: Settings, user_id: str, bot_id: str) -> tuple[list, list, list]:
+async def _read_pair(settings: Settings, user_id: str, bot_id: str) -> tuple[list, list]:
     prefix = settings.topic_prefix
-    names = {spec: topic_name(spec, prefix) for spec in (DECISIONS, FOLLOWUP_OUTCOMES, MESSAGES)}
-    decisions, outcomes, stream = [], [], []
+    names = {spec: topic_name(spec, prefix) for spec in (DECISIONS, FOLLOWUP_OUTCOMES)}
+    decisions, outcomes = [], []
     key = user_id.encode()
     async with RangeReader(settings.broker, list(names.values()), key=key,
                            security=KafkaSecurity.of(settings)) as reader:
         async for topic, records in reader.batches():
-            mine = [record for record in records if record.key in (key, None)]  # kills, ticks: no key
-            if topic == names[MESSAGES]:
-                stream += timed_messages(mine, lambda _offset, _reason: None)
-                continue
+            mine = [record for record in records if record.key == key]
             parse = parse_decision if topic == names[DECISIONS] else parse_outcome
             for record in mine:
                 try:
@@ -227,7 +223,7 @@ async def _read_pair(settings: Settings, user_id: str, bot_id: str) -> tuple[lis
                 except InvalidRecord:
                     continue
                 (decisions if parse is parse_decision else outcomes).append(parsed)
-    return decisions, outcomes, stream
+    return decisions, outcomes
 
 
 def _story_lines(story: Story, messaging_window: int) -> list[str]:
@@ -248,7 +244,7 @@ def _story_lines(story: Story, messaging_window: int) -> list[str]:
     sent = [d for d in story.decisions if d.outcome == "emitted"]
     if sent:
         if story.answer_ts is None:
-            lines.append(f"    no answer within {_duration(messaging_window)} of the send time")
+            lines.append(f"    no answer within {_duration(messaging_window)} of the send (no answered record)")
         else:
             lines.append(f"    {format_ts(story.answer_ts)}  the user answered "
                          f"({_duration_between(sent[0].send_ts, story.answer_ts)} after)")
