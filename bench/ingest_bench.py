@@ -49,30 +49,19 @@ def webhooks(count: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 def in_process(documents: list[tuple[str, bytes]], repeat: int = 3) -> dict[str, float]:
-    """CPU microseconds per webhook of the ingest stage's own work, in this process, best
-    of ``repeat``: the general path (``normalize_webhook``, then ``to_json`` per event, as
-    before the compiled path) and what the stage calls (``normalize_encoded``)."""
-    from domain.normalize import normalize_encoded, normalize_webhook
+    """CPU microseconds per webhook of the ingest stage's own work on these documents, in
+    this process (``normalize_bench``'s measures): the general path (``normalize_webhook``,
+    then ``to_json`` per event, as before the compiled path) and ``normalize_encoded``."""
+    from bench.normalize_bench import make_encoded, make_normalize, time_best
     from schemas.registry import BotRegistry
     registry = BotRegistry.load(ROOT / "deploy" / "bots.toml")
-
-    def general(app: str, data: bytes) -> None:
-        for event in normalize_webhook(app, data, registry).events:
-            event.to_json()
-
-    def encoded(app: str, data: bytes) -> None:
-        normalize_encoded(app, data, registry)
-
-    out = {}
-    for name, work in (("normalize_webhook + to_json", general), ("normalize_encoded", encoded)):
-        best = float("inf")
-        for _ in range(repeat):
-            started = time.process_time()
-            for app, data in documents:
-                work(app, data)
-            best = min(best, time.process_time() - started)
-        out[name] = best * 1e6 / len(documents)
-    return out
+    by_app: dict[str, list[bytes]] = {}
+    for app, data in documents:
+        by_app.setdefault(app, []).append(data)
+    measures = {"normalize_webhook + to_json": lambda app: make_normalize(app, registry, serialize=True),
+                "normalize_encoded": lambda app: make_encoded(app, registry)}
+    return {name: sum(time_best(make(app), docs, repeat, timer=time.process_time) for app, docs in by_app.items())
+            * 1e6 / len(documents) for name, make in measures.items()}
 
 
 async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
