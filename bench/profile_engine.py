@@ -82,7 +82,7 @@ def _ingest_bucket(frames: list[tuple[str, str, int]], has) -> str | None:
         return "our: receipts (ledger in Redis, outcome steps)"
     if has("batch_dead_letter", "streams/wiring.py"):
         return "our: dead letters"
-    if any(f in ("to_json", "to_dict", "format_ts", "_minute_prefix") for f, _, _ in frames):
+    if any(f in ("to_json", "to_dict", "_canonical", "format_ts", "_minute_prefix") for f, _, _ in frames):
         return "our: encode (canonical event to JSON)"
     if any(path.endswith("domain/normalize.py") for _, path, _ in frames):
         return "our: normalise (decode + walk + checks)"
