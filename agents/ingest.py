@@ -1,7 +1,9 @@
 """The ingest agents: native webhooks and control events into the one ordered stream.
 
 - ``raw.<app>`` webhooks become canonical events on ``messages``, keyed by ``user_id``,
-  in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``).
+  in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``);
+  ``normalize_encoded`` gives each webhook's events already as key and JSON (the common
+  shapes on its compiled path), so no record object is built between the two.
 - Receipts of follow-ups (WhatsApp ``statuses``, Messenger and Instagram ``delivery``,
   ``read`` and echoes, spec section 9) become steps of their stories on
   ``followups.outcomes``, through the ledger (``streams/ledger.py``). Only batches that
