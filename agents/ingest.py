@@ -1,7 +1,9 @@
 """The ingest agents: native webhooks and control events into the one ordered stream.
 
 - ``raw.<app>`` webhooks become canonical events on ``messages``, keyed by ``user_id``,
-  in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``).
+  in a batch stage of a ``KafkaLoop`` (the hot path: see ``streams/kafkaloop.py``);
+  ``normalize_encoded`` gives each webhook's events already as key and JSON (the common
+  shapes on its compiled path), so no record object is built between the two.
 - Receipts of follow-ups (WhatsApp ``statuses``, Messenger and Instagram ``delivery``,
   ``read`` and echoes, spec section 9) become steps of their stories on
   ``followups.outcomes``, through the ledger (``streams/ledger.py``). Only batches that
@@ -19,7 +21,7 @@ from typing import Awaitable, Callable
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from domain.normalize import normalize_webhook
+from domain.normalize import normalize_encoded
 from schemas.records import FollowupOutcome, InvalidRecord, Kill, Receipt, control_to_dict, loads, parse_control
 from schemas.registry import RegistryFile
 from streams.wiring import Wiring
@@ -55,23 +57,27 @@ class WebhookIngest:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         registry = self.registry.current()
+        add, messages = self.outbox.add, self._messages
         webhooks, dropped = collections.Counter(), collections.Counter()
         receipts: list[Receipt] = []
         for tp, records in batch.items():
             app = self.app_of_topic[tp.topic]
             webhooks[app] += len(records)
+            dropped_here = 0
             for record in records:
                 try:
-                    result = normalize_webhook(app, record.value or b"", registry)
+                    events, dropped_of_one, errors, found = normalize_encoded(app, record.value or b"", registry)
                 except InvalidRecord as exc:
                     self.wiring.batch_dead_letter(self.outbox, "ingest", record, exc)
                     continue
-                dropped[app] += result.dropped
-                receipts += result.receipts
-                for event in result.events:
-                    self.outbox.add(self._messages, event.to_json(), key=event.user_id.encode())
-                for error in result.errors:
+                dropped_here += dropped_of_one
+                for key, value in events:
+                    add(messages, value, key)
+                if found:
+                    receipts += found
+                for error in errors:
                     self.wiring.batch_dead_letter(self.outbox, "ingest", record, error)
+            dropped[app] += dropped_here
         for app, count in webhooks.items():
             self.metrics.webhooks_in.labels(app=app).inc(count)
         await self.outbox.send()

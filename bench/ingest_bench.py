@@ -9,6 +9,8 @@ included; a run whose worker did not count every webhook fails. Events/s are the
 canonical events it wrote to ``messages`` over the same time (WhatsApp has no webhook for
 a bot's reply, only a status receipt, which is dropped).
 A plain aiokafka consumer reading and decoding the same raw topics gives the limit.
+``--before TREE`` also runs the worker from another copy of the code (a git worktree of
+an earlier commit), alternating with this one on the same stack, for a before/after.
 
 Run: ``.venv/bin/python -m bench.ingest_bench --webhooks 50000 --repeat 2``
 """
@@ -25,7 +27,7 @@ import orjson
 from devstack.localstack import redis_db_url
 from devstack.processes import WorkerProcess, running
 from bench.common import (
-    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, metric_total, result, spread, timed_run,
+    ROOT, GroupWatch, add_stack_flags, bench_stack, fresh_prefix, from_tree, metric_total, result, spread, timed_run,
 )
 
 
@@ -44,6 +46,22 @@ def webhooks(count: int, seed: int) -> list[tuple[str, bytes]]:
         if len(out) >= count:
             break
     return out
+
+
+def in_process(documents: list[tuple[str, bytes]], repeat: int = 3) -> dict[str, float]:
+    """CPU microseconds per webhook of the ingest stage's own work on these documents, in
+    this process (``normalize_bench``'s measures): the general path (``normalize_webhook``,
+    then ``to_json`` per event, as before the compiled path) and ``normalize_encoded``."""
+    from bench.normalize_bench import make_encoded, make_normalize, time_best
+    from schemas.registry import BotRegistry
+    registry = BotRegistry.load(ROOT / "deploy" / "bots.toml")
+    by_app: dict[str, list[bytes]] = {}
+    for app, data in documents:
+        by_app.setdefault(app, []).append(data)
+    measures = {"normalize_webhook + to_json": lambda app: make_normalize(app, registry, serialize=True),
+                "normalize_encoded": lambda app: make_encoded(app, registry)}
+    return {name: sum(time_best(make(app), docs, repeat, timer=time.process_time) for app, docs in by_app.items())
+            * 1e6 / len(documents) for name, make in measures.items()}
 
 
 async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
@@ -67,14 +85,15 @@ async def plain_raw(bootstrap: str, topics: list[str], expected: int) -> float:
         await consumer.stop()
 
 
-async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: int, timeout: float):
+async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: int, timeout: float,
+                  pythonpath: str | None = None, plain: bool = True):
     from streams.admin import acreate_topics
     from streams.topics import CATALOG, MESSAGES, RAW_BY_APP, topic_name
     prefix = fresh_prefix("ing")
     await acreate_topics(bootstrap, CATALOG, prefix, partitions)
     app_id = f"ingest-{uuid.uuid4().hex[:6]}"
     raw = {topic_name(spec, prefix): 1 for spec in RAW_BY_APP.values()}
-    worker = WorkerProcess(work, ["ingest"], broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
+    worker = WorkerProcess(work, ["ingest"], pythonpath=pythonpath, broker=bootstrap, redis_url=redis_url, topic_prefix=prefix,
                     partitions=partitions, app_id=app_id, data_dir=work / f"data-{app_id}")
     with running([worker]):
         async with GroupWatch(bootstrap, prefix + app_id + ".ingest", raw) as watch, \
@@ -87,7 +106,7 @@ async def one_run(bootstrap: str, redis_url: str, work, documents, partitions: i
     if counted < len(documents):
         raise RuntimeError(f"the ingest worker counted {counted:,.0f} of {len(documents):,} webhooks; "
                            "the run did not measure the whole topic")
-    limit = await plain_raw(bootstrap, list(raw), len(documents))
+    limit = await plain_raw(bootstrap, list(raw), len(documents)) if plain else None
     return len(documents) / seconds, events / seconds, limit
 
 
@@ -96,23 +115,46 @@ async def main_async(args: argparse.Namespace) -> None:
     by_app = {app: sum(1 for a, _ in documents if a == app) for app in ("whatsapp", "facebook", "instagram")}
     print(f"{len(documents)} webhooks ({', '.join(f'{a} {n}' for a, n in by_app.items())}), "
           f"{args.repeat} run(s), one ingest worker")
-    rates, event_rates, limits = [], [], []
+    for name, micros in in_process(documents).items():
+        print(f"  in-process, CPU per webhook: {name} {micros:.2f} us", flush=True)
+        result(f"ingest_cpu_{name.split()[0]}", micros, "us/webhook")
+    sources = [None] + ([args.before] if args.before else [])  # None: this tree
+    rates = {source: [] for source in sources}
+    event_rates = {source: [] for source in sources}
+    limits = []
     with bench_stack(args) as (bootstrap, redis_url, work):
+        run = 0
         for index in range(1, args.repeat + 1):
-            url = redis_db_url(redis_url, 5 + index, flush=not args.redis_url)
-            rate, event_rate, limit = await one_run(bootstrap, url, work, documents, args.partitions, args.timeout)
-            rates.append(rate)
-            event_rates.append(event_rate)
-            limits.append(limit)
-            print(f"  run {index}: {rate:,.0f} webhooks/s, {event_rate:,.0f} events/s; plain consumer {limit:,.0f}/s",
-                  flush=True)
+            for source in sources:  # alternating, so both see the same machine
+                run += 1
+                url = redis_db_url(redis_url, 5 + run % 10, flush=not args.redis_url)
+                rate, event_rate, limit = await one_run(bootstrap, url, work, documents, args.partitions, args.timeout,
+                                                        pythonpath=source, plain=source is None)
+                rates[source].append(rate)
+                event_rates[source].append(event_rate)
+                plain = ""
+                if limit is not None:
+                    limits.append(limit)
+                    plain = f"; plain consumer {limit:,.0f}/s"
+                print(f"  run {index}{from_tree(source)}: {rate:,.0f} webhooks/s, {event_rate:,.0f} events/s{plain}",
+                      flush=True)
     print(f"\n{'what':<40} {'per second median (min-max)':>30} {'vs plain':>9}")
-    for name, values in (("plain aiokafka consumer, raw webhooks", limits), ("ingest worker: webhooks", rates),
-                         ("ingest worker: canonical events out", event_rates)):
+    rows = [("plain aiokafka consumer, raw webhooks", limits)]
+    for source in sources:
+        rows += [(f"ingest worker: webhooks{from_tree(source)}", rates[source]),
+                 (f"ingest worker: canonical events out{from_tree(source)}", event_rates[source])]
+    for name, values in rows:
         print(f"{name:<40} {spread(values):>30} {statistics.median(values) / statistics.median(limits):>8.3f}x")
     result("ingest_plain_consumer", statistics.median(limits), "webhooks/s", spread=spread(limits).replace(" ", ""))
-    result("ingest_webhooks", statistics.median(rates), "webhooks/s", spread=spread(rates).replace(" ", ""))
-    result("ingest_events", statistics.median(event_rates), "events/s", spread=spread(event_rates).replace(" ", ""))
+    for source in sources:
+        suffix = "_before" if source else ""
+        result(f"ingest_webhooks{suffix}", statistics.median(rates[source]), "webhooks/s",
+               spread=spread(rates[source]).replace(" ", ""))
+        result(f"ingest_events{suffix}", statistics.median(event_rates[source]), "events/s",
+               spread=spread(event_rates[source]).replace(" ", ""))
+    if args.before:
+        result("ingest_events_over_before",
+               statistics.median(event_rates[None]) / statistics.median(event_rates[args.before]), "ratio")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--before", metavar="TREE", help="also run the ingest worker from this copy of the code "
+                        "(a git worktree of an earlier commit), alternating with this one, and print the ratio")
     add_stack_flags(parser)
     asyncio.run(main_async(parser.parse_args(argv)))
 

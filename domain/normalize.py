@@ -21,13 +21,24 @@ dead-letter topic. Otherwise every message slot ends as exactly one event or one
 
 Every event is checked exactly as ``schemas.records.parse_message`` checks a canonical
 event (ids, text length, time range), inline, because this is the ingest hot path.
+
+``normalize_encoded(app, document, registry)``, what the ingest stage calls, gives the
+same result with each event already as it is written to ``messages`` (key, JSON): the
+documents of the common shapes (nearly all of them) are decoded and checked by msgspec
+into Structs and encoded at once, no dict and no ``MessageEvent`` in between; every
+other document goes through ``normalize_webhook``. A property test holds the two
+together on generated webhooks of every app and shape, valid and invalid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Annotated, Any, Mapping, NamedTuple, Protocol
+
+import msgspec
+import orjson
 
 from schemas.records import (
+    _MAX_TS_MS,
     APPS,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
@@ -35,12 +46,14 @@ from schemas.records import (
     InvalidRecord,
     MessageEvent,
     Receipt,
+    format_ts,
     loads,
     parse_ts,
 )
 from schemas.registry import ACCOUNT_KIND
 
-__all__ = ["NormalizeResult", "normalize_webhook", "decode_webhook", "OBJECT_BY_APP"]
+__all__ = ["NormalizeResult", "normalize_webhook", "decode_webhook", "OBJECT_BY_APP", "EncodedResult",
+           "normalize_encoded", "compiled_normalize"]
 
 # The webhook's top-level ``object`` on each app: a document posted to the wrong raw
 # topic is refused instead of being matched against the wrong app's account ids.
@@ -368,3 +381,256 @@ def _text(value: Any) -> str:
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidRecord(f"text is {len(value)} characters long, more than {MAX_TEXT_LENGTH}")
     return value
+
+
+# -- the compiled path: the common shapes, decoded and checked by msgspec, encoded at once --
+#
+# The documented shapes a webhook nearly always has, as msgspec Structs that refuse any
+# field they do not name (``forbid_unknown_fields``) and any value of another type: a
+# document they accept is decoded and type-checked in one compiled pass, no dict in
+# between, every byte of it read (so whatever orjson refuses, they refuse too: invalid
+# UTF-8, numbers out of range). Whatever they refuse, and whatever is rarer (receipts of
+# follow-ups, unsent messages, unknown bots, every invalid message), takes
+# ``normalize_webhook``, which says what is wrong. A property test holds the two together.
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+
+
+class _Shape(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A part of a webhook on the compiled path: exactly these fields, of these types."""
+
+
+class _WaProfile(_Shape):
+    name: str = ""
+
+
+class _WaContact(_Shape):
+    profile: _WaProfile | None = None
+    wa_id: str = ""
+
+
+class _WaBody(_Shape):
+    body: _Text | None = None
+    preview_url: bool = False
+
+
+class _WaMedia(_Shape):
+    id: str = ""
+    mime_type: str = ""
+    sha256: str = ""
+    caption: _Text | None = None
+    filename: str = ""
+    animated: bool = False
+    voice: bool = False
+
+
+class _WaContext(_Shape):
+    id: str = ""
+    # the JSON key is "from"; a Struct field cannot be named so
+    sender: str = msgspec.field(default="", name="from")
+
+
+class _WaMessage(_Shape):
+    sender: _Id = msgspec.field(name="from")
+    id: _Id
+    timestamp: str
+    type: str = ""
+    text: _WaBody | None = None
+    image: _WaMedia | None = None
+    video: _WaMedia | None = None
+    document: _WaMedia | None = None
+    audio: _WaMedia | None = None
+    sticker: _WaMedia | None = None
+    context: _WaContext | None = None
+
+
+class _WaStatus(_Shape):
+    """A status with no ``biz_opaque_callback_data``: of no follow-up, dropped."""
+    id: str = ""
+    status: str = ""
+    timestamp: str = ""
+    recipient_id: str = ""
+
+
+class _WaMetadata(_Shape):
+    phone_number_id: str
+    display_phone_number: str = ""
+
+
+class _WaValue(_Shape):
+    metadata: _WaMetadata | None = None
+    messaging_product: str = ""
+    contacts: list[_WaContact] = []
+    messages: list[_WaMessage] = []
+    statuses: list[_WaStatus] = []
+
+
+class _WaChange(_Shape):
+    value: _WaValue | None = None
+    field: str = ""
+
+
+class _WaEntry(_Shape):
+    id: str = ""
+    changes: list[_WaChange] = []
+
+
+class _WaWebhook(_Shape):
+    entry: list[_WaEntry]
+    object: str | None = None
+
+
+class _Party(_Shape):
+    id: _Id
+
+
+class _Payload(_Shape):
+    url: str | None = None
+
+
+class _Attachment(_Shape):
+    type: str = ""
+    payload: _Payload | None = None
+
+
+class _QuickReply(_Shape):
+    payload: str = ""
+
+
+class _ReplyTo(_Shape):
+    mid: str = ""
+
+
+class _Message(_Shape):
+    mid: _Id
+    text: _Text | None = None
+    is_echo: bool = False
+    metadata: str | None = None
+    attachments: list[_Attachment] = []
+    quick_reply: _QuickReply | None = None
+    reply_to: _ReplyTo | None = None
+
+
+class _Item(_Shape):
+    sender: _Party
+    recipient: _Party
+    timestamp: int
+    message: _Message
+
+
+class _Entry(_Shape):
+    id: str = ""
+    time: int | None = None
+    messaging: list[_Item] = []
+
+
+class _MessagingWebhook(_Shape):
+    entry: list[_Entry]
+    object: str | None = None
+
+
+_DECODERS = {"whatsapp": msgspec.json.Decoder(_WaWebhook).decode,
+             "facebook": msgspec.json.Decoder(_MessagingWebhook).decode,
+             "instagram": msgspec.json.Decoder(_MessagingWebhook).decode}
+
+
+class EncodedResult(NamedTuple):
+    """``NormalizeResult`` with each event already as the ingest stage writes it:
+    ``(key, value)``, the user id in UTF-8 and the event's ``to_json()``."""
+
+    events: tuple[tuple[bytes, bytes], ...]
+    dropped: int
+    errors: tuple[InvalidRecord, ...]
+    receipts: tuple[Receipt, ...]
+
+
+def normalize_encoded(app: str, document: bytes, registry: AccountOwners) -> EncodedResult:
+    """``normalize_webhook`` with its events encoded: the common shapes on the compiled
+    path, everything else through ``normalize_webhook`` itself."""
+    compiled = compiled_normalize(app, document, registry)
+    if compiled is not None:
+        return compiled
+    result = normalize_webhook(app, document, registry)
+    return EncodedResult(tuple((event.user_id.encode(), event.to_json()) for event in result.events),
+                         result.dropped, tuple(result.errors), tuple(result.receipts))
+
+
+def compiled_normalize(app: str, document: bytes, registry: AccountOwners) -> EncodedResult | None:
+    """The compiled path alone: the result of a document of the common shapes, else None."""
+    decode = _DECODERS.get(app)
+    if decode is None:
+        raise ValueError(f"unknown app {app!r}: expected one of {', '.join(APPS)}")
+    try:
+        webhook = decode(document)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included
+        return None
+    if webhook.object is not None and webhook.object != OBJECT_BY_APP[app]:
+        return None
+    owners = registry.owners(app)
+    return _whatsapp_encoded(webhook, owners) if app == "whatsapp" else _messaging_encoded(app, webhook, owners)
+
+
+def _canonical(event_id: str, app: str, user_id: str, bot_id: str, direction: str, ms: int, text: str
+               ) -> tuple[bytes, bytes]:
+    """(key, value) of one event: ``MessageEvent(...).to_json()``'s bytes, without the record."""
+    return user_id.encode(), orjson.dumps({"event_id": event_id, "app": app, "user_id": user_id, "bot_id": bot_id,
+                                           "direction": direction, "ts": format_ts(ms), "text": text})
+
+
+def _whatsapp_encoded(webhook: _WaWebhook, owners: Mapping[str, str]) -> EncodedResult | None:
+    """The events of a WhatsApp webhook whose messages are all usable, else None."""
+    events, dropped = [], 0
+    for entry in webhook.entry:
+        for change in entry.changes:
+            value = change.value
+            if value is None:
+                dropped += 1
+                continue
+            messages, statuses = value.messages, value.statuses
+            if not messages and not statuses:
+                dropped += 1  # account, template or quality notices: not messages
+                continue
+            metadata = value.metadata
+            bot_id = owners.get(metadata.phone_number_id) if metadata is not None else None
+            if bot_id is None:
+                return None
+            dropped += len(statuses)  # none names a follow-up: the Struct has no field for it
+            for message in messages:
+                seconds = message.timestamp
+                if not (0 < len(seconds) <= _MAX_SECONDS_DIGITS and seconds.isascii() and seconds.isdigit()):
+                    return None
+                ms = int(seconds) * 1000
+                if ms > _MAX_TS_MS:
+                    return None
+                text = message.text
+                if text is not None:
+                    words = text.body
+                else:
+                    media = message.image or message.video or message.document
+                    words = media.caption if media is not None else None
+                events.append(_canonical(message.id, "whatsapp", message.sender, bot_id, "inbound", ms, words or ""))
+    return EncodedResult(tuple(events), dropped, (), ())
+
+
+def _messaging_encoded(app: str, webhook: _MessagingWebhook, owners: Mapping[str, str]) -> EncodedResult | None:
+    """The events of a Messenger or Instagram webhook whose items are all usable messages, else None."""
+    events, receipts = [], []
+    for entry in webhook.entry:
+        for item in entry.messaging:
+            message = item.message
+            ms = item.timestamp
+            if not 0 <= ms <= _MAX_TS_MS:
+                return None
+            echo = message.is_echo
+            user_id, account_id = (item.recipient.id, item.sender.id) if echo else (item.sender.id, item.recipient.id)
+            bot_id = owners.get(account_id)
+            if bot_id is None:
+                return None
+            events.append(_canonical(message.mid, app, user_id, bot_id, "outbound" if echo else "inbound", ms,
+                                     message.text or ""))
+            followup_id = message.metadata
+            if echo and followup_id is not None and 0 < len(followup_id) <= MAX_ID_LENGTH:
+                receipts.append(Receipt(app=app, kind="sent", user_id=user_id, bot_id=bot_id, ts=ms,
+                                        followup_id=followup_id, mids=(message.mid,)))
+    return EncodedResult(tuple(events), 0, (), tuple(receipts))
