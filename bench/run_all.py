@@ -31,7 +31,8 @@ def scripts(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [
         ("pipeline", ["bench.pipeline_bench", "--events", str(args.events), "--repeat", str(args.repeat),
                       "--workers", "1,2"] + (["--before", args.before] if args.before else [])),
-        ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]),
+        ("ingest", ["bench.ingest_bench", "--webhooks", str(args.webhooks), "--repeat", str(args.repeat)]
+                   + (["--before", args.before] if args.before else [])),
         ("quix", ["bench.quix_bench", "--events", str(args.events), "--repeat", str(args.repeat)]),
         ("latency", ["bench.latency_bench", "--pairs", "2000", "--spread", "10", "--repeat", str(args.repeat)]),
         ("memory", ["bench.memory_bench", "--pairs", args.pairs] + (["--source", args.source] if args.source else [])),
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=4000, help="follow-ups the sender bench sends, per phase")
     parser.add_argument("--only", help="comma-separated subset: pipeline,ingest,quix,latency,memory,gateway,sender")
     parser.add_argument("--source", help="memory bench workers run from this copy of the code")
-    parser.add_argument("--before", metavar="TREE", help="pipeline bench: also run the engine of this tree (a git "
+    parser.add_argument("--before", metavar="TREE", help="pipeline and ingest benches: also run the workers of this tree (a git "
                         "worktree of an earlier commit), alternating, and print the ratio")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     add_stack_flags(parser)
@@ -113,6 +114,7 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
          lambda v: get("engine_x1") and v / get("engine_x1") >= 1.8, ">=1.8x x1"),
         ("ingest worker: webhooks", "ingest_webhooks", "webhooks/s", None, "-"),
         ("ingest worker: canonical events", "ingest_events", "events/s", lambda v: v >= 100_000, ">=100k/s"),
+        ("ingest worker, the tree before (--before)", "ingest_events_before", "events/s", None, "-"),
         ("plain confluent-kafka consumer (Quix's limit)", "quix_plain_consumer", "events/s", None, "-"),
         ("Quix Streams peer (window per pair, RocksDB)", "quix_peer", "events/s", None, "-"),
         ("load beside the latency probes", "latency_load_rate", "events/s", None, "half of engine x1"),
