@@ -127,8 +127,8 @@ class Sender:
         if account is None:
             await self._dead_letter(source, attempt, f"bot {record.bot_id!r} has no {record.app} account in the registry")
             return
-        token = read_token(bot.tokens.get(record.app))
-        if token is None or not self.gate.may_send(bot.id, record.app, token, wall_ms()):
+        token, gate_passed_at = read_token(bot.tokens.get(record.app)), wall_ms()
+        if token is None or not self.gate.may_send(bot.id, record.app, token, gate_passed_at):
             self.metrics.send_token_ok.labels(app=record.app, bot=bot.id).set(0)
             await self._put_off(attempt, self.settings.send_token_probe, "token missing or refused")
             return
@@ -140,7 +140,7 @@ class Sender:
         lease_end = now + self.settings.send_timeout + LEASE_MARGIN_MS
         verdict = await self.ledger.claim_send(record.request, attempt.tries, now, lease_end)
         if verdict == CLAIMED:
-            await self._call(attempt, account, token, bot.id, slot, lease_end)
+            await self._call(attempt, account, token, bot.id, slot, lease_end, gate_passed_at)
         else:
             await self._not_claimed(attempt, verdict, lease_end)
 
@@ -191,7 +191,8 @@ class Sender:
         if self.settings.send_fault_hold and self.rng.random() < 0.5:
             await asyncio.sleep(self.settings.send_fault_hold / 1000)
 
-    async def _call(self, attempt: SendAttempt, account: str, token, bot_id: str, slot: Slot, lease_end: int) -> None:
+    async def _call(self, attempt: SendAttempt, account: str, token, bot_id: str, slot: Slot, lease_end: int,
+                    gate_passed_at: int) -> None:
         record, tries = attempt.delivery, attempt.tries + 1
         request = record.request
         sending = sending_state(tries, lease_end)
@@ -204,6 +205,11 @@ class Sender:
         if not await self._fresh_slot(record.app, account, slot, lease_end):
             # Recorded but never called: a refused try, as a 429 would be (streams/attempts.py).
             await self._retry_later(record, sending, tries, 0, Verdict(NOT_REACHED))
+            return
+        if self.gate.refused_since(bot_id, record.app, gate_passed_at):
+            # A concurrent call learned that the token is refused while this one waited: it
+            # waits with the others for the probe, as a refused try.
+            await self._retry_later(record, sending, tries, self.settings.send_token_probe, Verdict(NOT_REACHED))
             return
         started = wall_ms()
         answer = await self.graph.send(record.app, account, token, record.body)

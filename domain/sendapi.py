@@ -171,11 +171,15 @@ class TokenGate:
     the token is no longer the refused one (rotated in its file or variable), else once
     every ``probe_ms`` (the platform may have restored it). An accepted send opens it.
     Everything else waits, and nothing is lost: the caller keeps those sends for later.
+    A send that passed the gate before a refusal must not leave with the refused token
+    after it (``refused_since``): calls run concurrently, and the refusal may come while
+    one waits for its rate slot.
     """
 
     def __init__(self, probe_ms: int) -> None:
         self.probe_ms = probe_ms
         self._closed: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # refused, probed, at
+        self._refused_at: dict[tuple[str, str], int] = {}
 
     def may_send(self, bot_id: str, app: str, token: Token, now_ms: int) -> bool:
         closed = self._closed.get((bot_id, app))
@@ -190,9 +194,16 @@ class TokenGate:
 
     def refused(self, bot_id: str, app: str, token: Token, now_ms: int) -> None:
         self._closed[(bot_id, app)] = (token.fingerprint, token.fingerprint, now_ms)
+        self._refused_at[(bot_id, app)] = now_ms
 
     def accepted(self, bot_id: str, app: str) -> None:
         self._closed.pop((bot_id, app), None)
+        self._refused_at.pop((bot_id, app), None)
+
+    def refused_since(self, bot_id: str, app: str, passed_ms: int) -> bool:
+        """Whether the platform refused the token at or after ``passed_ms``, when a send
+        passed the gate (the same millisecond counts: the send waits, nothing is lost)."""
+        return self._refused_at.get((bot_id, app), -1) >= passed_ms
 
     def is_closed(self, bot_id: str, app: str) -> bool:
         return (bot_id, app) in self._closed

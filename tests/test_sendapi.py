@@ -115,3 +115,18 @@ def test_the_gate_stops_a_refused_bot_and_probes_it_now_and_then():
     assert not gate.may_send("maestro", "whatsapp", new, 61_003)
     gate.accepted("maestro", "whatsapp")
     assert gate.may_send("maestro", "whatsapp", new, 61_004) and not gate.is_closed("maestro", "whatsapp")
+
+
+def test_a_send_that_passed_the_gate_before_a_refusal_does_not_leave_after_it():
+    # Section 9: a refused token (190) stops sends for that bot; calls run concurrently, so
+    # one may have passed the gate just before another learned of the refusal.
+    gate, token = TokenGate(probe_ms=60_000), Token("old")
+    assert gate.may_send("maestro", "whatsapp", token, 1000)
+    assert not gate.refused_since("maestro", "whatsapp", 1000)
+    gate.refused("maestro", "whatsapp", token, 1500)
+    assert gate.refused_since("maestro", "whatsapp", 1000)
+    assert not gate.refused_since("maestro", "facebook", 1000)
+    assert gate.may_send("maestro", "whatsapp", token, 61_500)  # the probe passed after it
+    assert not gate.refused_since("maestro", "whatsapp", 61_500)
+    gate.accepted("maestro", "whatsapp")
+    assert not gate.refused_since("maestro", "whatsapp", 0)
