@@ -38,16 +38,16 @@ import msgspec
 import orjson
 
 from schemas.records import (
-    _MAX_TS_MS,
     APPS,
     MAX_ID_LENGTH,
+    MAX_TS_MS,
     MAX_TEXT_LENGTH,
     RECEIPT_KINDS,
     InvalidRecord,
     MessageEvent,
     Receipt,
-    format_ts,
     loads,
+    message_fields,
     parse_ts,
 )
 from schemas.registry import ACCOUNT_KIND
@@ -574,8 +574,7 @@ def compiled_normalize(app: str, document: bytes, registry: AccountOwners) -> En
 def _canonical(event_id: str, app: str, user_id: str, bot_id: str, direction: str, ms: int, text: str
                ) -> tuple[bytes, bytes]:
     """(key, value) of one event: ``MessageEvent(...).to_json()``'s bytes, without the record."""
-    return user_id.encode(), orjson.dumps({"event_id": event_id, "app": app, "user_id": user_id, "bot_id": bot_id,
-                                           "direction": direction, "ts": format_ts(ms), "text": text})
+    return user_id.encode(), orjson.dumps(message_fields(event_id, app, user_id, bot_id, direction, ms, text))
 
 
 def _whatsapp_encoded(webhook: _WaWebhook, owners: Mapping[str, str]) -> EncodedResult | None:
@@ -597,11 +596,11 @@ def _whatsapp_encoded(webhook: _WaWebhook, owners: Mapping[str, str]) -> Encoded
                 return None
             dropped += len(statuses)  # none names a follow-up: the Struct has no field for it
             for message in messages:
-                seconds = message.timestamp
+                seconds = message.timestamp  # _epoch_seconds's test, inline: the hot path
                 if not (0 < len(seconds) <= _MAX_SECONDS_DIGITS and seconds.isascii() and seconds.isdigit()):
                     return None
                 ms = int(seconds) * 1000
-                if ms > _MAX_TS_MS:
+                if ms > MAX_TS_MS:
                     return None
                 text = message.text
                 if text is not None:
@@ -620,7 +619,7 @@ def _messaging_encoded(app: str, webhook: _MessagingWebhook, owners: Mapping[str
         for item in entry.messaging:
             message = item.message
             ms = item.timestamp
-            if not 0 <= ms <= _MAX_TS_MS:
+            if not 0 <= ms <= MAX_TS_MS:  # parse_ts's range, inline: the hot path
                 return None
             echo = message.is_echo
             user_id, account_id = (item.recipient.id, item.sender.id) if echo else (item.sender.id, item.recipient.id)

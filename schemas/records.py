@@ -22,7 +22,7 @@ DIRECTIONS = ("inbound", "outbound")
 KILL_SCOPES = ("bot", "app", "all")
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 8192
-_MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _MESSAGE_FIELDS = ("event_id", "app", "user_id", "bot_id", "direction", "ts", "text")
 
 
@@ -53,7 +53,7 @@ def parse_ts(value: Any, name: str = "ts") -> int:
         # readers in most languages read it as a double.
         shown = "a boolean" if isinstance(value, bool) else f"got {type(value).__name__}"
         raise InvalidRecord(f"{name} must be an RFC 3339 string or epoch milliseconds, {shown}")
-    if not 0 <= ms <= _MAX_TS_MS:
+    if not 0 <= ms <= MAX_TS_MS:
         raise InvalidRecord(f"{name} {value!r} is out of range")
     return ms
 
@@ -207,14 +207,20 @@ class MessageEvent:
 
     def to_dict(self) -> dict:
         body = dict(self.extra)
-        body.update(
-            event_id=self.event_id, app=self.app, user_id=self.user_id, bot_id=self.bot_id,
-            direction=self.direction, ts=format_ts(self.ts), text=self.text,
-        )
+        body.update(message_fields(self.event_id, self.app, self.user_id, self.bot_id, self.direction, self.ts,
+                                   self.text))
         return body
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+def message_fields(event_id: str, app: str, user_id: str, bot_id: str, direction: str, ts: int, text: str) -> dict:
+    """A canonical message event's own fields as they are written (section 5): the one
+    place their names and order are, for ``MessageEvent`` and for ingest's compiled path,
+    which writes events without making the record."""
+    return {"event_id": event_id, "app": app, "user_id": user_id, "bot_id": bot_id, "direction": direction,
+            "ts": format_ts(ts), "text": text}
 
 
 def parse_message(obj: Any) -> MessageEvent:
