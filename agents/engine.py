@@ -28,9 +28,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from agents.explain import install_explain
+from domain.native import NativeDecisionCore, decision_core
 from domain.rules import DecisionCore
-from domain.state import changelog_value, from_changelog
-from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord, MessageEvent, decode_record
+from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -63,7 +63,7 @@ class Engine:
         self.wiring = wiring
         self.settings = wiring.settings
         self.metrics = wiring.metrics
-        self.cores: dict[int, DecisionCore] = {}
+        self.cores: dict[int, DecisionCore | NativeDecisionCore] = {}
         self.loop: KafkaLoop | None = None
         # Requests, decisions, dead letters and state, held until the checkpoint's transaction.
         self.outbox: Outbox | None = None
@@ -101,16 +101,16 @@ class Engine:
             for store in self._on_disk.pop(partition, ()):
                 store.close()
 
-    def _new_core(self, partition: int) -> DecisionCore:
-        """With store = memory, idle users in a dict and due times in a heap; with
-        rocksdb, both on local disk."""
+    def _new_core(self, partition: int) -> DecisionCore | NativeDecisionCore:
+        """With store = memory, the core ``settings.core`` names (users and due times in
+        memory); with rocksdb, the Python core with idle users and due times on local disk."""
         if self.settings.store != "rocksdb":
-            return DecisionCore(self.settings)
+            return decision_core(self.settings)
         folder = Path(self.settings.data_dir) / f"{self.settings.topic_prefix}{self.settings.app_id}-engine" / str(partition)
         idle, due = self._on_disk[partition] = (RocksIdleStore(folder / "idle"), RocksDueTimes(folder / "due"))
         return DecisionCore(self.settings, idle=idle, due=due)
 
-    async def _restore(self, partition: int) -> DecisionCore:
+    async def _restore(self, partition: int) -> DecisionCore | NativeDecisionCore:
         """The partition's core from ``engine.state``, record by record: a later record of
         a user replaces an earlier one, a tombstone (or the empty value older versions
         wrote) deletes it (compaction may not have run yet)."""
@@ -122,7 +122,7 @@ class Engine:
                 if record.key == META_KEY:
                     meta = record.value
                 elif record.value:
-                    core.load_user(record.key.decode(), from_changelog(record.value))
+                    core.load_changelog(record.key.decode(), record.value)
                 else:
                     core.forget_user(record.key.decode())
         if meta:
@@ -149,25 +149,24 @@ class Engine:
         self._count_events()  # before the decisions they lead to, as a scrape may come between
         await self._emit(batch_partitions=[tp.partition for tp in batch])
 
-    def _feed(self, core: DecisionCore, records: list[ConsumerRecord], now: int | None,
+    def _feed(self, core: DecisionCore | NativeDecisionCore, records: list[ConsumerRecord], now: int | None,
               invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> None:
         """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
-        event_mode, feed, advance, events_in = not self._wall, core.feed, core.advance, self._events_in
+        event_mode, feed, advance, events_in = not self._wall, core.feed_encoded, core.advance, self._events_in
         for record in records:
             try:
                 clock = stream_clock(record.headers) if event_mode and record.headers else None
-                if clock is not None:
-                    advance(clock, inclusive=False)
                 if not record.value:  # the feeder's clock-only record; any other empty one is counted
+                    if clock is not None:
+                        advance(clock, inclusive=False)
                     self._empty_values += clock is None
                     continue
-                parsed = decode_record(record.value)
-                feed(parsed, now)
+                app = feed(record.value, clock, now)
             except InvalidRecord as exc:
                 invalid.append((record, exc))
                 continue
-            if type(parsed) is MessageEvent:
-                events_in[parsed.app] += 1
+            if app is not None:
+                events_in[app] += 1
 
     async def idle(self) -> None:
         """Between batches: in wall mode, the decisions now due in every owned partition."""
@@ -212,7 +211,7 @@ class Engine:
         for request in requests:
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
-    def _record_decisions(self, core: DecisionCore, decisions: list[DecisionRecord]) -> None:
+    def _record_decisions(self, core: DecisionCore | NativeDecisionCore, decisions: list[DecisionRecord]) -> None:
         outcomes: collections.Counter = collections.Counter()
         for decision in decisions:
             encoded = decision.to_json()
@@ -235,10 +234,9 @@ class Engine:
             if core is None:
                 continue
             for user_id in users:
-                user = core.user(user_id)
                 # A user gone (erased, or every pair past the window) is a tombstone: compaction
                 # then removes the key itself, user id and all.
-                state.append((changelog_value(user) if user is not None else None, user_id.encode(), partition))
+                state.append((core.changelog_value(user_id), user_id.encode(), partition))
             self._meta_changed.add(partition)
         self._unsaved.clear()
         for core in self.cores.values():
@@ -260,7 +258,7 @@ class Engine:
             await self.outbox.hand_over(records)
         return write
 
-    def _count(self, core: DecisionCore) -> None:
+    def _count(self, core: DecisionCore | NativeDecisionCore) -> None:
         for language in core.distress_languages:
             self.metrics.distress_detected.labels(language=language).inc()
         core.distress_languages.clear()

@@ -38,11 +38,15 @@ RULES = {"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1, "use
          "unknown_age": "allow"}
 
 
+CORE_MEASURES = ("parse", "feed", "parse+feed", "parse+feed+encode", "native parse+feed", "native parse+feed+encode")
+
+
 # -- the pure core -------------------------------------------------------------------------
 
 def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
     """Events/s of our own per-event code, in this process, no Kafka, no Faust."""
     from streams.outbox import partition_for
+    from domain.native import NativeDecisionCore
     from domain.rules import DecisionCore
     from domain.state import changelog_value
     from bench.core_instructions import encode_drained
@@ -79,9 +83,34 @@ def core_rates(lines: list[bytes], partitions: int) -> dict[str, float]:
                     encode_drained(core, requests, decisions, dirty, changelog_value)
         return n / (time.perf_counter() - started)
 
+    def run_native(encode: bool, batch: int = 5000) -> float:
+        # As the engine feeds the compiled core: each record's value, with its stream clock.
+        cores = {p: NativeDecisionCore(settings) for p in range(partitions)}
+        started = time.perf_counter()
+        for first in range(0, n, batch):
+            for key, value, headers, partition in keyed[first:first + batch]:
+                core, clock = cores[partition], int(headers[0][1])
+                if value:
+                    core.feed_encoded(value, clock, None)
+                else:
+                    core.advance(clock, inclusive=False)
+            for core in cores.values():
+                requests, decisions, erased, dirty = core.drain()
+                if encode:
+                    for decision in decisions:
+                        decision.to_json()
+                    for request in requests:
+                        request.to_json()
+                    for user_id in dirty:
+                        core.changelog_value(user_id)
+                    orjson.dumps(core.export_meta())
+        return n / (time.perf_counter() - started)
+
     rates["feed"] = run(with_parse=False, encode=False)
     rates["parse+feed"] = run(with_parse=True, encode=False)
     rates["parse+feed+encode"] = run(with_parse=True, encode=True)
+    rates["native parse+feed"] = run_native(encode=False)
+    rates["native parse+feed+encode"] = run_native(encode=True)
     return rates
 
 
@@ -164,8 +193,8 @@ async def main_async(args: argparse.Namespace) -> None:
     limit = max(plain)
     print(f"{'what':<40} {'events/s median (min-max)':>30} {'vs plain':>9}")
     rows = [("plain aiokafka consumer + orjson", plain)]
-    for name in ("parse", "feed", "parse+feed", "parse+feed+encode"):
-        rows.append((f"DecisionCore in-process: {name}", [c[name] for c in core]))
+    for name in CORE_MEASURES:
+        rows.append((f"core in-process: {name}", [c[name] for c in core]))
     for k in worker_counts:
         for source in sources:
             rows.append((f"engine worker x{k}{from_tree(source)}", engine[k, source]))
@@ -174,9 +203,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{name:<40} {spread(values):>30} {median / limit:>8.3f}x")
     import statistics
     result("plain_consumer", statistics.median(plain), "events/s", spread=spread(plain).replace(" ", ""))
-    for name in ("parse", "feed", "parse+feed", "parse+feed+encode"):
+    for name in CORE_MEASURES:
         values = [c[name] for c in core]
-        result(f"core_{name.replace('+', '_')}", statistics.median(values), "events/s", spread=spread(values).replace(" ", ""))
+        result(f"core_{name.replace('+', '_').replace(' ', '_')}", statistics.median(values), "events/s", spread=spread(values).replace(" ", ""))
     for k in worker_counts:
         rates = engine[k, None]
         result(f"engine_x{k}", statistics.median(rates), "events/s", spread=spread(rates).replace(" ", ""),

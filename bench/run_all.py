@@ -107,6 +107,8 @@ def summary(results: dict[str, tuple[float, str, dict]]) -> None:
         ("plain aiokafka consumer (limit)", "plain_consumer", "events/s", None, "-"),
         ("DecisionCore in-process, parse+feed", "core_parse_feed", "events/s", None, "-"),
         ("DecisionCore + encode (our per-event cost)", "core_parse_feed_encode", "events/s", None, "-"),
+        ("compiled core in-process, parse+feed", "core_native_parse_feed", "events/s", None, "-"),
+        ("compiled core + encode", "core_native_parse_feed_encode", "events/s", None, "-"),
         ("engine worker x1", "engine_x1", "events/s", lambda v: v >= 100_000 and plain and v / plain >= 0.45,
          ">=100k/s and >=0.45x plain"),
         ("engine worker x1, the tree before (--before)", "engine_x1_before", "events/s", None, "-"),

@@ -18,11 +18,13 @@ from bisect import bisect_right
 from typing import MutableMapping, Protocol
 
 from domain.safety import DistressClassifier, PhraseListClassifier, is_stop_word, quiet_hours_end
-from domain.state import APP_NAMES, KillSwitches, PairState, UserState, pack_user, packed_pairs, unpack_user
+from domain.state import (
+    APP_NAMES, KillSwitches, PairState, UserState, changelog_value, from_changelog, pack_user, packed_pairs, unpack_user,
+)
 from foundation.settings import Settings
 from schemas.records import (
     Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
-    MessageEvent, OptIn, OptOut, Profile, Tick, format_ts,
+    MessageEvent, OptIn, OptOut, Profile, Tick, decode_record, format_ts,
 )
 
 DAY_MS = 86_400_000
@@ -36,6 +38,16 @@ RULES = (
 )
 
 EMITTED, SUPPRESSED, DEFERRED = "emitted", "suppressed", "deferred"
+
+
+def message_clock(event: MessageEvent, now: int | None) -> int:
+    """The clock a message moves a core to: ``now`` in wall mode, its own ts in event mode
+    (``now`` None). Raises InvalidRecord for a message too far ahead of the wall clock."""
+    if now is None:
+        return event.ts
+    if event.ts > now + FUTURE_TOLERANCE_MS:
+        raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({event.ts - now} ms)", "future_ts")
+    return now
 
 
 def event_key(app: str, event_id: str) -> int:
@@ -95,9 +107,7 @@ class DecisionCore:
         """Apply one record. ``now`` is the wall clock in wall mode, None in event mode."""
         wall = self._wall
         if type(record) is MessageEvent:  # nearly every record: checked first
-            target = now if wall else record.ts
-            if wall and record.ts > target + FUTURE_TOLERANCE_MS:
-                raise InvalidRecord(f"ts is more than 5 minutes ahead of the clock ({record.ts - target} ms)", "future_ts")
+            target = message_clock(record, now if wall else None)
             if target > self.clock or self._next_due < self.clock:  # else advance has nothing to do
                 self.advance(target, inclusive=False)
             self._apply_message(record)
@@ -408,13 +418,27 @@ class DecisionCore:
 
     def describe(self, user_id: str, bot_id: str) -> dict:
         """What this core holds about a pair and its user, for a person (``relance explain``)."""
+        return describe(self.user(user_id), bot_id, self.clock, self._window, self.kills)
+
+    # -- the engine's own steps: one record's value, one user's changelog ---------------
+
+    def feed_encoded(self, value: bytes, stream_clock: int | None, now: int | None) -> str | None:
+        """One record's value as the engine reads it, after the feeder's stream clock (event
+        mode) if it carried one; the app of a message event, None for a control record.
+        Raises InvalidRecord."""
+        if stream_clock is not None:
+            self.advance(stream_clock, inclusive=False)
+        record = decode_record(value)
+        self.feed(record, now)
+        return record.app if type(record) is MessageEvent else None
+
+    def changelog_value(self, user_id: str) -> bytes | None:
+        """The user's ``engine.state`` value, None if this core holds nothing of it."""
         user = self.user(user_id)
-        pair = user.pairs.get(bot_id) if user is not None else None
-        return {
-            "clock": _ts(self.clock), "known": pair is not None, "kills": self.kills.to_dict(),
-            "user": _describe_user(user) if user is not None else None,
-            "pair": _describe_pair(pair, self.clock, self._window) if pair is not None else None,
-        }
+        return None if user is None else changelog_value(user)
+
+    def load_changelog(self, user_id: str, value: bytes) -> None:
+        self.load_user(user_id, from_changelog(value))
 
 
 _NEVER = 1 << 62  # later than any due time
@@ -432,6 +456,16 @@ def _crowded(sends: tuple[int, ...], at: int, span: int, cap: int) -> bool:
         if near[first + cap] - near[first] < span:
             return True
     return False
+
+
+def describe(user: UserState | None, bot_id: str, clock: int, window: int, kills: KillSwitches) -> dict:
+    """A user and one of its pairs as a core holds them, for a person (``relance explain``)."""
+    pair = user.pairs.get(bot_id) if user is not None else None
+    return {
+        "clock": _ts(clock), "known": pair is not None, "kills": kills.to_dict(),
+        "user": _describe_user(user) if user is not None else None,
+        "pair": _describe_pair(pair, clock, window) if pair is not None else None,
+    }
 
 
 def _describe_user(user: UserState) -> dict:

@@ -32,6 +32,11 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+def folded_stop_words() -> frozenset[str]:
+    """Every stop word, folded: what ``is_stop_word`` compares a folded text with."""
+    return _STOP_WORD_SET
+
+
 def is_stop_word(text: str) -> bool:
     stripped = text.strip(_TRAILING)
     if not stripped or len(stripped) > 16:
@@ -92,6 +97,11 @@ class PhraseListClassifier:
         # One pattern for every language (one search per message); the phrase tells which.
         self._language = {fold(p): language for language, words in reversed(phrases.items()) for p in words}
         self._pattern = _phrase_pattern(tuple(self._language))
+
+    @property
+    def folded_phrases(self) -> tuple[str, ...]:
+        """What it searches for in a folded text: a text in which none occurs cannot match."""
+        return tuple(self._language)
 
     def detect(self, text: str) -> Detection | None:
         if not text:

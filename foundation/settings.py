@@ -194,6 +194,7 @@ class Settings:
     app_id: str = setting("relance", "Kafka consumer group and Faust application id.")
     data_dir: str = setting(".relance/data", "Where a worker keeps its local files (Faust's own, and the rocksdb store).")
     store: str = setting("memory", "Where the engine keeps idle users (packed) and due times: memory, or rocksdb (on disk in data_dir).", _choice("memory", "rocksdb"))
+    core: str = setting("native", "The engine's decision core: native (compiled, the relance-native package; store = memory only, rocksdb always takes python), or python (domain/rules.py, the reference both are tested against).", _choice("native", "python"))
     web_port: int = setting(6066, "Port of the worker's HTTP interface (health, metrics, explain).", _positive_int)
     shutdown_grace: int = setting(10_000, "How long a stopping worker may take before it exits anyway, leaving what it could not flush to the next owner.", parse_duration)
     # -- security: how clients reach Kafka and Redis (README, Security) ----------------------

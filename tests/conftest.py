@@ -30,6 +30,14 @@ def _interrupted(signum: int, frame) -> None:
 # die with the process that started it (devstack.localstack.die_with_parent) if even that fails.
 signal.signal(signal.SIGTERM, _interrupted)
 
+@pytest.fixture(params=["python", "native"])
+def each_core(request, monkeypatch) -> str:
+    """The test once with the Python decision core, once with the compiled one (rulebook.Run)."""
+    from tests import rulebook
+    monkeypatch.setattr(rulebook, "core_kind", request.param)
+    return request.param
+
+
 TEST_PARTITIONS = 4
 TEST_REDIS_DB = 1  # db 0 stays the stack's default; each test starts from an empty db 1
 

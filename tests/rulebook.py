@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from domain.native import NativeDecisionCore
 from domain.rules import DecisionCore
 from foundation.settings import Settings
 from schemas.records import (
@@ -41,18 +42,24 @@ def tick(ts: int) -> Tick:
     return Tick(ts=ts)
 
 
+# Which core a Run drives: the ``each_core`` fixture (tests/conftest.py) runs a module's
+# tests once on each.
+CORES = {"python": DecisionCore, "native": NativeDecisionCore}
+core_kind = "python"
+
+
 @dataclass
 class Run:
     """A core fed record by record, keeping everything it emitted."""
 
     settings: Settings
-    core: DecisionCore = field(init=False)
+    core: DecisionCore | NativeDecisionCore = field(init=False)
     requests: list[FollowupRequest] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)
     erased: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.core = DecisionCore(self.settings)
+        self.core = CORES[core_kind](self.settings)
 
     def feed(self, *records, now: int | None = None) -> "Run":
         for record in records:

@@ -668,3 +668,14 @@ def test_k8s_network_policies_deny_all_then_open_only_the_gateway_and_the_worker
         expected = {53, 9093} | ({6380} if component in ROLES else set())
         expected |= {443} if component in ("generator", "sender") else set()
         assert ports == expected, component
+
+
+def test_the_image_holds_every_package_and_the_compiled_core():
+    """Each Python package is copied into the image, and the compiled decision core is
+    built in a stage of its own and installed: the engine's default core is native."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line}
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    assert packages <= copied, packages - copied
+    assert "COPY native /native" in dockerfile and "maturin build --release" in dockerfile
+    assert "COPY --from=native /wheels /wheels" in dockerfile and "/wheels/*.whl" in dockerfile

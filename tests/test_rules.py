@@ -8,6 +8,8 @@ from foundation.settings import Settings
 from schemas.records import InvalidRecord, OptOut
 from tests.rulebook import DAY, HOUR, MINUTE, at, burst, msg, run, tick
 
+pytestmark = pytest.mark.usefixtures("each_core")  # every test on both decision cores
+
 T0 = at("11-28 09:00")
 
 
@@ -171,7 +173,7 @@ def test_event_older_than_clock_minus_window_changes_nothing():
     r = run().feed(tick(T0 + 30 * DAY), burst("u1", "b", T0, 5), tick(T0 + 31 * DAY))
     assert r.requests == [] and r.decisions == []
     assert r.core.stats["too_old"] == 5
-    assert "u1" not in r.core.users
+    assert not r.core.has_user("u1")
 
 
 def test_an_event_exactly_at_clock_minus_window_still_counts():
@@ -212,7 +214,7 @@ def test_state_of_a_silent_pair_is_removed_once_no_late_event_can_need_it():
     r.feed(tick(last + 28 * DAY - 12 * HOUR))   # L + 2W - D: a late event could still need it
     assert r.core.pairs_tracked() == 1
     r.feed(tick(last + 28 * DAY - 12 * HOUR + 1))
-    assert r.core.pairs_tracked() == 0 and "u1" not in r.core.users
+    assert r.core.pairs_tracked() == 0 and not r.core.has_user("u1")
 
 
 def test_wall_mode_rejects_events_far_in_the_future_and_uses_the_wall_clock():
@@ -244,15 +246,15 @@ def test_wall_mode_decides_on_the_wall_clock_not_on_event_time():
 def test_state_round_trips_through_its_serialised_form():
     from domain.rules import UserState
     r = run().feed(burst("u1", "b", T0, 5), OptOut("u1", None))
-    state = r.core.users["u1"]
+    state = r.core.user("u1")
     assert UserState.from_dict(state.to_dict()) == state
 
 
 def test_a_later_changelog_record_of_a_user_replaces_the_earlier_one():
     # A restore reads engine.state in order, before compaction has removed old versions.
     from domain.state import UserState
-    early = run().feed(burst("u1", "b", T0, 5), burst("u1", "c", T0, 5)).core.users["u1"]
-    late = run().feed(burst("u1", "b", T0, 2)).core.users["u1"]
+    early = run().feed(burst("u1", "b", T0, 5), burst("u1", "c", T0, 5)).core.user("u1")
+    late = run().feed(burst("u1", "b", T0, 2)).core.user("u1")
     core = DecisionCore(Settings.from_mapping({"clock": "event", "quiet_hours": "off"}))
     core.load_user("u1", UserState.from_dict(early.to_dict()))
     core.load_user("u1", UserState.from_dict(late.to_dict()))

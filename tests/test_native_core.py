@@ -1,0 +1,202 @@
+"""The compiled core (``domain/native.py`` over ``native/``) against the spec and against
+the Python core, on the same streams.
+
+Two oracles: ``tests/oracle.py`` (the spec read from its text) judges every decision the
+compiled core makes, as it does the Python core's; and the Python core, the reference,
+must give the same requests, decisions, counts and changelog bytes, record for record,
+on realistic traffic and on generated streams with every control, re-sent, late and
+invalid record, read from JSON as the engine reads them (the compiled core's own parser)
+and as records. ``tests/test_rules.py`` and ``tests/test_safety_rules.py`` run on both
+cores too (``each_core``).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import orjson
+import pytest
+from hypothesis import given, strategies as st
+
+from devstack.traffic import TrafficShape, generate
+from domain.native import NativeDecisionCore, decision_core
+from domain.rules import DecisionCore
+from domain.state import changelog_value, from_changelog
+from foundation.settings import Settings
+from schemas.records import (
+    ControlEvent, InvalidRecord, MessageEvent, Tick, control_to_dict, format_ts, loads, parse_record,
+)
+from tests.oracle import Oracle
+from tests.test_rules_properties import ORACLE, PROPERTY, settings_strategy, untidy_stream
+
+DAY = 86_400_000
+
+
+def encoded(record, rng: random.Random) -> bytes:
+    """A record as a producer might write it: mostly the common shape (the compiled path),
+    sometimes ts as a number or with a zone, an extra field, escapes: Python's path."""
+    if not isinstance(record, MessageEvent):
+        return orjson.dumps(control_to_dict(record))
+    body = record.to_dict()
+    shape = rng.random()
+    if shape < 0.05:
+        body["ts"] = record.ts
+    elif shape < 0.08:
+        body["ts"] = format_ts(record.ts).replace("Z", "+00:00")
+    elif shape < 0.10:
+        body["lang"] = "fr"
+    elif shape < 0.12:
+        return orjson.dumps(body).replace(b'"hello"', b'"h\\u0065llo"')
+    return orjson.dumps(body)
+
+
+class Pair:
+    """Both cores fed the same records, compared after every one."""
+
+    def __init__(self, config: Settings) -> None:
+        self.python, self.native = DecisionCore(config), NativeDecisionCore(config)
+
+    def step(self, feed) -> tuple:
+        outcomes = []
+        for core in (self.python, self.native):
+            try:
+                feed(core)
+                error = None
+            except InvalidRecord as exc:
+                error = (str(exc), exc.kind)
+            requests, decisions, erased, dirty = core.drain()
+            states = {user: core.changelog_value(user) for user in sorted(dirty)}
+            outcomes.append((error, requests, decisions, erased, states, dict(core.stats), dict(core.duplicates_by_app),
+                             list(core.distress_languages), core.clock, core.pairs_tracked(), core.kills.to_dict()))
+        assert outcomes[1] == outcomes[0]
+        return outcomes[0]
+
+
+def feed_both(config: Settings, records, rng: random.Random, now_step: int | None = None) -> Pair:
+    """Each record to both cores, as JSON (with the feeder's clock in event mode) or as a record."""
+    cores, clock, now = Pair(config), -1, None
+    for index, record in enumerate(records):
+        if isinstance(record, (MessageEvent, Tick)):
+            clock = max(clock, record.ts)
+        if now_step is not None:
+            now = (records[0].ts if isinstance(records[0], MessageEvent) else 0) + index * now_step
+        if rng.random() < 0.7:
+            value, stream_clock = encoded(record, rng), None if now is not None else clock
+            cores.step(lambda core: core.feed_encoded(value, stream_clock, now))
+        else:
+            cores.step(lambda core: core.feed(record, now))
+    return cores
+
+
+@ORACLE
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(20, 150))
+def test_every_decision_of_the_compiled_core_is_the_one_the_spec_makes(config, seed, length):
+    records, _ = untidy_stream(random.Random(seed), config.window, length)
+    core, oracle = NativeDecisionCore(config), Oracle(config)
+    for index, record in enumerate(records):
+        core.feed(record)
+        requests, decisions, _, _ = core.drain()
+        try:
+            oracle.step(record, decisions, requests)
+        except AssertionError as exc:
+            raise AssertionError(f"record {index} of seed {seed} ({record}): {exc}") from None
+
+
+@PROPERTY
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(20, 200))
+def test_both_cores_give_the_same_records_and_state_record_for_record(config, seed, length):
+    rng = random.Random(seed)
+    records, _ = untidy_stream(rng, config.window, length)
+    feed_both(config, records, rng)
+
+
+@PROPERTY
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(20, 120))
+def test_both_cores_agree_in_wall_mode_future_events_included(config, seed, length):
+    config = replace(config, clock="wall")
+    rng = random.Random(seed)
+    records, _ = untidy_stream(rng, config.window, length)
+    feed_both(config, records, rng, now_step=rng.choice([60_000, 3_600_000, -10 * 60_000]))
+
+
+@PROPERTY
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(20, 150), st.floats(0.1, 0.9))
+def test_a_core_restored_from_the_other_cores_changelog_goes_on_the_same(config, seed, length, cut):
+    """State written by either core is read by either, in both changelog formats."""
+    rng = random.Random(seed)
+    records, _ = untidy_stream(rng, config.window, length)
+    split = int(len(records) * cut)
+    first = NativeDecisionCore(config)
+    users = set()
+    for record in records[:split]:
+        first.feed(record)
+        users |= first.drain()[3]
+    values = {user: first.changelog_value(user) for user in sorted(users)}
+    cores = Pair(config)
+    for core in (cores.python, cores.native):
+        for user, value in values.items():
+            if value is None:
+                continue
+            if rng.random() < 0.3:  # the JSON an earlier version wrote
+                value = orjson.dumps(from_changelog(value).to_dict())
+            core.load_changelog(user, value)
+        core.import_meta(first.export_meta())
+    for record in records[split:]:
+        cores.step(lambda core: core.feed(record))
+
+
+def test_realistic_traffic_gives_the_same_decisions_and_changelog(tmp_path):
+    """Two weeks of the simulator's traffic for 200 users, read from JSON as the engine
+    reads it: the same requests, decisions and state bytes at every record."""
+    config = Settings.from_mapping({"clock": "event", "quiet_hours": "22:00-08:00", "user_cap_day": 1,
+                                    "user_cap_week": 3, "unknown_age": "allow"})
+    records = [parse_record(loads(orjson.dumps(r))) for r in generate(TrafficShape(users=200, days=14), seed=3)]
+    cores = feed_both(config, records, random.Random(3))
+    assert cores.python.pairs_tracked() > 100
+
+
+@pytest.mark.parametrize("value", [
+    b"", b"{", b"[]", b"null", b'{"event_id": 1}', b'{"type": "profile"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"2026-02-29T10:00:00.000Z","text":"x"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"sideways","ts":"2026-02-28T10:00:00.000Z","text":"x"}',
+    b'{"event_id":"","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"2026-02-28T10:00:00.000Z","text":"x"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"1969-12-31T23:59:59.999Z","text":"x"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"2026-02-28T24:00:00.000Z","text":"x"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"2026-02-28T10:00:00.000Z","text":"x","text":"y"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"\\ud800","bot_id":"b","direction":"inbound","ts":"2026-02-28T10:00:00.000Z","text":"x"}',
+    b'{"event_id":"e","app":"whatsapp","user_id":"u","bot_id":"b","direction":"inbound","ts":"2024-02-29T10:00:00.000Z","text":"\xc3\xa9 STOP"}',
+    ("{" + '"event_id":"' + "\u00e9" * 256 + '","app":"facebook","user_id":"u","bot_id":"b","direction":"inbound",'
+     '"ts":"2024-02-29T10:00:00.000Z","text":"ARR\u00caTER!"}').encode(),
+    ("{" + '"event_id":"' + "\u00e9" * 257 + '","app":"facebook","user_id":"u","bot_id":"b","direction":"inbound",'
+     '"ts":"2024-02-29T10:00:00.000Z","text":"x"}').encode(),
+], ids=lambda value: value[:20].decode(errors="replace"))
+def test_odd_and_invalid_values_are_read_as_python_reads_them(value):
+    """What the compiled parser takes, it takes as ``decode_record`` does; the rest is
+    Python's, which says what is wrong."""
+    cores = Pair(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
+    cores.step(lambda core: core.feed_encoded(value, 1_700_000_000_000, None))
+    cores.step(lambda core: core.feed(Tick(1_800_000_000_000)))
+
+
+@given(st.text(max_size=40), st.sampled_from(["inbound", "outbound"]))
+def test_any_text_is_checked_for_stop_words_and_distress_as_python_checks_it(text, direction):
+    """The compiled core asks Python only about texts that could match: never one that does."""
+    cores = Pair(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
+    for index, written in enumerate((text, text.upper(), f"  {text}!! ", f"i {text} want to die")):
+        event = MessageEvent(f"e{index}", "whatsapp", "u", "b", direction, 1_700_000_000_000 + index, written)
+        value = orjson.dumps(event.to_dict())
+        cores.step(lambda core: core.feed_encoded(value, None, None))
+
+
+def test_the_setting_chooses_the_core_and_rocksdb_keeps_python():
+    assert type(decision_core(Settings(core="native"))) is NativeDecisionCore
+    assert type(decision_core(Settings(core="python"))) is DecisionCore
+    assert type(decision_core(Settings(core="native", store="rocksdb"))) is DecisionCore
+
+
+def test_a_control_the_engine_reads_goes_through_python_and_counts_no_event():
+    core = NativeDecisionCore(Settings.from_mapping({"clock": "event"}))
+    control: ControlEvent = parse_record({"type": "opt_out", "user_id": "u", "bot_id": None})
+    assert core.feed_encoded(orjson.dumps(control_to_dict(control)), 5, None) is None
+    assert core.user("u").opt_out_all
+    assert changelog_value(core.user("u")) == core.changelog_value("u")
