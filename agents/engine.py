@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from agents.explain import install_explain
 from domain.native import NativeDecisionCore, decision_core
 from domain.rules import DecisionCore
-from schemas.records import DecisionRecord, FollowupRequest, InvalidRecord
+from schemas.records import APPS, DecisionRecord, FollowupRequest, InvalidRecord
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -43,17 +43,56 @@ META_KEY = b"\x00meta"
 log = logging.getLogger("relance.engine")
 
 
-def stream_clock(headers) -> int | None:
+def stream_clock(headers, clock_header: str = CLOCK_HEADER) -> int | None:
     """The feeder's stream clock (ms) from a record's headers, if it carries one."""
     for name, value in headers:
-        if name != CLOCK_HEADER:
+        if name != clock_header:
             continue
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise InvalidRecord(f"header {CLOCK_HEADER} is not a whole number of ms: {bytes(value)[:40]!r}",
-                                "invalid_header") from None
+            shown = bytes(value)[:40] if isinstance(value, (bytes, bytearray, memoryview)) else value  # None: a null header
+            raise InvalidRecord(f"header {clock_header} is not a whole number of ms: {shown!r}", "invalid_header") from None
     return None
+
+
+def feed_partition(core: DecisionCore | NativeDecisionCore, records: list[ConsumerRecord], now: int | None,
+                   clock_header: str | None, events_in: collections.Counter,
+                   invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> int:
+    """A partition's records into its core, in order: message events counted per app in
+    ``events_in``, invalid records with why in ``invalid``; returns how many had an empty
+    value and no stream clock. The compiled core takes the batch itself, up to each record
+    it leaves to ``_feed_record``."""
+    if type(core) is not NativeDecisionCore:
+        return sum(_feed_record(core, record, now, clock_header, events_in, invalid) for record in records)
+    empty, start = 0, 0
+    while start < len(records):
+        start, applied = core.feed_records(records, start, now, clock_header)
+        for app, count in zip(APPS, applied):
+            events_in[app] += count
+        if start < len(records):
+            empty += _feed_record(core, records[start], now, clock_header, events_in, invalid)
+            start += 1
+    return empty
+
+
+def _feed_record(core: DecisionCore | NativeDecisionCore, record: ConsumerRecord, now: int | None,
+                 clock_header: str | None, events_in: collections.Counter,
+                 invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> int:
+    """One record; 1 if its value was empty and it carried no stream clock."""
+    try:
+        clock = stream_clock(record.headers, clock_header) if clock_header and record.headers else None
+        if not record.value:  # the feeder's clock-only record; any other empty one is counted
+            if clock is not None:
+                core.advance(clock, inclusive=False)
+            return clock is None
+        app = core.feed_encoded(record.value, clock, now)
+    except InvalidRecord as exc:
+        invalid.append((record, exc))
+        return 0
+    if app is not None:
+        events_in[app] += 1
+    return 0
 
 
 class Engine:
@@ -152,21 +191,8 @@ class Engine:
     def _feed(self, core: DecisionCore | NativeDecisionCore, records: list[ConsumerRecord], now: int | None,
               invalid: list[tuple[ConsumerRecord, InvalidRecord]]) -> None:
         """Apply a partition's records in order; the invalid ones, with why, to ``invalid``."""
-        event_mode, feed, advance, events_in = not self._wall, core.feed_encoded, core.advance, self._events_in
-        for record in records:
-            try:
-                clock = stream_clock(record.headers) if event_mode and record.headers else None
-                if not record.value:  # the feeder's clock-only record; any other empty one is counted
-                    if clock is not None:
-                        advance(clock, inclusive=False)
-                    self._empty_values += clock is None
-                    continue
-                app = feed(record.value, clock, now)
-            except InvalidRecord as exc:
-                invalid.append((record, exc))
-                continue
-            if app is not None:
-                events_in[app] += 1
+        clock_header = None if self._wall else CLOCK_HEADER
+        self._empty_values += feed_partition(core, records, now, clock_header, self._events_in, invalid)
 
     async def idle(self) -> None:
         """Between batches: in wall mode, the decisions now due in every owned partition."""

@@ -76,6 +76,13 @@ class NativeDecisionCore:
         self.feed(record, now)
         return record.app if type(record) is MessageEvent else None
 
+    def feed_records(self, records: list, start: int, now: int | None, clock_header: str | None) -> tuple[int, list[int]]:
+        """Records with ``value`` and ``headers`` (a Kafka batch) from ``start``, in the
+        compiled core, up to the first one it leaves to Python (``feed_encoded`` of its
+        value, after its stream clock): that one's index, and the message events applied
+        per app (in APPS' order)."""
+        return self._native.feed_records(records, start, now, clock_header)
+
     def feed(self, record: MessageEvent | ControlEvent, now: int | None = None) -> None:
         wall = self._wall
         if type(record) is MessageEvent:

@@ -12,17 +12,20 @@ cores too (``each_core``).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 
 import orjson
 import pytest
 from hypothesis import given, strategies as st
 
+from agents.engine import feed_partition
 from devstack.traffic import TrafficShape, generate
 from domain.native import NativeDecisionCore, decision_core
 from domain.rules import DecisionCore
 from domain.state import changelog_value, from_changelog
 from foundation.settings import Settings
+from streams.topics import CLOCK_HEADER
 from schemas.records import (
     ControlEvent, InvalidRecord, MessageEvent, Tick, control_to_dict, format_ts, loads, parse_record,
 )
@@ -200,3 +203,50 @@ def test_a_control_the_engine_reads_goes_through_python_and_counts_no_event():
     assert core.feed_encoded(orjson.dumps(control_to_dict(control)), 5, None) is None
     assert core.user("u").opt_out_all
     assert changelog_value(core.user("u")) == core.changelog_value("u")
+
+
+class Record:
+    """What the engine reads of a Kafka record: its value and headers."""
+
+    def __init__(self, value: bytes | None, headers: tuple) -> None:
+        self.value, self.headers = value, headers
+
+
+def odd_headers(clock: int, rng: random.Random) -> tuple:
+    """The feeder's clock header, mostly as it writes it; sometimes odd, missing or doubled."""
+    shape = rng.random()
+    if shape < 0.8:
+        return ((CLOCK_HEADER, str(clock).encode()),)
+    return rng.choice([
+        (), (("other", b"x"),), ((CLOCK_HEADER, b" 12"),), ((CLOCK_HEADER, b"+12"),), ((CLOCK_HEADER, b"1_000"),),
+        ((CLOCK_HEADER, b"abc"),), ((CLOCK_HEADER, b""),), ((CLOCK_HEADER, None),), ((b"bytes-name", b"1"),),
+        (("other", b"x"), (CLOCK_HEADER, str(clock).encode()), (CLOCK_HEADER, b"1")),
+    ])
+
+
+@PROPERTY
+@given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(20, 150), st.booleans())
+def test_the_engine_feeds_a_batch_to_either_core_with_the_same_result(config, seed, length, wall):
+    """``feed_partition``: the compiled core takes a batch itself up to each record it
+    leaves to Python (odd clock headers, empty values, controls, invalid values); the
+    counts, dead letters and everything decided are the Python core's."""
+    config = replace(config, clock="wall" if wall else "event")
+    rng = random.Random(seed)
+    records, _ = untidy_stream(rng, config.window, length)
+    batch, clock = [], -1
+    for record in records:
+        if isinstance(record, (MessageEvent, Tick)):
+            clock = max(clock, record.ts)
+        value = rng.choice([b"", None, b"{", b'{"event_id": 1}']) if rng.random() < 0.05 else encoded(record, rng)
+        batch.append(Record(value, odd_headers(clock, rng)))
+    now = records[0].ts if wall and isinstance(records[0], MessageEvent) else None
+    outcomes = []
+    for core in (DecisionCore(config), NativeDecisionCore(config)):
+        events_in, invalid, done = Counter(), [], []
+        for first in range(0, len(batch), 17):
+            empty = feed_partition(core, batch[first:first + 17], now, None if wall else CLOCK_HEADER, events_in, invalid)
+            requests, decisions, erased, dirty = core.drain()
+            done.append((empty, requests, decisions, erased, {user: core.changelog_value(user) for user in sorted(dirty)}))
+        outcomes.append((events_in, [(batch.index(record), str(error), error.kind) for record, error in invalid], done,
+                         core.clock, dict(core.stats)))
+    assert outcomes[1] == outcomes[0]

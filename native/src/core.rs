@@ -17,7 +17,8 @@ use aho_corasick::AhoCorasick;
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::intern;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::message::{self, Message};
 use crate::pack::{pack_user, unpack_user};
@@ -110,6 +111,34 @@ fn crowded(sends: &[i64], at: i64, span: i64, cap: i64) -> bool {
 fn horizon(clock: i64, window: i64, idle_delay: i64, last_ts: i64) -> i64 {
     let since = clock - window;
     (since - 1).min(last_ts.max(since) + idle_delay - window)
+}
+
+enum HeaderClock {
+    Absent,
+    At(i64),
+    Odd, // not plain digits: Python's ``stream_clock`` reads it, or says what is wrong
+}
+
+/// The first header named ``name``, as ``agents/engine.py``'s ``stream_clock`` reads it.
+fn header_clock(headers: &Bound<'_, PyAny>, name: &str) -> PyResult<HeaderClock> {
+    if headers.is_none() {
+        return Ok(HeaderClock::Absent);
+    }
+    for header in headers.try_iter()? {
+        let header = header?;
+        let key = header.get_item(0)?;
+        if key.downcast::<pyo3::types::PyString>().map_or(true, |key| key.to_str().map_or(true, |key| key != name)) {
+            continue;
+        }
+        let value = header.get_item(1)?;
+        let Ok(bytes) = value.downcast::<PyBytes>() else { return Ok(HeaderClock::Odd) };
+        let digits = bytes.as_bytes();
+        if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+            return Ok(HeaderClock::Odd);
+        }
+        return Ok(HeaderClock::At(digits.iter().fold(0i64, |clock, digit| clock * 10 + (digit - b'0') as i64)));
+    }
+    Ok(HeaderClock::Absent)
 }
 
 /// `DecisionCore._schedule`, on the fields it touches.
@@ -495,6 +524,42 @@ impl NativeCore {
         };
         self.message_at(py, target, &message)?;
         Ok(message.app as i32)
+    }
+
+    /// A batch of Kafka records (anything with ``value`` and ``headers``) from ``start``,
+    /// each as ``feed_json`` with the stream clock of its ``clock_header`` (event mode),
+    /// until one needs Python: a value that is not the common message shape, an empty
+    /// value without a clock, a clock header that is not plain digits. Returns that
+    /// record's index (``len(records)`` when none did) and the message events applied per app.
+    #[pyo3(signature = (records, start, now, clock_header))]
+    fn feed_records(&mut self, py: Python<'_>, records: &Bound<'_, PyList>, start: usize, now: Option<i64>,
+                    clock_header: Option<&str>) -> PyResult<(usize, [i64; 3])> {
+        let mut applied = [0i64; 3];
+        for index in start..records.len() {
+            let record = records.get_item(index)?;
+            let stream_clock = match clock_header {
+                Some(name) => match header_clock(&record.getattr(intern!(py, "headers"))?, name)? {
+                    HeaderClock::Absent => None,
+                    HeaderClock::At(clock) => Some(clock),
+                    HeaderClock::Odd => return Ok((index, applied)),
+                },
+                None => None,
+            };
+            let value = record.getattr(intern!(py, "value"))?;
+            let data: &[u8] = if value.is_none() { b"" } else { value.downcast::<PyBytes>()?.as_bytes() };
+            if data.is_empty() {
+                if stream_clock.is_none() {
+                    return Ok((index, applied)); // counted by Python
+                }
+                self.advance_to(py, stream_clock, false)?;
+                continue;
+            }
+            match self.feed_json(py, data, stream_clock, now)? {
+                FALLBACK => return Ok((index, applied)),
+                app => applied[app as usize] += 1,
+            }
+        }
+        Ok((records.len(), applied))
     }
 
     /// A message event Python read: ``feed``'s clock step, then the message.
