@@ -152,7 +152,13 @@ class Rig:
             self.worker.check_alive()
             stories = self.stories()
             return all(fid in stories and done(stories[fid]) for fid in wanted)
-        await async_wait_for(all_done, timeout, what)
+        try:
+            await async_wait_for(all_done, timeout, what)
+        except AssertionError as exc:  # which ones, and how far each got: the failure's own story
+            stories = self.stories()
+            behind = {fid: steps(stories[fid]) if fid in stories else None
+                      for fid in sorted(wanted) if fid not in stories or not done(stories[fid])}
+            raise AssertionError(f"{exc}; not there: {behind}") from None
         return {fid: self.stories()[fid] for fid in wanted}
 
     async def metric(self, name: str, **labels: str) -> float | None:

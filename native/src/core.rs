@@ -166,7 +166,8 @@ pub struct NativeCore {
     #[pyo3(get, set)]
     clock: i64,
     kills: Kills,
-    users: AHashMap<Id, User>,
+    /// Boxed: the map's slots stay small (a slot per user, and hashbrown keeps spare ones).
+    users: AHashMap<Id, Box<User>>,
     bots: AHashSet<Id>,
     pairs: i64,
     heap: BinaryHeap<Reverse<(i64, Id, Id)>>,
@@ -424,10 +425,11 @@ impl NativeCore {
         let app = APPS[message.app as usize];
         let key = event_key(app, &message.event_id);
         let may_matter = message.inbound && self.may_matter(&message.text);
-        let user = self.users.entry(user_id.clone()).or_insert_with(User::new);
+        let user = self.users.entry(user_id.clone()).or_insert_with(|| Box::new(User::new()));
         let index = match user.pair_index(&bot_id) {
             Some(index) => index,
             None => {
+                user.pairs.reserve_exact(1); // most users talk to one bot: no room for four
                 user.pairs.push((bot_id.clone(), Pair::new()));
                 self.pairs += 1;
                 user.pairs.len() - 1
@@ -479,7 +481,7 @@ impl NativeCore {
 
     fn user_for_control(&mut self, user_id: &str) -> Id {
         let id = self.intern_user(user_id);
-        self.users.entry(id.clone()).or_insert_with(User::new);
+        self.users.entry(id.clone()).or_insert_with(|| Box::new(User::new()));
         self.dirty.insert(id.clone());
         id
     }
@@ -670,7 +672,7 @@ impl NativeCore {
             schedule(&mut self.heap, &mut self.next_due, &id, bot, pair, time);
         }
         self.pairs += user.pairs.len() as i64;
-        self.users.insert(id, user);
+        self.users.insert(id, Box::new(user));
         Ok(())
     }
 

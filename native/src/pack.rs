@@ -151,6 +151,7 @@ pub fn unpack_user(bytes: &[u8], mut intern: impl FnMut(&str) -> Id) -> Result<U
     let pairs = reader.u16()?;
     let rare_length = reader.u16()? as usize;
     let mut user = User::new();
+    user.pairs.reserve_exact(pairs as usize); // a Vec's first push reserves four
     if rare_length > 0 {
         let rare: Map<String, Value> = serde_json::from_slice(reader.take(rare_length)?).map_err(|e| e.to_string())?;
         for (name, value) in &rare {
