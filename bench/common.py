@@ -268,19 +268,21 @@ async def _reached(workers: list[WorkerProcess], name: str, total: float, poll: 
     return time.perf_counter()
 
 
-async def metric_sum(session, port: int, name: str) -> float:
-    """A counter of one worker's /metrics, summed over its labels."""
+async def metric_sum(session, port: int, name: str, le: str | None = None) -> float:
+    """A counter of one worker's /metrics, summed over its labels (a histogram's bucket:
+    ``le``)."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         text = await response.text()
+    bucket = f'le="{le}"'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and (line[len(name)] in " {"))
+               if line.startswith(name) and (line[len(name)] in " {") and (le is None or bucket in line))
 
 
-async def metric_total(workers: list[WorkerProcess], name: str) -> float:
+async def metric_total(workers: list[WorkerProcess], name: str, le: str | None = None) -> float:
     """A counter summed over the workers' /metrics and their labels."""
     import aiohttp
     async with aiohttp.ClientSession() as session:
-        return sum([await metric_sum(session, worker.web_port, name) for worker in workers])
+        return sum([await metric_sum(session, worker.web_port, name, le) for worker in workers])
 
 
 # -- output ------------------------------------------------------------------------------

@@ -145,6 +145,12 @@ async def one_run(bootstrap: str, redis_url: str, work, args, index: int, bodies
             await consumer.stop()
             load_rate = (await metric_total([worker], "relance_events_in_total") - counted_before) / (
                 time.perf_counter() - load_started)
+            # What a probe's request waits for after its decision: the checkpoint's transaction.
+            checkpoints = await metric_total([worker], "relance_checkpoint_seconds_count")
+            slow = checkpoints - await metric_total([worker], "relance_checkpoint_seconds_bucket", le="0.5")
+            print(f"  run {index}: {checkpoints:.0f} checkpoints, mean "
+                  f"{await metric_total([worker], 'relance_checkpoint_seconds_sum') / max(checkpoints, 1):.3f}s, "
+                  f"{slow:.0f} over 0.5 s", flush=True)
             stop_load.set()
             if load is not None:
                 await load
