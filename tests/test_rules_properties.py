@@ -14,6 +14,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
+from domain.native import NativeDecisionCore
 from domain.rules import DecisionCore
 from domain.state import changelog_value, from_changelog
 from foundation.settings import Settings
@@ -180,6 +181,7 @@ def random_control(rng: random.Random):
     ))()
 
 
+@pytest.mark.parametrize("core_type", [DecisionCore, NativeDecisionCore], ids=["python", "native"])
 @ORACLE
 @given(settings_strategy, st.integers(0, 2**32 - 1), st.integers(40, 200))
 # A late message due inside a distress cool-off whose end the clock had passed: the core
@@ -187,13 +189,13 @@ def random_control(rng: random.Random):
 @example(config=Settings.from_mapping({
     "min_inbound": 1, "window": "1d", "idle_delay": "1h", "messaging_window": "6h", "quiet_hours": "off",
     "user_cap_day": 0, "user_cap_week": 0, "distress_cooloff": "2d", "clock": "event"}), seed=40416, length=64)
-def test_every_decision_is_the_one_the_spec_makes(config, seed, length):
+def test_every_decision_is_the_one_the_spec_makes(core_type, config, seed, length):
     """Each decision record and request, record by record, against the spec's reading:
     which pairs are due and in what order, each condition's verdict, the exact count, and
     the safety invariants of every request (cap on any span, quiet hours, send - I <= M,
-    no minor, opted-out, killed or erased pair)."""
+    no minor, opted-out, killed or erased pair). Both decision cores, the compiled one too."""
     records, _ = untidy_stream(random.Random(seed), config.window, length)
-    core, oracle = DecisionCore(config), Oracle(config)
+    core, oracle = core_type(config), Oracle(config)
     for index, record in enumerate(records):
         core.feed(record)
         requests, decisions, _, _ = core.drain()
