@@ -270,7 +270,7 @@ impl NativeCore {
     fn decide(&mut self, py: Python<'_>, user_id: &Id, bot_id: &Id, index: usize, due: i64) -> PyResult<()> {
         let user = &self.users[user_id];
         let send_at: Option<i64> = match &self.quiet_end {
-            Some(quiet_end) => quiet_end.call1(py, (due, user.tz.as_deref()))?.extract(py)?,
+            Some(quiet_end) => quiet_end.call1(py, (due, user.rare().tz.as_deref()))?.extract(py)?,
             None => None,
         };
         let pair = &user.pairs[index].1;
@@ -595,7 +595,9 @@ impl NativeCore {
     fn profile(&mut self, user_id: &str, tz: Option<String>, minor: Option<bool>) {
         let id = self.user_for_control(user_id);
         let user = self.users.get_mut(&id).unwrap();
-        user.tz = tz;
+        if tz.is_some() || user.rare().tz.is_some() {
+            user.rare_mut().tz = tz;
+        }
         user.minor = minor;
     }
 

@@ -19,8 +19,8 @@ fn absent_is_none(value: i64) -> Option<i64> {
 
 /// The rare fields not at their default, in `_RARE`'s order, as orjson writes them.
 fn rare_json(user: &User) -> Vec<u8> {
-    let mut rare = Map::new();
-    if let Some(tz) = &user.tz {
+    let (fields, mut rare) = (user.rare(), Map::new());
+    if let Some(tz) = &fields.tz {
         rare.insert("tz".into(), Value::from(tz.as_str()));
     }
     if let Some(minor) = user.minor {
@@ -29,14 +29,14 @@ fn rare_json(user: &User) -> Vec<u8> {
     if user.opt_out_all {
         rare.insert("opt_out_all".into(), Value::from(true));
     }
-    if !user.opt_out_bots.is_empty() {
-        rare.insert("opt_out_bots".into(), Value::from_iter(user.opt_out_bots.iter().cloned()));
+    if !fields.opt_out_bots.is_empty() {
+        rare.insert("opt_out_bots".into(), Value::from_iter(fields.opt_out_bots.iter().cloned()));
     }
-    if !user.opt_in_bots.is_empty() {
-        rare.insert("opt_in_bots".into(), Value::from_iter(user.opt_in_bots.iter().cloned()));
+    if !fields.opt_in_bots.is_empty() {
+        rare.insert("opt_in_bots".into(), Value::from_iter(fields.opt_in_bots.iter().cloned()));
     }
-    if !user.opt_in_at.is_empty() {
-        let at: Map<String, Value> = user.opt_in_at.iter().map(|(bot, clock)| (bot.clone(), Value::from(*clock))).collect();
+    if !fields.opt_in_at.is_empty() {
+        let at: Map<String, Value> = fields.opt_in_at.iter().map(|(bot, clock)| (bot.clone(), Value::from(*clock))).collect();
         rare.insert("opt_in_at".into(), Value::Object(at));
     }
     if user.distress_until != -1 {
@@ -126,14 +126,14 @@ fn strings(value: &Value) -> Result<impl Iterator<Item = String> + '_, String> {
 fn set_rare(user: &mut User, name: &str, value: &Value) -> Result<(), String> {
     let int = |value: &Value| value.as_i64().ok_or_else(|| format!("a packed user's {name} is not a whole number"));
     match name {
-        "tz" => user.tz = value.as_str().map(str::to_owned),
+        "tz" => user.rare_mut().tz = value.as_str().map(str::to_owned),
         "minor" => user.minor = value.as_bool(),
         "opt_out_all" => user.opt_out_all = value.as_bool().unwrap_or(false),
-        "opt_out_bots" => user.opt_out_bots = strings(value)?.collect(),
-        "opt_in_bots" => user.opt_in_bots = strings(value)?.collect(),
+        "opt_out_bots" => user.rare_mut().opt_out_bots = strings(value)?.collect(),
+        "opt_in_bots" => user.rare_mut().opt_in_bots = strings(value)?.collect(),
         "opt_in_at" => {
             let at = value.as_object().ok_or("a packed user's opt_in_at is not an object")?;
-            user.opt_in_at = at.iter().map(|(bot, clock)| Ok((bot.clone(), int(clock)?))).collect::<Result<_, String>>()?;
+            user.rare_mut().opt_in_at = at.iter().map(|(bot, clock)| Ok((bot.clone(), int(clock)?))).collect::<Result<_, String>>()?;
         }
         "distress_until" => user.distress_until = int(value)?,
         "sends" => {

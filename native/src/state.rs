@@ -66,19 +66,27 @@ impl Pair {
     }
 }
 
+/// What few users have: kept apart, so that a user without them costs one pointer.
 #[derive(Default)]
-pub struct User {
-    pub minor: Option<bool>,
-    pub opt_out_all: bool,
+pub struct Rare {
     pub opt_out_bots: BTreeSet<String>,
     pub opt_in_bots: BTreeSet<String>,
     /// bot ("*" for all) -> clock of the opt-in, in insertion order (a Python dict).
     pub opt_in_at: Vec<(String, i64)>,
-    pub distress_until: i64,
     pub tz: Option<String>,
+}
+
+static NO_RARE: Rare = Rare { opt_out_bots: BTreeSet::new(), opt_in_bots: BTreeSet::new(), opt_in_at: Vec::new(), tz: None };
+
+#[derive(Default)]
+pub struct User {
+    pub minor: Option<bool>,
+    pub opt_out_all: bool,
+    pub distress_until: i64,
     pub sends: Vec<i64>,
     /// In insertion order, as a Python dict: the packed form lists them so.
     pub pairs: Vec<(Id, Pair)>,
+    rare: Option<Box<Rare>>,
 }
 
 impl User {
@@ -86,16 +94,25 @@ impl User {
         User { distress_until: -1, ..Default::default() }
     }
 
+    pub fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    pub fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
     pub fn pair_index(&self, bot_id: &str) -> Option<usize> {
         self.pairs.iter().position(|(bot, _)| &**bot == bot_id)
     }
 
     pub fn opted_out(&self, bot_id: &str) -> bool {
-        self.opt_out_bots.contains(bot_id) || (self.opt_out_all && !self.opt_in_bots.contains(bot_id))
+        let rare = self.rare();
+        rare.opt_out_bots.contains(bot_id) || (self.opt_out_all && !rare.opt_in_bots.contains(bot_id))
     }
 
     fn opted_in_at(&self, bot_id: &str) -> i64 {
-        let at = |name: &str| self.opt_in_at.iter().find(|(bot, _)| bot == name).map_or(-1, |(_, clock)| *clock);
+        let at = |name: &str| self.rare().opt_in_at.iter().find(|(bot, _)| bot == name).map_or(-1, |(_, clock)| *clock);
         at(bot_id).max(at("*"))
     }
 
@@ -103,31 +120,36 @@ impl User {
         match bot_id {
             None => {
                 self.opt_out_all = true;
-                self.opt_in_bots.clear();
+                if let Some(rare) = &mut self.rare {
+                    rare.opt_in_bots.clear();
+                }
             }
             Some(bot) => {
-                self.opt_out_bots.insert(bot.to_owned());
-                self.opt_in_bots.remove(bot);
+                let rare = self.rare_mut();
+                rare.opt_out_bots.insert(bot.to_owned());
+                rare.opt_in_bots.remove(bot);
             }
         }
     }
 
     pub fn opt_in(&mut self, bot_id: Option<&str>, clock: i64) {
         let name = bot_id.unwrap_or("*");
-        match self.opt_in_at.iter_mut().find(|(bot, _)| bot == name) {
+        let opt_out_all = self.opt_out_all;
+        let rare = self.rare_mut();
+        match rare.opt_in_at.iter_mut().find(|(bot, _)| bot == name) {
             Some(entry) => entry.1 = clock,
-            None => self.opt_in_at.push((name.to_owned(), clock)),
+            None => rare.opt_in_at.push((name.to_owned(), clock)),
         }
         match bot_id {
             None => {
+                rare.opt_out_bots.clear();
+                rare.opt_in_bots.clear();
                 self.opt_out_all = false;
-                self.opt_out_bots.clear();
-                self.opt_in_bots.clear();
             }
             Some(bot) => {
-                self.opt_out_bots.remove(bot);
-                if self.opt_out_all {
-                    self.opt_in_bots.insert(bot.to_owned());
+                rare.opt_out_bots.remove(bot);
+                if opt_out_all {
+                    rare.opt_in_bots.insert(bot.to_owned());
                 }
             }
         }
@@ -152,10 +174,11 @@ impl User {
 
     /// `UserState.forgettable`.
     pub fn forgettable(&self, clock: i64, window: i64, idle_delay: i64) -> bool {
-        self.pairs.is_empty() && self.tz.is_none() && self.minor.is_none() && !self.opt_out_all
-            && self.opt_out_bots.is_empty() && self.opt_in_bots.is_empty() && self.sends.is_empty()
+        let rare = self.rare();
+        self.pairs.is_empty() && rare.tz.is_none() && self.minor.is_none() && !self.opt_out_all
+            && rare.opt_out_bots.is_empty() && rare.opt_in_bots.is_empty() && self.sends.is_empty()
             && self.distress_until <= clock - window + idle_delay
-            && self.opt_in_at.iter().all(|(_, at)| *at < clock - window)
+            && rare.opt_in_at.iter().all(|(_, at)| *at < clock - window)
     }
 }
 
