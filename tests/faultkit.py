@@ -23,11 +23,10 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -43,6 +42,7 @@ from streams.topics import (
     RAW_BY_APP, CLOCK_HEADER, CONTROL, topic_name,
 )
 from tests.fake_llm import FakeLLM
+from tests.loopthread import Background
 from tests.kafkaread import TopicReader, group_lag
 from tests.test_sender_kafka import registry_file
 from tests.waiting import wait_for
@@ -147,27 +147,6 @@ def _add(script: Script, accounts, user: str, bot: str, app: str, direction: str
 
 
 # -- a background event loop for the stand-ins and the readers ---------------------------
-
-class Background:
-    """An event loop in a thread of its own: the fakes answer and the readers read while
-    the test blocks (starting a broker, waiting for a condition)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fault-rig", daemon=True)
-        self.thread.start()
-
-    def submit(self, coroutine: Coroutine) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def call(self, coroutine: Coroutine, timeout: float = 120) -> Any:
-        return self.submit(coroutine).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
 
 # -- the rig ---------------------------------------------------------------------------------
 
@@ -372,6 +351,10 @@ class Accounting:
         }
 
 
+async def _copy(mapping: dict) -> dict:
+    return dict(mapping)
+
+
 def account(rig: FaultRig, script: Script, letters_from: int, dropped_before: float) -> Accounting:
     prefix = script.user_prefix
     requested: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
@@ -393,7 +376,9 @@ def account(rig: FaultRig, script: Script, letters_from: int, dropped_before: fl
         endings = [step for step in dict.fromkeys(story) if step in ENDINGS]
         republished += len(story) - len(set(story))
         final[pair] = "+".join(endings)
-    sent = {pair_of[fid]: count for fid, count in list(rig.graph.accepted.items()) if fid in pair_of}
+    # The fake counts in the background loop's thread: copied there, not while it writes.
+    accepted = rig.background.call(_copy(rig.graph.accepted))
+    sent = {pair_of[fid]: count for fid, count in accepted.items() if fid in pair_of}
     letters = rig.values(DEADLETTER)[letters_from:]
     return Accounting(dict(requested), sum(n > 1 for n in copies.values()), final, republished, sent, letters,
                       rig.dropped() - dropped_before)

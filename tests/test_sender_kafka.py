@@ -9,6 +9,7 @@ which writes them to ``raw.<app>`` for ingest to read.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -38,6 +39,7 @@ from streams.ledger import ledger_key
 from streams.topics import (
     DELIVERY_BY_APP, DELIVERY_WHATSAPP, DELIVERY_FACEBOOK, FOLLOWUP_OUTCOMES, FOLLOWUPS_ATTEMPTS, MESSAGES, topic_name,
 )
+from tests.loopthread import Background
 from tests.gatewaykit import SECRET, gateway_settings, running_gateway
 from tests.kafkaread import TopicReader
 from tests.waiting import async_wait_for
@@ -90,11 +92,20 @@ class Rig:
     """A sender worker (and ingest, for the receipts), the fake Graph API, a gateway, and
     what the test reads and writes: followups.outcomes, the delivery topics, the ledger."""
 
-    def __init__(self, stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str], **settings) -> None:
+    def __init__(self, stack, prefix: str, redis_url: str, tmp_path: Path, roles: list[str],
+                 fake_thread: bool = False, **settings) -> None:
         self.stack, self.prefix, self.redis_url, self.tmp_path, self.roles = stack, prefix, redis_url, tmp_path, roles
         self.registry = registry_file(tmp_path)
         self.settings = {**SENDER_SETTINGS, "clock": "wall", **settings}
         self.worker: WorkerProcess | None = None
+        # The fake on an event loop of its own: it notes when each call arrives, which a
+        # busy test loop (the gateway, the readers) would otherwise note late, in bunches.
+        self.background = Background() if fake_thread else None
+
+    async def _on_fake_loop(self, coroutine):
+        if self.background is None:
+            return await coroutine
+        return await asyncio.wrap_future(self.background.submit(coroutine))
 
     async def __aenter__(self) -> "Rig":
         self.gateway_settings = gateway_settings(self.stack.bootstrap, self.prefix)
@@ -104,7 +115,7 @@ class Rig:
                               callback_url=f"http://127.0.0.1:{self.gateway_settings.gateway_port}",
                               app_secret=SECRET, limits={"whatsapp": RATE, "facebook": RATE, "instagram": RATE},
                               slow_delay=2.0, receipt_delay=0.05)
-        await self.fake.start()
+        await self._on_fake_loop(self.fake.start())
         self.outcomes = await TopicReader(self.stack.bootstrap, topic_name(FOLLOWUP_OUTCOMES, self.prefix), 4).start()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.stack.bootstrap, acks="all")
         await self.producer.start()
@@ -125,7 +136,9 @@ class Rig:
         await self.outcomes.stop()
         await self.producer.stop()
         await self.redis.aclose()
-        await self.fake.stop()
+        await self._on_fake_loop(self.fake.stop())
+        if self.background is not None:
+            self.background.close()
         await self.gateway.__aexit__(None, None, None)
         assert self.fake.webhook_failures == 0  # every receipt posted was taken by the gateway
         assert "Traceback" not in self.worker.log_tail(3000), self.worker.log_tail(80)
@@ -348,19 +361,24 @@ async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_ove
 async def test_sends_held_up_past_the_slack_never_put_more_than_the_rate_in_a_platform_second(
         stack, topic_prefix, redis_db, tmp_path):
     """Spec section 9, "a send rate that the sender never exceeds", counted by the platform
-    per number and per second. Half the sends, at random, are held 600 ms after their rate
-    slot (``send_fault_hold``: a loaded machine), far beyond the 100 ms slack: without a
-    fresh slot before they leave, they would land beside the next second's sends."""
-    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender"], send_rate_slack="100ms",
-                   send_fault_hold="600ms", send_concurrency=64) as rig:
+    per number and per second. Half the sends, at random, are held 1.5 s after their rate
+    slot (``send_fault_hold``: a loaded machine), far beyond the 400 ms slack: without a
+    fresh slot before they leave, they would land beside the next second's sends. The
+    slack is the time a call may take from its last check to the platform: 200 ms here,
+    as a test process shares two cores with two others, their brokers and workers (at
+    100 ms, one full suite in three saw a number-second over the rate)."""
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender"], fake_thread=True, send_rate_slack="400ms",
+                   send_fault_hold="1500ms", send_concurrency=64) as rig:
         records = [record(f"held-{bot}-{i}", f"u-held-{bot}-{i}", bot=bot)
                    for i in range(120) for bot in ("maestro", "chef-lucie")]
         started = time.monotonic()
         await rig.publish(*records)
         stories = await rig.wait_for_stories([r.followup_id for r in records], "every held-up send ended", timeout=120)
-        busiest = {number: rig.fake.max_per_second("whatsapp", number) for number in (WA1, WA2)}
-        print(f"\n{len(records)} sends over 2 numbers, half held 600 ms: {time.monotonic() - started:.1f}s, "
-              f"busiest number-second {busiest} (limit {RATE}), fake answers {dict(rig.fake.answers)}")
+        took = time.monotonic() - started
+    # Read once the fake has stopped: its loop no longer writes what is counted.
+    busiest = {number: rig.fake.max_per_second("whatsapp", number) for number in (WA1, WA2)}
+    print(f"\n{len(records)} sends over 2 numbers, half held 1.5 s: {took:.1f}s, "
+          f"busiest number-second {busiest} (limit {RATE}), fake answers {dict(rig.fake.answers)}")
     assert {ending(story) for story in stories.values()} == {"sent"}
     never_twice_and_never_over_the_rate(rig.fake)
 
