@@ -81,34 +81,43 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS   # utime + stime
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat; idle and iowait
+    are not busy)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+
+
 class CpuUse:
-    """Cores used between ``start`` and ``stop``: by some processes (user + system time
-    from /proc/<pid>/stat) and by the whole machine (/proc/stat), to say what a run was
-    short of: two workers cannot take 2 cores while the broker needs some of them."""
+    """Cores used between ``start`` and ``stop``: by some processes and by the whole
+    machine, to say what a run was short of: two workers cannot take 2 cores while the
+    broker needs some of them."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
 
     def start(self) -> None:
-        self._began = (time.monotonic(), self._processes(), self._machine())
+        self._began = (time.monotonic(), self._processes(), machine_busy()[0])
 
     def stop(self) -> tuple[float, float]:
-        """(cores used by the processes, cores used by the machine) on average."""
+        """(cores used by the processes, cores used by the machine) on average, kept in ``used``."""
         began, processes, machine = self._began
         seconds = time.monotonic() - began
-        ticks = os.sysconf("SC_CLK_TCK") * seconds
-        return (self._processes() - processes) / ticks, (self._machine() - machine) / ticks
+        self.used = (self._processes() - processes) / seconds, (machine_busy()[0] - machine) / seconds
+        return self.used
 
-    def _processes(self) -> int:
-        # fields 14 and 15 (utime, stime) after the command's closing parenthesis
-        return sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[11:13]))
-                   for pid in self.pids)
-
-    @staticmethod
-    def _machine() -> int:
-        # the first line: user nice system idle iowait irq softirq steal ...; busy is all but idle and iowait
-        fields = list(map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]))
-        return sum(fields) - fields[3] - fields[4]
+    def _processes(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
 
 # -- Kafka -------------------------------------------------------------------------------
@@ -221,7 +230,8 @@ class GroupWatch:
 
 
 async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[WorkerProcess], timeout: float,
-                    counter: tuple[str, float] | None = None) -> tuple[float, float | None]:
+                    counter: tuple[str, float] | None = None,
+                    cpu: CpuUse | None = None) -> tuple[float, float | None]:
     """Seconds from the first record produced to the last offset committed: a whole run,
     the tail included, so no partial run can print a rate.
 
@@ -244,6 +254,8 @@ async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[Work
         await outbox.know(*{item[0] for item in items})
         for topic, key, value, headers, partition in items:
             outbox.add(topic, value, key, partition, headers)
+        if cpu is not None:  # over the timed run only, as the rate is
+            cpu.start()
         started = time.perf_counter()
         await outbox.flush()
         # Shown because the workers read while it goes on: a run cannot end before it.
@@ -253,6 +265,8 @@ async def timed_run(bootstrap: str, items, watch: GroupWatch, workers: list[Work
     counted = asyncio.ensure_future(_reached(workers, *counter)) if counter else None
     try:
         committed = await watch.wait_committed(len(items), timeout, workers)
+        if cpu is not None:
+            cpu.stop()
         # Commits follow the work: the counter is there already, if seen a poll later.
         worked = min(await asyncio.wait_for(counted, 10), committed) - started if counted else None
     finally:

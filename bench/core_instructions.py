@@ -73,21 +73,26 @@ def feed(records: int, stage: str, run: bool) -> None:
         for core in cores.values():
             requests, decisions, _, dirty = core.drain()
             if stage == "parse+feed+encode":
-                encode_drained(core, requests, decisions, dirty, changelog_value)
+                encode_drained(core, requests, decisions, dirty, python_state_of(core, changelog_value))
 
 
-def encode_drained(core, requests, decisions, dirty, changelog_value) -> None:
+def encode_drained(core, requests, decisions, dirty, state_of) -> None:
     """What the engine encodes of a core's drained outputs: decision and request JSON, and
-    at a checkpoint the changed users' changelog values and the core's meta."""
+    at a checkpoint the changed users' changelog values (``state_of(user_id)``) and the
+    core's meta."""
     for decision in decisions:
         decision.to_json()
     for request in requests:
         request.to_json()
     for user_id in dirty:
-        user = core.users.get(user_id)
-        if user is not None:
-            changelog_value(user)
+        state_of(user_id)
     orjson.dumps(core.export_meta())
+
+
+def python_state_of(core, changelog_value):
+    """``state_of`` for a Python ``DecisionCore`` of any tree (earlier ones have no
+    ``DecisionCore.changelog_value``): the changelog value of a user it holds as objects."""
+    return lambda user_id: changelog_value(core.users[user_id]) if user_id in core.users else None
 
 
 def instructions(records: int, stage: str, source: str | None, run: bool) -> int:

@@ -33,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import ROOT, add_stack_flags, bench_stack, fresh_prefix, result, spread
+from bench.common import ROOT, add_stack_flags, bench_stack, cpu_seconds, fresh_prefix, machine_busy, result, spread
 from devstack.localstack import KafkaBroker, free_port, port_in_use, stop_pid
 from devstack.processes import GatewayProcess
 from domain.signature import SIGNATURE_HEADER, sign
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the bare server and the load client, each run as a child process ------------------------
@@ -114,18 +113,6 @@ async def load(port: int, posts: int, concurrency: int, seconds: float, secret: 
 
 
 # -- measuring -------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS   # utime + stime
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
-
 
 def measure(port: int, posts: int, concurrency: int, seconds: float, secret: str, servers: list[int],
             broker: int | None) -> dict:

@@ -46,7 +46,6 @@ class NativeDecisionCore:
                                   None if quiet is None else lambda due, tz: quiet_hours_end(due, tz, quiet),
                                   sorted(folded_stop_words()), phrases)
         self.kills = KillSwitches()
-        self._checks: dict[tuple[str, bool, str], Check] = {}
         self.stats = {"duplicates": 0, "too_old": 0, "stop_words": 0, "distress": 0}
         self.duplicates_by_app: dict[str, int] = {}
         self.distress_languages: list[str] = []
@@ -121,12 +120,8 @@ class NativeDecisionCore:
         self.stats["too_old"] += too_old
         self.stats["stop_words"] += stop_words
         return ([FollowupRequest(*request) for request in requests],
-                [self._decision(*decision) for decision in decisions], erased, set(dirty))
-
-    def _decision(self, *fields) -> DecisionRecord:
-        *head, raw_checks = fields
-        checks = self._checks
-        return DecisionRecord(*head, tuple(checks.get(raw) or checks.setdefault(raw, Check(*raw)) for raw in raw_checks))
+                [DecisionRecord(*head, tuple(map(Check._make, checks))) for *head, checks in decisions],
+                erased, set(dirty))
 
     # -- state -------------------------------------------------------------------------
 

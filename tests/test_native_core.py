@@ -53,7 +53,7 @@ def encoded(record, rng: random.Random) -> bytes:
     return orjson.dumps(body)
 
 
-class Pair:
+class BothCores:
     """Both cores fed the same records, compared after every one."""
 
     def __init__(self, config: Settings) -> None:
@@ -75,9 +75,9 @@ class Pair:
         return outcomes[0]
 
 
-def feed_both(config: Settings, records, rng: random.Random, now_step: int | None = None) -> Pair:
+def feed_both(config: Settings, records, rng: random.Random, now_step: int | None = None) -> BothCores:
     """Each record to both cores, as JSON (with the feeder's clock in event mode) or as a record."""
-    cores, clock, now = Pair(config), -1, None
+    cores, clock, now = BothCores(config), -1, None
     for index, record in enumerate(records):
         if isinstance(record, (MessageEvent, Tick)):
             clock = max(clock, record.ts)
@@ -121,7 +121,7 @@ def test_a_core_restored_from_the_other_cores_changelog_goes_on_the_same(config,
         first.feed(record)
         users |= first.drain()[3]
     values = {user: first.changelog_value(user) for user in sorted(users)}
-    cores = Pair(config)
+    cores = BothCores(config)
     for core in (cores.python, cores.native):
         for user, value in values.items():
             if value is None:
@@ -162,7 +162,7 @@ def test_realistic_traffic_gives_the_same_decisions_and_changelog(tmp_path):
 def test_odd_and_invalid_values_are_read_as_python_reads_them(value):
     """What the compiled parser takes, it takes as ``decode_record`` does; the rest is
     Python's, which says what is wrong."""
-    cores = Pair(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
+    cores = BothCores(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
     cores.step(lambda core: core.feed_encoded(value, 1_700_000_000_000, None))
     cores.step(lambda core: core.feed(Tick(1_800_000_000_000)))
 
@@ -170,7 +170,7 @@ def test_odd_and_invalid_values_are_read_as_python_reads_them(value):
 @given(st.text(max_size=40), st.sampled_from(["inbound", "outbound"]))
 def test_any_text_is_checked_for_stop_words_and_distress_as_python_checks_it(text, direction):
     """The compiled core asks Python only about texts that could match: never one that does."""
-    cores = Pair(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
+    cores = BothCores(Settings.from_mapping({"clock": "event", "min_inbound": 1}))
     for index, written in enumerate((text, text.upper(), f"  {text}!! ", f"i {text} want to die")):
         event = MessageEvent(f"e{index}", "whatsapp", "u", "b", direction, 1_700_000_000_000 + index, written)
         value = orjson.dumps(event.to_dict())

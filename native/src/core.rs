@@ -107,6 +107,29 @@ fn crowded(sends: &[i64], at: i64, span: i64, cap: i64) -> bool {
     (0.max(index - cap)..=index.min(last)).any(|first| near[(first + cap) as usize] - near[first as usize] < span)
 }
 
+/// `DecisionCore._expiry`: when a silent pair can be forgotten without changing any later decision.
+fn expiry(last_ts: i64, window: i64, idle_delay: i64) -> i64 {
+    last_ts + (2 * window - idle_delay).max(window + idle_delay) + 1
+}
+
+/// `DecisionCore._prune_sends`: the follow-ups no later decision can count.
+fn prune_sends(sends: &mut Vec<i64>, now_due: i64, clock: i64, window: i64) {
+    let horizon = now_due.min(clock - window) - WEEK_MS;
+    if sends.first().is_some_and(|first| *first <= horizon) {
+        sends.retain(|ts| *ts > horizon);
+    }
+}
+
+/// One shared string per bot id: pairs and due-heap entries point to it.
+fn intern(bots: &mut AHashSet<Id>, bot_id: &str) -> Id {
+    if let Some(bot) = bots.get(bot_id) {
+        return bot.clone();
+    }
+    let bot: Id = Rc::from(bot_id);
+    bots.insert(bot.clone());
+    bot
+}
+
 /// `DecisionCore._horizon`: the messages at or below it can neither count nor come again.
 fn horizon(clock: i64, window: i64, idle_delay: i64, last_ts: i64) -> i64 {
     let since = clock - window;
@@ -199,28 +222,6 @@ impl NativeCore {
         }
     }
 
-    fn intern_bot(&mut self, bot_id: &str) -> Id {
-        if let Some(bot) = self.bots.get(bot_id) {
-            return bot.clone();
-        }
-        let bot: Id = Rc::from(bot_id);
-        self.bots.insert(bot.clone());
-        bot
-    }
-
-    /// `DecisionCore._expiry`.
-    fn expiry(&self, pair: &Pair) -> i64 {
-        let (window, delay) = (self.window, self.idle_delay);
-        pair.last_ts + (2 * window - delay).max(window + delay) + 1
-    }
-
-    /// `DecisionCore._prune_sends`.
-    fn prune_sends(&self, user: &mut User, now_due: i64) {
-        let horizon = now_due.min(self.clock - self.window) - WEEK_MS;
-        if user.sends.first().is_some_and(|first| *first <= horizon) {
-            user.sends.retain(|ts| *ts > horizon);
-        }
-    }
 
     /// Whether a text could be a stop word or show distress: else Python is not asked.
     fn may_matter(&self, text: &str) -> bool {
@@ -244,17 +245,15 @@ impl NativeCore {
         while self.next_due < self.clock || (inclusive && self.next_due == self.clock) {
             let Reverse((time, user_id, bot_id)) = self.heap.pop().expect("next_due comes from the heap");
             self.next_due = self.heap.peek().map_or(NEVER, |Reverse((earliest, _, _))| *earliest);
-            let Some(user) = self.users.get(&user_id) else { continue };
+            let Some(user) = self.users.get_mut(&user_id) else { continue };
             let Some(index) = user.pair_index(&bot_id) else { continue };
-            let pair = &user.pairs[index].1;
+            let pair = &mut user.pairs[index].1;
             if pair.queued != Some(time) {
                 continue; // queued again since
             }
-            let (due, expiry) = (pair.due, self.expiry(pair));
-            let next_time = due.unwrap_or(expiry);
-            let user = self.users.get_mut(&user_id).unwrap();
-            let pair = &mut user.pairs[index].1;
             pair.queued = None;
+            let due = pair.due;
+            let next_time = due.unwrap_or_else(|| expiry(pair.last_ts, self.window, self.idle_delay));
             if next_time > time {
                 schedule(&mut self.heap, &mut self.next_due, &user_id, &bot_id, pair, next_time);
             } else if due.is_some() {
@@ -325,20 +324,18 @@ impl NativeCore {
         ];
         checks.push(self.check_cap(user_id, due));
         let stopped_by = checks.iter().find(|check| !check.1).map(|check| check.0);
-        let window = self.window;
-        let clock = self.clock;
-        let idle_delay = self.idle_delay;
+        let (clock, window, idle_delay) = (self.clock, self.window, self.idle_delay);
         let user = self.users.get_mut(user_id).unwrap();
-        let pair = &mut user.pairs[index].1;
-        pair.due = None;
         if stopped_by.is_none() {
-            pair.emitted_at = Some(due);
             let at = user.sends.partition_point(|ts| *ts <= due);
             user.sends.insert(at, due);
         }
         let pair = &mut user.pairs[index].1;
-        let expiry = pair.last_ts + (2 * window - idle_delay).max(window + idle_delay) + 1;
-        schedule(&mut self.heap, &mut self.next_due, user_id, bot_id, pair, expiry);
+        pair.due = None;
+        if stopped_by.is_none() {
+            pair.emitted_at = Some(due);
+        }
+        schedule(&mut self.heap, &mut self.next_due, user_id, bot_id, pair, expiry(pair.last_ts, window, idle_delay));
         pair.forget_until(horizon(clock, window, idle_delay, pair.last_ts));
         let send_at = match send_at {
             Some(send_at) if send_at != 0 => send_at, // `send_at or due`
@@ -388,17 +385,14 @@ impl NativeCore {
 
     /// `DecisionCore._check_cap`.
     fn check_cap(&mut self, user_id: &Id, at: i64) -> CheckOut {
-        let mut user = std::mem::take(self.users.get_mut(user_id).unwrap());
-        self.prune_sends(&mut user, at);
-        let mut check = passed("user_cap");
+        let sends = &mut self.users.get_mut(user_id).unwrap().sends;
+        prune_sends(sends, at, self.clock, self.window);
         for (span, cap, name) in [(DAY_MS, self.cap_day, "24 hours"), (WEEK_MS, self.cap_week, "7 days")] {
-            if cap != 0 && crowded(&user.sends, at, span, cap) {
-                check = ("user_cap", false, format!("{cap} follow-ups to this user already within {name} of it"));
-                break;
+            if cap != 0 && crowded(sends, at, span, cap) {
+                return ("user_cap", false, format!("{cap} follow-ups to this user already within {name} of it"));
             }
         }
-        *self.users.get_mut(user_id).unwrap() = user;
-        check
+        passed("user_cap")
     }
 
     /// `DecisionCore._expire`.
@@ -406,7 +400,7 @@ impl NativeCore {
         let mut user = self.users.remove(user_id).unwrap();
         user.pairs.remove(index);
         self.pairs -= 1;
-        self.prune_sends(&mut user, time);
+        prune_sends(&mut user.sends, time, self.clock, self.window);
         if !user.forgettable(self.clock, self.window, self.idle_delay) {
             self.users.insert(user_id.clone(), user);
         }
@@ -421,7 +415,7 @@ impl NativeCore {
             return Ok(());
         }
         let user_id = self.intern_user(&message.user_id);
-        let bot_id = self.intern_bot(&message.bot_id);
+        let bot_id = intern(&mut self.bots, &message.bot_id);
         let app = APPS[message.app as usize];
         let key = event_key(app, &message.event_id);
         let may_matter = message.inbound && self.may_matter(&message.text);
@@ -656,21 +650,12 @@ impl NativeCore {
     /// ``load_user`` from packed bytes (``pack_user(user, queue=False)``).
     fn load_packed(&mut self, user_id: &str, packed: &[u8]) -> PyResult<()> {
         self.forget(user_id);
-        let mut bots = std::mem::take(&mut self.bots);
-        let unpacked = unpack_user(packed, |bot| {
-            if let Some(id) = bots.get(bot) {
-                return id.clone();
-            }
-            let id: Id = Rc::from(bot);
-            bots.insert(id.clone());
-            id
-        });
-        self.bots = bots;
-        let mut user = unpacked.map_err(pyo3::exceptions::PyValueError::new_err)?;
+        let bots = &mut self.bots;
+        let mut user = unpack_user(packed, |bot| intern(bots, bot)).map_err(pyo3::exceptions::PyValueError::new_err)?;
         let id: Id = Rc::from(user_id);
         for (bot, pair) in user.pairs.iter_mut() {
             pair.queued = None;
-            let time = pair.due.unwrap_or_else(|| self.expiry(pair));
+            let time = pair.due.unwrap_or_else(|| expiry(pair.last_ts, self.window, self.idle_delay));
             schedule(&mut self.heap, &mut self.next_due, &id, bot, pair, time);
         }
         self.pairs += user.pairs.len() as i64;

@@ -159,8 +159,7 @@ pub fn unpack_user(bytes: &[u8], mut intern: impl FnMut(&str) -> Id) -> Result<U
         }
     }
     for _ in 0..pairs {
-        let head = Reader { bytes: reader.take(PAIR_HEAD)?, at: 0 };
-        let mut head = head;
+        let mut head = Reader { bytes: reader.take(PAIR_HEAD)?, at: 0 };
         let bot_length = head.u16()? as usize;
         let app = head.take(1)?[0];
         if app > 3 {
