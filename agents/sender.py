@@ -175,16 +175,20 @@ class Sender:
     async def _fresh_slot(self, app: str, account: str, slot: Slot, lease_end: int) -> bool:
         """The call may leave now, within half the slack of a slot: the other half is the
         request's way to the platform. An older slot is given back for a fresh one (no call
-        used it: ``streams/ratelimit.py``), once: the fresh one is as young as this
-        process's event loop lets it be, and asking again would only chase the loop's own
-        lag (a loaded run that kept asking sent 8 a second). It is waited for only while
-        the call, started now, still ends before its ``sending`` lease does: no other copy
-        takes the follow-up for lost."""
+        used it: ``streams/ratelimit.py``), once: asking again and again would only chase
+        the event loop's own lag (a loaded run that kept asking sent 8 a second). A fresh
+        slot already past half the slack means the loop is that late: the call is put off
+        rather than land in the platform's next second. The fresh slot is waited for only
+        while the call, started now, still ends before its ``sending`` lease does: no
+        other copy takes the follow-up for lost."""
         budget_s = self.settings.send_rate_slack / 2000
         if budget_s <= 0 or slot.age_s() <= budget_s:  # without slack, every slot would be too old
             return True
         left_s = (lease_end - self.settings.send_timeout - wall_ms()) / 1000
-        return left_s > 0 and await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot) is not None
+        if left_s <= 0:
+            return False
+        fresh = await self._slot(app, account, min(MAX_LIMITER_WAIT_S, left_s), slot)
+        return fresh is not None and fresh.age_s() <= budget_s
 
     async def _fault_hold(self) -> None:
         """Fault injection for tests (``send_fault_hold``): a loaded machine's hold-up."""

@@ -22,7 +22,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from foundation.settings import Settings
 
@@ -163,6 +163,15 @@ class Token:
     __str__ = __repr__
 
 
+class _Closed(NamedTuple):
+    """A (bot, app) whose token the platform refused: which token, the last probe, and when."""
+
+    refused: str            # fingerprint of the refused token
+    probed: str | None      # fingerprint of the token of the last probe
+    probed_at: int
+    refused_at: int
+
+
 class TokenGate:
     """Which bots' tokens a platform refused (190), so that their sends stop until it works.
 
@@ -178,32 +187,29 @@ class TokenGate:
 
     def __init__(self, probe_ms: int) -> None:
         self.probe_ms = probe_ms
-        self._closed: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # refused, probed, at
-        self._refused_at: dict[tuple[str, str], int] = {}
+        self._closed: dict[tuple[str, str], _Closed] = {}
 
     def may_send(self, bot_id: str, app: str, token: Token, now_ms: int) -> bool:
         closed = self._closed.get((bot_id, app))
         if closed is None:
             return True
-        refused, probed, probed_at = closed
-        fresh = token.fingerprint not in (refused, probed)
-        if not fresh and now_ms - probed_at < self.probe_ms:
+        fresh = token.fingerprint not in (closed.refused, closed.probed)
+        if not fresh and now_ms - closed.probed_at < self.probe_ms:
             return False
-        self._closed[(bot_id, app)] = (refused, token.fingerprint, now_ms)
+        self._closed[(bot_id, app)] = closed._replace(probed=token.fingerprint, probed_at=now_ms)
         return True
 
     def refused(self, bot_id: str, app: str, token: Token, now_ms: int) -> None:
-        self._closed[(bot_id, app)] = (token.fingerprint, token.fingerprint, now_ms)
-        self._refused_at[(bot_id, app)] = now_ms
+        self._closed[(bot_id, app)] = _Closed(token.fingerprint, token.fingerprint, now_ms, now_ms)
 
     def accepted(self, bot_id: str, app: str) -> None:
         self._closed.pop((bot_id, app), None)
-        self._refused_at.pop((bot_id, app), None)
 
     def refused_since(self, bot_id: str, app: str, passed_ms: int) -> bool:
         """Whether the platform refused the token at or after ``passed_ms``, when a send
         passed the gate (the same millisecond counts: the send waits, nothing is lost)."""
-        return self._refused_at.get((bot_id, app), -1) >= passed_ms
+        closed = self._closed.get((bot_id, app))
+        return closed is not None and closed.refused_at >= passed_ms
 
     def is_closed(self, bot_id: str, app: str) -> bool:
         return (bot_id, app) in self._closed

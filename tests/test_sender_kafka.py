@@ -361,14 +361,13 @@ async def test_every_fault_mode_ends_each_request_once_never_sends_twice_nor_ove
 async def test_sends_held_up_past_the_slack_never_put_more_than_the_rate_in_a_platform_second(
         stack, topic_prefix, redis_db, tmp_path):
     """Spec section 9, "a send rate that the sender never exceeds", counted by the platform
-    per number and per second. Half the sends, at random, are held 1.5 s after their rate
-    slot (``send_fault_hold``: a loaded machine), far beyond the 400 ms slack: without a
+    per number and per second. Half the sends, at random, are held 600 ms after their rate
+    slot (``send_fault_hold``: a loaded machine), far beyond the 100 ms slack: without a
     fresh slot before they leave, they would land beside the next second's sends. The
-    slack is the time a call may take from its last check to the platform: 200 ms here,
-    as a test process shares two cores with two others, their brokers and workers (at
-    100 ms, one full suite in three saw a number-second over the rate)."""
-    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender"], fake_thread=True, send_rate_slack="400ms",
-                   send_fault_hold="1500ms", send_concurrency=64) as rig:
+    fake notes arrivals on an event loop of its own: the test's loop, busy with the
+    readers, noted them late and in bunches."""
+    async with Rig(stack, topic_prefix, redis_db, tmp_path, ["sender"], fake_thread=True, send_rate_slack="100ms",
+                   send_fault_hold="600ms", send_concurrency=64) as rig:
         records = [record(f"held-{bot}-{i}", f"u-held-{bot}-{i}", bot=bot)
                    for i in range(120) for bot in ("maestro", "chef-lucie")]
         started = time.monotonic()
@@ -377,7 +376,7 @@ async def test_sends_held_up_past_the_slack_never_put_more_than_the_rate_in_a_pl
         took = time.monotonic() - started
     # Read once the fake has stopped: its loop no longer writes what is counted.
     busiest = {number: rig.fake.max_per_second("whatsapp", number) for number in (WA1, WA2)}
-    print(f"\n{len(records)} sends over 2 numbers, half held 1.5 s: {took:.1f}s, "
+    print(f"\n{len(records)} sends over 2 numbers, half held 600 ms: {took:.1f}s, "
           f"busiest number-second {busiest} (limit {RATE}), fake answers {dict(rig.fake.answers)}")
     assert {ending(story) for story in stories.values()} == {"sent"}
     never_twice_and_never_over_the_rate(rig.fake)
