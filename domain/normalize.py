@@ -445,12 +445,16 @@ class _WaMessage(_Shape):
     context: _WaContext | None = None
 
 
-class _WaStatus(_Shape):
-    """A status with no ``biz_opaque_callback_data``: of no follow-up, dropped."""
+class _WaStatus(msgspec.Struct, gc=False):
+    """A status: dropped unless it names a follow-up (``biz_opaque_callback_data``), which
+    the general path reads as a receipt. The platform's other fields (``conversation``,
+    ``pricing``, ``errors``) are allowed: a status of no follow-up is dropped whatever
+    they hold, as ``_whatsapp_receipt`` drops it."""
     id: str = ""
     status: str = ""
     timestamp: str = ""
     recipient_id: str = ""
+    biz_opaque_callback_data: Any = None
 
 
 class _WaMetadata(_Shape):
@@ -594,7 +598,9 @@ def _whatsapp_encoded(webhook: _WaWebhook, owners: Mapping[str, str]) -> Encoded
             bot_id = owners.get(metadata.phone_number_id) if metadata is not None else None
             if bot_id is None:
                 return None
-            dropped += len(statuses)  # none names a follow-up: the Struct has no field for it
+            if any(status.biz_opaque_callback_data is not None for status in statuses):
+                return None  # a receipt, perhaps: the general path reads it
+            dropped += len(statuses)
             for message in messages:
                 seconds = message.timestamp  # _epoch_seconds's test, inline: the hot path
                 if not (0 < len(seconds) <= _MAX_SECONDS_DIGITS and seconds.isascii() and seconds.isdigit()):

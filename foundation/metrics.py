@@ -85,9 +85,9 @@ LLM_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 20.0, 30.
 GATEWAY_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Send-API calls and rate-limiter waits: milliseconds normally, up to the 10 s send timeout.
 SEND_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
 # A checkpoint's transaction must end within the transaction timeout (15 s) or be fenced.
 CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0)
+# Timer lag: normally well under a second; 5 s is the alert threshold, so it is a bound.
 TIMER_LAG_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 # The classic text format 0.0.4, which every Prometheus 2.x and 3.x scrapes. Recent

@@ -164,9 +164,12 @@ class KafkaLoop(Service):
                     self._fresh = True
                 await self.stage.idle()
                 # A fetch that came back empty means the input is drained for now: nothing is
-                # gained by holding what was processed until the interval (a run's tail).
-                drained = not batch and self._fresh
-                if drained or self._hurry or time.monotonic() - self._last_commit >= self.commit_interval:
+                # gained by holding what was processed until the interval (a run's tail). At
+                # most four such commits an interval: a trickle of records, each batch followed
+                # by an empty fetch, would otherwise make a transaction of every batch.
+                since = time.monotonic() - self._last_commit
+                drained = not batch and self._fresh and since >= self.commit_interval / 4
+                if drained or self._hurry or since >= self.commit_interval:
                     self._commit_in_background()
 
     def commit_soon(self) -> None:

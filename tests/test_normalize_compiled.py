@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -284,3 +285,24 @@ def test_the_fixtures_give_the_same_result():
 def test_an_unknown_app_is_a_programming_error_on_the_compiled_path_too():
     with pytest.raises(ValueError, match="unknown app"):
         normalize_encoded("telegram", facebook_text(), REGISTRY)
+
+
+def test_a_status_of_no_follow_up_as_the_platform_sends_it_takes_the_compiled_path():
+    """A status with the fields Cloud API statuses carry (conversation, pricing) and no
+    follow-up id is dropped (spec section 9: only a follow-up's receipts are read) on the
+    compiled path; one that names a follow-up is left to the general path, a receipt."""
+    status = {"id": "wamid.HBgL", "status": "delivered", "timestamp": "1767225600", "recipient_id": "15551234567",
+              "conversation": {"id": "c1", "origin": {"type": "service"}},
+              "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"}}
+
+    def webhook(*statuses: dict) -> bytes:
+        value = {"messaging_product": "whatsapp", "statuses": list(statuses),
+                 "metadata": {"display_phone_number": "15550000000", "phone_number_id": WHATSAPP_NUMBER}}
+        return orjson.dumps({"object": "whatsapp_business_account",
+                             "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]})
+
+    plain = compiled_normalize("whatsapp", webhook(status), REGISTRY)
+    assert plain is not None and (plain.events, plain.dropped, plain.receipts) == ((), 1, ())
+    receipt = webhook(status, {**status, "biz_opaque_callback_data": "f-1"})
+    assert compiled_normalize("whatsapp", receipt, REGISTRY) is None
+    assert [r.followup_id for r in normalize_encoded("whatsapp", receipt, REGISTRY).receipts] == ["f-1"]
