@@ -48,7 +48,7 @@ PARSE = ("decode_record", "_producers_ts", "parse_record", "parse_message", "_co
          "parse_control", "loads", "parse_ts", "_parse_rfc3339", "_identifier", "_one_of", "_object")
 
 
-def bucket(frames: list[tuple[str, str, int]], role: str = "engine") -> str:
+def bucket(frames: list[tuple[str, str, int]], role: str) -> str:
     """The bucket of one main-thread stack (root first)."""
     frames = [(f.rsplit(".", 1)[-1], path, line) for f, path, line in frames]  # Engine.process -> process
 
@@ -135,7 +135,7 @@ def is_main(thread: str) -> bool:
     return "MainThread" in thread or thread.startswith("process") and "MainThread" in thread
 
 
-def report(path: Path, root: Path, events: int, seconds: float, role: str = "engine") -> dict[str, float]:
+def report(path: Path, root: Path, events: int, seconds: float, role: str) -> dict[str, float]:
     threads = parse_collapsed(path)
     totals = {thread: sum(c.values()) for thread, c in threads.items()}
     main = next((t for t in threads if "MainThread" in t), max(totals, key=totals.get))
