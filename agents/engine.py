@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from agents.explain import install_explain
 from domain.native import NativeDecisionCore, decision_core
 from domain.rules import DecisionCore
-from schemas.records import APPS, DecisionRecord, FollowupRequest, InvalidRecord
+from schemas.records import APPS, EncodedDecision, FollowupRequest, InvalidRecord
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -107,8 +107,8 @@ class Engine:
         # Requests, decisions, dead letters and state, held until the checkpoint's transaction.
         self.outbox: Outbox | None = None
         self.ledger: Ledger | None = None  # made when the loop starts, inside the event loop
-        # Each listener gets a decision and its JSON, encoded once for everyone.
-        self.decision_listeners: list[Callable[[DecisionRecord, bytes], None]] = []
+        # Each listener gets every decision, encoded once for everyone.
+        self.decision_listeners: list[Callable[[EncodedDecision], None]] = []
         self._unsaved: dict[int, set[str]] = collections.defaultdict(set)
         self._meta_changed: set[int] = set()
         self._on_disk: dict[int, tuple[RocksIdleStore, RocksDueTimes]] = {}  # store = rocksdb, per partition
@@ -211,7 +211,7 @@ class Engine:
         erased: list[str] = []
         for partition in batch_partitions:
             core = self.cores[partition]
-            core_requests, decisions, core_erased, dirty = core.drain()
+            core_requests, decisions, core_erased, dirty = core.drain_encoded()
             requests += core_requests
             erased += core_erased
             if decisions:
@@ -237,16 +237,15 @@ class Engine:
         for request in requests:
             log.info("follow-up requested", extra={"followup_id": request.followup_id, "app": request.app})
 
-    def _record_decisions(self, core: DecisionCore | NativeDecisionCore, decisions: list[DecisionRecord]) -> None:
+    def _record_decisions(self, core: DecisionCore | NativeDecisionCore, decisions: list[EncodedDecision]) -> None:
         outcomes: collections.Counter = collections.Counter()
         for decision in decisions:
-            encoded = decision.to_json()
-            self.outbox.add(self._decisions_topic, encoded, key=decision.user_id.encode())
+            self.outbox.add(self._decisions_topic, decision.json, key=decision.user_id.encode())
             outcomes[decision.outcome, decision.stopped_by or "none"] += 1
             if self._wall:
                 self.metrics.timer_lag.observe(max(0, core.clock - decision.due_ts) / 1000)
             for listener in self.decision_listeners:
-                listener(decision, encoded)
+                listener(decision)
         for (outcome, reason), count in outcomes.items():
             self.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
 

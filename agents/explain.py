@@ -19,7 +19,7 @@ import orjson
 
 from domain.signature import token_matches
 from foundation.settings import Settings
-from schemas.records import DecisionRecord
+from schemas.records import EncodedDecision
 from streams.ledger import Ledger
 from streams.outbox import partition_for
 from streams.wiring import Wiring
@@ -39,13 +39,13 @@ class RecentDecisions:
         self.per_pair, self.max_pairs = per_pair, max_pairs
         self._pairs: OrderedDict[tuple[str, str], deque[bytes]] = OrderedDict()
 
-    def add(self, decision: DecisionRecord, encoded: bytes) -> None:
+    def add(self, decision: EncodedDecision) -> None:
         key = (decision.user_id, decision.bot_id)
         kept = self._pairs.get(key)
         if kept is None:
             kept = self._pairs[key] = deque(maxlen=self.per_pair)
         self._pairs.move_to_end(key)
-        kept.append(encoded)
+        kept.append(decision.json)
         while len(self._pairs) > self.max_pairs:
             self._pairs.popitem(last=False)
 

@@ -19,7 +19,7 @@ from domain.safety import DistressClassifier, PhraseListClassifier, folded_stop_
 from domain.state import KillSwitches, UserState, from_changelog, pack_user, unpack_user
 from foundation.settings import Settings
 from schemas.records import (
-    APPS, Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, Kill, MessageEvent, OptIn, OptOut, Profile,
+    APPS, Check, ControlEvent, DecisionRecord, EncodedDecision, Erase, FollowupRequest, Kill, MessageEvent, OptIn, OptOut, Profile,
     Tick, decode_record,
 )
 
@@ -112,15 +112,26 @@ class NativeDecisionCore:
     def advance(self, to: int | None, inclusive: bool) -> None:
         self._native.advance(to, inclusive)
 
-    def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
-        requests, decisions, erased, dirty, (duplicates, too_old, stop_words) = self._native.drain()
+    def _add_counts(self, duplicates: list[tuple[str, int]], too_old: int, stop_words: int) -> None:
         for app, count in duplicates:
             self.duplicates_by_app[app] = self.duplicates_by_app.get(app, 0) + count
             self.stats["duplicates"] += count
         self.stats["too_old"] += too_old
         self.stats["stop_words"] += stop_words
+
+    def drain(self) -> tuple[list[FollowupRequest], list[DecisionRecord], list[str], set[str]]:
+        requests, decisions, erased, dirty, counts = self._native.drain()
+        self._add_counts(*counts)
         return ([FollowupRequest(*request) for request in requests],
                 [DecisionRecord(*head, tuple(map(Check._make, checks))) for *head, checks in decisions],
+                erased, set(dirty))
+
+    def drain_encoded(self) -> tuple[list[FollowupRequest], list[EncodedDecision], list[str], set[str]]:
+        """``drain``, each decision's JSON written by the compiled core (the same bytes as
+        ``DecisionRecord.to_json``)."""
+        requests, decisions, erased, dirty, counts = self._native.drain_encoded()
+        self._add_counts(*counts)
+        return ([FollowupRequest(*request) for request in requests], list(map(EncodedDecision._make, decisions)),
                 erased, set(dirty))
 
     # -- state -------------------------------------------------------------------------

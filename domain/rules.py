@@ -23,7 +23,7 @@ from domain.state import (
 )
 from foundation.settings import Settings
 from schemas.records import (
-    Check, ControlEvent, DecisionRecord, Erase, FollowupRequest, InvalidRecord, Kill,
+    Check, ControlEvent, DecisionRecord, EncodedDecision, Erase, FollowupRequest, InvalidRecord, Kill,
     MessageEvent, OptIn, OptOut, Profile, Tick, decode_record, format_ts,
 )
 
@@ -154,6 +154,11 @@ class DecisionCore:
         self._touched |= self.dirty
         self.requests, self.decisions, self.erased, self.dirty = [], [], [], set()
         return out
+
+    def drain_encoded(self) -> tuple[list[FollowupRequest], list[EncodedDecision], list[str], set[str]]:
+        """``drain``, each decision encoded once, as the engine publishes it."""
+        requests, decisions, erased, dirty = self.drain()
+        return requests, [EncodedDecision.of(decision) for decision in decisions], erased, dirty
 
     def user(self, user_id: str) -> UserState | None:
         """A user's state as objects, unpacked if it was idle."""

@@ -695,6 +695,23 @@ class DecisionRecord:
         return orjson.dumps(body)
 
 
+class EncodedDecision(NamedTuple):
+    """A decision as the engine publishes it: ``DecisionRecord.to_json``'s bytes, with
+    what it is counted and kept by (no record object, nor one per check, on the hot path)."""
+
+    json: bytes
+    user_id: str
+    bot_id: str
+    outcome: str
+    stopped_by: str | None
+    due_ts: int
+
+    @classmethod
+    def of(cls, decision: DecisionRecord) -> "EncodedDecision":
+        return cls(decision.to_json(), decision.user_id, decision.bot_id, decision.outcome, decision.stopped_by,
+                   decision.due_ts)
+
+
 DECISION_OUTCOMES = ("emitted", "suppressed", "deferred")
 
 

@@ -16,7 +16,7 @@ from domain.normalize import normalize_webhook
 from relance.cli import build_parser, main
 from foundation.settings import Settings
 from devstack.traffic import LiveShape, LiveTraffic, TrafficShape, bot_accounts, generate, webhook_of
-from schemas.records import parse_followup, parse_ts
+from schemas.records import EncodedDecision, parse_followup, parse_ts
 from schemas.registry import BotRegistry
 from agents.explain import RecentDecisions, explain
 
@@ -162,14 +162,14 @@ def test_a_worker_that_does_not_own_the_pair_says_which_partition_does():
 def test_recent_decisions_keep_the_last_few_per_pair_and_a_bounded_number_of_pairs():
     recent = RecentDecisions(per_pair=2, max_pairs=2)
 
-    def pair(user_id: str) -> SimpleNamespace:
-        return SimpleNamespace(user_id=user_id, bot_id="b")
+    def decision(user_id: str, json: bytes) -> EncodedDecision:
+        return EncodedDecision(json, user_id, "b", "suppressed", "engaged", 0)
     for n in range(3):
-        recent.add(pair("u1"), orjson.dumps({"n": n}))
-    recent.add(pair("u2"), b"{}")
-    recent.add(pair("u3"), b"{}")
+        recent.add(decision("u1", orjson.dumps({"n": n})))
+    recent.add(decision("u2", b"{}"))
+    recent.add(decision("u3", b"{}"))
     assert recent.of("u1", "b") == [] and len(recent) == 2  # u1 was the least recently used
-    recent.add(pair("u2"), orjson.dumps({"n": 9}))
+    recent.add(decision("u2", orjson.dumps({"n": 9})))
     assert recent.of("u2", "b") == [{}, {"n": 9}]
     assert recent.forget_users(lambda user: user != "u2") == 1 and recent.of("u2", "b") == []
 

@@ -28,7 +28,7 @@ from domain.state import changelog_value, from_changelog
 from foundation.settings import Settings
 from streams.topics import CLOCK_HEADER
 from schemas.records import (
-    ControlEvent, InvalidRecord, MessageEvent, Tick, control_to_dict, format_ts, loads, parse_record,
+    ControlEvent, EncodedDecision, InvalidRecord, MessageEvent, Tick, control_to_dict, format_ts, loads, parse_record,
 )
 from tests.test_rules_properties import PROPERTY, settings_strategy, untidy_stream
 
@@ -60,6 +60,8 @@ class BothCores:
         self.python, self.native = DecisionCore(config), NativeDecisionCore(config)
 
     def step(self, feed) -> tuple:
+        """Both fed; the Python core drained as records, encoded here by ``DecisionRecord.to_json``
+        (the reference), the compiled core drained as the engine drains it (its own JSON)."""
         outcomes = []
         for core in (self.python, self.native):
             try:
@@ -67,12 +69,30 @@ class BothCores:
                 error = None
             except InvalidRecord as exc:
                 error = (str(exc), exc.kind)
-            requests, decisions, erased, dirty = core.drain()
+            if core is self.python:
+                requests, records, erased, dirty = core.drain()
+                decisions = [EncodedDecision.of(record) for record in records]
+            else:
+                requests, decisions, erased, dirty = core.drain_encoded()
             states = {user: core.changelog_value(user) for user in sorted(dirty)}
             outcomes.append((error, requests, decisions, erased, states, dict(core.stats), dict(core.duplicates_by_app),
                              list(core.distress_languages), core.clock, core.pairs_tracked(), core.kills.to_dict()))
         assert outcomes[1] == outcomes[0]
         return outcomes[0]
+
+
+@PROPERTY
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12),
+       st.integers(0, 253_402_300_799_999 - 40 * DAY), st.sampled_from(["event", "wall"]))
+def test_decisions_about_any_ids_at_any_time_are_written_as_python_writes_them(user_id, bot_id, start, clock):
+    """The compiled core's decision JSON: ids with quotes, controls, any script; every
+    year Python writes (to 9999)."""
+    cores = BothCores(Settings.from_mapping({"clock": clock, "unknown_age": "allow"}))
+    for n in range(6):
+        message = MessageEvent(f"e{n}", "instagram", user_id, bot_id, "inbound", start + n * 60_000, "bonjour")
+        cores.step(lambda core: core.feed(message, start + n * 60_000 if clock == "wall" else None))
+    cores.step(lambda core: core.advance(start + 30 * DAY, inclusive=True))
+    assert cores.python.drain()[1] == [] and cores.native.drain()[1] == []  # every decision was compared
 
 
 def feed_both(config: Settings, records, rng: random.Random, now_step: int | None = None) -> BothCores:

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::intern;
 use pyo3::types::{PyBytes, PyList};
 
+use crate::json::{push_str, push_ts};
 use crate::message::{self, Message};
 use crate::pack::{pack_user, unpack_user};
 use crate::state::{Id, Kills, Pair, User, APPS, APP_CODES};
@@ -64,6 +65,46 @@ struct Decision {
     inbound_in_window: i64,
     last_inbound_ts: i64,
     checks: Vec<CheckOut>,
+}
+
+impl Decision {
+    /// `DecisionRecord.to_json`: the same keys in the same order, the same bytes.
+    fn to_json(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(640 + 48 * self.checks.len());
+        out.extend_from_slice(b"{\"followup_id\":");
+        push_str(&mut out, &self.followup_id);
+        out.extend_from_slice(b",\"user_id\":");
+        push_str(&mut out, &self.user_id);
+        out.extend_from_slice(b",\"bot_id\":");
+        push_str(&mut out, &self.bot_id);
+        out.extend_from_slice(b",\"app\":");
+        push_str(&mut out, APP_CODES[self.app as usize]);
+        out.extend_from_slice(b",\"due_ts\":");
+        push_ts(&mut out, self.due)?;
+        out.extend_from_slice(b",\"send_ts\":");
+        push_ts(&mut out, self.send_at)?;
+        out.extend_from_slice(b",\"decided_at\":");
+        push_ts(&mut out, self.clock)?;
+        out.extend_from_slice(b",\"outcome\":");
+        push_str(&mut out, self.outcome);
+        out.extend_from_slice(b",\"stopped_by\":");
+        match self.failed {
+            Some(rule) => push_str(&mut out, rule),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(format!(",\"inbound_in_window\":{},\"last_inbound_ts\":", self.inbound_in_window).as_bytes());
+        push_ts(&mut out, self.last_inbound_ts)?;
+        out.extend_from_slice(b",\"checks\":[");
+        for (index, (rule, passed, detail)) in self.checks.iter().enumerate() {
+            out.extend_from_slice(if index == 0 { b"{\"rule\":" } else { b",{\"rule\":" });
+            push_str(&mut out, rule);
+            out.extend_from_slice(if *passed { b",\"passed\":true,\"detail\":" } else { b",\"passed\":false,\"detail\":" });
+            push_str(&mut out, detail);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
 }
 
 fn blake2b(material: &[u8], size: usize) -> Vec<u8> {
@@ -481,6 +522,30 @@ impl NativeCore {
     }
 }
 
+type RequestOut = (String, String, String, &'static str, i64, i64, i64);
+type Counts = (Vec<(&'static str, i64)>, i64, i64);
+
+impl NativeCore {
+    /// What the steps since the last drain produced, taken out (requests and ids as Python
+    /// will see them; decisions as they are, for ``drain`` or ``drain_encoded``).
+    fn take_outputs(&mut self) -> (Vec<RequestOut>, Vec<Decision>, Vec<String>, Vec<String>, Counts) {
+        let requests: Vec<_> = self.requests.drain(..).map(|r| {
+            (r.followup_id, r.user_id.to_string(), r.bot_id.to_string(), APP_CODES[r.app as usize], r.due,
+             r.last_inbound_ts, r.inbound_in_window)
+        }).collect();
+        let decisions: Vec<Decision> = self.decisions.drain(..).collect();
+        let erased: Vec<String> = self.erased.drain(..).map(|id| id.to_string()).collect();
+        let dirty: Vec<String> = self.dirty.drain().map(|id| id.to_string()).collect();
+        let duplicates: Vec<(&'static str, i64)> = APPS.iter().zip(self.duplicates_by_app).filter(|(_, n)| *n > 0)
+            .map(|(app, n)| (*app, n)).collect();
+        let counts = (duplicates, self.too_old, self.stop_words);
+        self.duplicates_by_app = [0; 3];
+        self.too_old = 0;
+        self.stop_words = 0;
+        (requests, decisions, erased, dirty, counts)
+    }
+}
+
 #[pymethods]
 impl NativeCore {
     /// `rules` is `(wall, window, idle_delay, messaging_window, min_inbound,
@@ -612,23 +677,25 @@ impl NativeCore {
     /// erased and changed user ids, duplicates per app, too-old messages and stop words.
     #[allow(clippy::type_complexity)]
     fn drain<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let requests: Vec<_> = self.requests.drain(..).map(|r| {
-            (r.followup_id, r.user_id.to_string(), r.bot_id.to_string(), APP_CODES[r.app as usize], r.due,
-             r.last_inbound_ts, r.inbound_in_window)
-        }).collect();
-        let decisions: Vec<_> = self.decisions.drain(..).map(|d| {
+        let (requests, decisions, erased, dirty, counts) = self.take_outputs();
+        let decisions: Vec<_> = decisions.into_iter().map(|d| {
             (d.followup_id, d.user_id.to_string(), d.bot_id.to_string(), APP_CODES[d.app as usize], d.due, d.send_at,
              d.clock, d.outcome, d.failed, d.inbound_in_window, d.last_inbound_ts, d.checks)
         }).collect();
-        let erased: Vec<String> = self.erased.drain(..).map(|id| id.to_string()).collect();
-        let dirty: Vec<String> = self.dirty.drain().map(|id| id.to_string()).collect();
-        let duplicates: Vec<(&str, i64)> = APPS.iter().zip(self.duplicates_by_app).filter(|(_, n)| *n > 0)
-            .map(|(app, n)| (*app, n)).collect();
-        let counts = (duplicates, self.too_old, self.stop_words);
-        self.duplicates_by_app = [0; 3];
-        self.too_old = 0;
-        self.stop_words = 0;
         (requests, decisions, erased, dirty, counts).into_pyobject(py).map(|tuple| tuple.into_any())
+    }
+
+    /// ``drain`` with each decision encoded here (``DecisionRecord.to_json``'s bytes) as
+    /// (json, user_id, bot_id, outcome, stopped_by, due_ts): what the engine publishes and
+    /// counts, without a Python record per decision and ten per check.
+    fn drain_encoded<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (requests, decisions, erased, dirty, counts) = self.take_outputs();
+        let mut encoded = Vec::with_capacity(decisions.len());
+        for d in decisions {
+            let json = d.to_json().map_err(pyo3::exceptions::PyValueError::new_err)?;
+            encoded.push((PyBytes::new(py, &json), d.user_id.to_string(), d.bot_id.to_string(), d.outcome, d.failed, d.due));
+        }
+        (requests, encoded, erased, dirty, counts).into_pyobject(py).map(|tuple| tuple.into_any())
     }
 
     /// The user's ``engine.state`` value (``state.changelog_value``), or None if not held.

@@ -1,6 +1,7 @@
 //! Relance's decision core compiled (see `core.rs`), for the engine's hot path.
 
 mod core;
+mod json;
 mod message;
 mod pack;
 mod state;
