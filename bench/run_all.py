@@ -53,7 +53,7 @@ def parse_results(text: str) -> dict[str, tuple[float, str, dict]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--webhooks", type=int, default=100_000)
+    parser.add_argument("--webhooks", type=int, default=300_000)
     parser.add_argument("--pairs", default="100000,1000000")
     parser.add_argument("--posts", type=int, default=20_000, help="gateway bench: posts per run")
     parser.add_argument("--repeat", type=int, default=3)
