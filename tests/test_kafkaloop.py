@@ -45,6 +45,19 @@ class SlowRecordingStage:
         return None
 
 
+class WatchedLoop(KafkaLoop):
+    """Notes how many records were read ahead each time its partitions are revoked."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ahead_at_revoke: list[int] = []
+
+    async def revoke(self, revoked) -> None:
+        if revoked:  # a first join revokes nothing
+            self.ahead_at_revoke.append(self._ahead_records)
+        await super().revoke(revoked)
+
+
 async def test_records_read_ahead_are_dropped_at_a_rebalance_and_each_is_processed_once(stack):
     topic = f"loop-{uuid.uuid4().hex[:8]}"
     await acreate_topics(stack.bootstrap, [TopicSpec(topic, "a test's input")], "", PARTITIONS)
@@ -60,7 +73,7 @@ async def test_records_read_ahead_are_dropped_at_a_rebalance_and_each_is_process
 
     group = f"loop-{uuid.uuid4().hex[:8]}"
     seen: list[tuple[str, int, int]] = []
-    first = KafkaLoop(bootstrap=stack.bootstrap, topics=[topic], group=group, stage=SlowRecordingStage("first", seen),
+    first = WatchedLoop(bootstrap=stack.bootstrap, topics=[topic], group=group, stage=SlowRecordingStage("first", seen),
                       max_records=100, read_ahead=4_000, commit_interval=0.2)
     second = KafkaLoop(bootstrap=stack.bootstrap, topics=[topic], group=group, stage=SlowRecordingStage("second", seen),
                        max_records=100, read_ahead=4_000, commit_interval=0.2)
@@ -81,6 +94,7 @@ async def test_records_read_ahead_are_dropped_at_a_rebalance_and_each_is_process
         await first.stop()
 
     assert any(name == "second" for name, _, _ in seen), "the second loop never got a partition: no rebalance was tested"
+    assert first.ahead_at_revoke and first.ahead_at_revoke[0] > 0, "nothing was read ahead when the rebalance came"
     counts = collections.Counter((partition, offset) for _, partition, offset in seen)
     twice = [key for key, count in counts.items() if count > 1]
     assert twice == [], f"{len(twice)} records processed twice, e.g. {twice[:3]}"
