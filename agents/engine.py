@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from agents.explain import install_explain
 from domain.native import NativeDecisionCore, decision_core
 from domain.rules import DecisionCore
-from schemas.records import APPS, EncodedDecision, FollowupRequest, InvalidRecord
+from schemas.records import APPS, MAX_TS_MS, EncodedDecision, FollowupRequest, InvalidRecord
 from foundation.clock import wall_ms
 from streams.wiring import Wiring
 from streams.kafkaloop import KafkaLoop, read_partition
@@ -44,15 +44,20 @@ log = logging.getLogger("relance.engine")
 
 
 def stream_clock(headers, clock_header: str = CLOCK_HEADER) -> int | None:
-    """The feeder's stream clock (ms) from a record's headers, if it carries one."""
+    """The feeder's stream clock (ms) from a record's headers, if it carries one: a time a
+    record's ``ts`` could hold (the clock is the largest ``ts`` seen), else invalid. A
+    clock past 9999 would make every later message too old, and no decision writable."""
     for name, value in headers:
         if name != clock_header:
             continue
         try:
-            return int(value)
+            clock = int(value)
         except (TypeError, ValueError):
             shown = bytes(value)[:40] if isinstance(value, (bytes, bytearray, memoryview)) else value  # None: a null header
             raise InvalidRecord(f"header {clock_header} is not a whole number of ms: {shown!r}", "invalid_header") from None
+        if not 0 <= clock <= MAX_TS_MS:
+            raise InvalidRecord(f"header {clock_header} is outside the times a record can carry: {clock}", "invalid_header")
+        return clock
     return None
 
 

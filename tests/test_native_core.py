@@ -226,6 +226,7 @@ def odd_headers(clock: int, rng: random.Random) -> tuple:
     return rng.choice([
         (), (("other", b"x"),), ((CLOCK_HEADER, b" 12"),), ((CLOCK_HEADER, b"+12"),), ((CLOCK_HEADER, b"1_000"),),
         ((CLOCK_HEADER, b"abc"),), ((CLOCK_HEADER, b""),), ((CLOCK_HEADER, None),), ((b"bytes-name", b"1"),),
+        ((CLOCK_HEADER, b"253402300800000"),), ((CLOCK_HEADER, b"999999999999999999"),),
         (("other", b"x"), (CLOCK_HEADER, str(clock).encode()), (CLOCK_HEADER, b"1")),
     ])
 
@@ -256,3 +257,27 @@ def test_the_engine_feeds_a_batch_to_either_core_with_the_same_result(config, se
         outcomes.append((events_in, [(batch.index(record), str(error), error.kind) for record, error in invalid], done,
                          core.clock, dict(core.stats)))
     assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("make_core", [DecisionCore, NativeDecisionCore])
+@pytest.mark.parametrize("header", [b"253402300800000", b"999999999999999999"])
+def test_a_clock_header_past_the_last_time_a_record_can_carry_is_invalid_and_moves_no_clock(make_core, header):
+    """The clock is the largest ``ts`` seen (spec section 3), and no record's ``ts`` is past
+    9999-12-31T23:59:59.999Z: a header beyond is a dead letter, and the follow-up of the
+    messages around it is decided when the real clock reaches their T."""
+    config = Settings.from_mapping({"clock": "event", "unknown_age": "allow"})
+    core = make_core(config)
+    t = 1_795_856_400_000
+
+    def message(n: int, headers: tuple) -> Record:
+        event = MessageEvent(f"e{n}", "whatsapp", "u1", "maestro", "inbound", t + n * 60_000, "hello")
+        return Record(orjson.dumps(event.to_dict()), headers)
+    batch = [message(n, ((CLOCK_HEADER, str(t + n * 60_000).encode()),)) for n in range(5)]
+    batch.append(message(5, ((CLOCK_HEADER, header),)))
+    batch.append(Record(b"", ((CLOCK_HEADER, str(t + DAY).encode()),)))  # the feeder's clock, a day on
+    invalid: list = []
+    feed_partition(core, batch, None, CLOCK_HEADER, Counter(), invalid)
+    assert [(batch.index(record), error.kind) for record, error in invalid] == [(5, "invalid_header")]
+    assert core.clock == t + DAY
+    _, decisions, _, _ = core.drain_encoded()
+    assert [decision.due_ts for decision in decisions] == [t + 4 * 60_000 + 12 * 3_600_000]  # T = last inbound + D

@@ -9,6 +9,7 @@
 //! any other text is asked about), and where quiet hours end (time zones).
 
 use std::cmp::Reverse;
+use std::io::Write;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 
@@ -31,6 +32,7 @@ const NEVER: i64 = 1 << 62;
 const FALLBACK: i32 = 3; // feed_json: not the common shape, or invalid: Python reads it
 const TRAILING: &[char] = &[' ', '\t', '\r', '\n', '.', '!', '¡', '?', '¿', ';', ',', ':', '-'];
 const PACKED_FORMAT: u8 = 1;
+const MAX_TS_MS: i64 = 253_402_300_799_999; // schemas/records.py: 9999-12-31T23:59:59.999Z
 
 type CheckOut = (&'static str, bool, String);
 
@@ -92,7 +94,8 @@ impl Decision {
             Some(rule) => push_str(&mut out, rule),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(format!(",\"inbound_in_window\":{},\"last_inbound_ts\":", self.inbound_in_window).as_bytes());
+        write!(out, ",\"inbound_in_window\":{},\"last_inbound_ts\":", self.inbound_in_window)
+            .expect("writing to a Vec cannot fail");
         push_ts(&mut out, self.last_inbound_ts)?;
         out.extend_from_slice(b",\"checks\":[");
         for (index, (rule, passed, detail)) in self.checks.iter().enumerate() {
@@ -180,7 +183,7 @@ fn horizon(clock: i64, window: i64, idle_delay: i64, last_ts: i64) -> i64 {
 enum HeaderClock {
     Absent,
     At(i64),
-    Odd, // not plain digits: Python's ``stream_clock`` reads it, or says what is wrong
+    Odd, // not plain digits, or past MAX_TS_MS: Python's ``stream_clock`` reads it, or says what is wrong
 }
 
 /// The first header named ``name``, as ``agents/engine.py``'s ``stream_clock`` reads it.
@@ -200,7 +203,8 @@ fn header_clock(headers: &Bound<'_, PyAny>, name: &str) -> PyResult<HeaderClock>
         if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
             return Ok(HeaderClock::Odd);
         }
-        return Ok(HeaderClock::At(digits.iter().fold(0i64, |clock, digit| clock * 10 + (digit - b'0') as i64)));
+        let clock = digits.iter().fold(0i64, |clock, digit| clock * 10 + (digit - b'0') as i64);
+        return Ok(if clock <= MAX_TS_MS { HeaderClock::At(clock) } else { HeaderClock::Odd });
     }
     Ok(HeaderClock::Absent)
 }
