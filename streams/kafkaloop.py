@@ -177,7 +177,7 @@ class KafkaLoop(Service):
                         self._processed[tp] = self._next[tp] = records[-1].offset + 1
                     self._fresh = True
                 await self.stage.idle()
-                # A fetch that came back empty means the input is drained for now: nothing is
+                # A round that read nothing (100 ms) means the input is drained for now: nothing is
                 # gained by holding what was processed until the interval (a run's tail). At
                 # most four such commits an interval: a trickle of records, each batch followed
                 # by an empty fetch, would otherwise make a transaction of every batch.

@@ -64,9 +64,8 @@ class Outbox:
 
     async def send(self) -> None:
         """Hand every batch filled so far to the producer, in order per partition."""
-        async with self._handing_over:
-            for (topic, partition), batch in self.take():
-                self._sent.append(await self.producer.send_batch(batch, topic, partition=partition))
+        sent = await self._hand(self.take())
+        self._sent.extend(sent)  # after the await: ``flush`` may have taken the list meanwhile
 
     def take(self) -> list:
         """Every batch filled so far, out of the outbox, for ``hand_over``: a transaction's
@@ -76,18 +75,21 @@ class Outbox:
         return taken
 
     async def hand_over(self, taken: list) -> None:
-        """Send what ``take`` returned, in order per partition; wait until Kafka acknowledged it all.
+        """Send what ``take`` returned, in order per partition; wait until Kafka acknowledged it all."""
+        await asyncio.gather(*await self._hand(taken))
 
-        Partitions are handed over side by side: the producer takes a partition's next
-        batch only once its last one left in a request, so handing batches over one
-        after another made a request of each (a checkpoint of 10 MB waited for dozens of
-        round trips, each a turn of a busy event loop)."""
+    async def _hand(self, taken: list) -> list[asyncio.Future]:
+        """Batches to the producer, partitions side by side, each in order; their acknowledgements.
+
+        The producer takes a partition's next batch only once its last one left in a
+        request, so handing batches over one after another made a request of each (a
+        checkpoint of 10 MB waited for dozens of round trips, each a turn of a busy loop)."""
         by_partition: dict[tuple[str, int], list] = {}
         for where, batch in taken:
             by_partition.setdefault(where, []).append(batch)
         async with self._handing_over:
             sent = await asyncio.gather(*(self._send_in_order(where, batches) for where, batches in by_partition.items()))
-        await asyncio.gather(*itertools.chain.from_iterable(sent))
+        return list(itertools.chain.from_iterable(sent))
 
     async def _send_in_order(self, where: tuple[str, int], batches: list) -> list[asyncio.Future]:
         topic, partition = where
