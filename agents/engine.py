@@ -44,9 +44,10 @@ log = logging.getLogger("relance.engine")
 
 
 def stream_clock(headers, clock_header: str = CLOCK_HEADER) -> int | None:
-    """The feeder's stream clock (ms) from a record's headers, if it carries one: a time a
-    record's ``ts`` could hold (the clock is the largest ``ts`` seen), else invalid. A
-    clock past 9999 would make every later message too old, and no decision writable."""
+    """The feeder's stream clock (ms) from a record's headers, if it carries one: never
+    past the last time a record's ``ts`` can hold (the clock is the largest ``ts`` seen),
+    else invalid: a clock past 9999 would make every later message too old, and no
+    decision writable. Below zero is the feeder's "no time yet" (-1), which moves no clock."""
     for name, value in headers:
         if name != clock_header:
             continue
@@ -55,8 +56,8 @@ def stream_clock(headers, clock_header: str = CLOCK_HEADER) -> int | None:
         except (TypeError, ValueError):
             shown = bytes(value)[:40] if isinstance(value, (bytes, bytearray, memoryview)) else value  # None: a null header
             raise InvalidRecord(f"header {clock_header} is not a whole number of ms: {shown!r}", "invalid_header") from None
-        if not 0 <= clock <= MAX_TS_MS:
-            raise InvalidRecord(f"header {clock_header} is outside the times a record can carry: {clock}", "invalid_header")
+        if clock > MAX_TS_MS:
+            raise InvalidRecord(f"header {clock_header} is past the last time a record can carry: {clock}", "invalid_header")
         return clock
     return None
 

@@ -226,7 +226,7 @@ def odd_headers(clock: int, rng: random.Random) -> tuple:
     return rng.choice([
         (), (("other", b"x"),), ((CLOCK_HEADER, b" 12"),), ((CLOCK_HEADER, b"+12"),), ((CLOCK_HEADER, b"1_000"),),
         ((CLOCK_HEADER, b"abc"),), ((CLOCK_HEADER, b""),), ((CLOCK_HEADER, None),), ((b"bytes-name", b"1"),),
-        ((CLOCK_HEADER, b"253402300800000"),), ((CLOCK_HEADER, b"999999999999999999"),),
+        ((CLOCK_HEADER, b"-1"),), ((CLOCK_HEADER, b"253402300800000"),), ((CLOCK_HEADER, b"999999999999999999"),),
         (("other", b"x"), (CLOCK_HEADER, str(clock).encode()), (CLOCK_HEADER, b"1")),
     ])
 
